@@ -1,0 +1,182 @@
+//! The verifier's error: a small public classification, and a precise reason for logs.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use crate::format::FormatError;
+use crate::id::TokenId;
+use crate::scope::ScopeSet;
+use crate::store::StoreError;
+
+/// What a client is told: the class of an [`AuthError`].
+///
+/// The middleware maps these to responses: 401, 400, 401, 403 and 503 in order. Every reason a
+/// token can be refused for (unknown, wrong secret, revoked, expired, bad checksum) is one
+/// kind, [`InvalidToken`](Self::InvalidToken), so a client cannot learn which (OWASP,
+/// CWE-204).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthErrorKind {
+    /// The request carried no credentials.
+    MissingCredentials,
+    /// The request's credentials were malformed as a request (for example two
+    /// `Authorization` headers): RFC 6750's `invalid_request`.
+    MalformedRequest,
+    /// The token is not valid: RFC 6750's `invalid_token`.
+    InvalidToken,
+    /// The token is valid but lacks a required scope: RFC 6750's `insufficient_scope`.
+    InsufficientScope,
+    /// The token store could not answer. The request is refused (fail closed).
+    StoreUnavailable,
+}
+
+/// Why a token was refused: for logs and metrics, never for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The text does not fit any accepted format.
+    Malformed(FormatError),
+    /// The text fits a format but its checksum is wrong. Rejected before any store access.
+    BadChecksum,
+    /// No record has this id (or, for id-less formats, this hash).
+    UnknownToken,
+    /// The record exists but the secret does not match.
+    WrongSecret,
+    /// The token was revoked.
+    Revoked,
+    /// The token's `expires_at` has passed.
+    Expired,
+    /// The token is older than the verifier's maximum lifetime.
+    LifetimeExceeded,
+}
+
+/// Why a request was not authenticated or not authorized.
+///
+/// `Display` says only the [kind](Self::kind) ("invalid token"), so it is safe to show; `Debug`
+/// adds the precise [reason](Self::reason) and the token id for logs. Neither ever includes a
+/// secret.
+///
+/// ```
+/// use apitoken::{AuthErrorKind, MemoryStore, ScopeRequirement, Verifier};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let err = verifier.verify("not-a-token", &ScopeRequirement::none()).await.unwrap_err();
+/// assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+/// assert_eq!(err.to_string(), "invalid token");
+/// # });
+/// ```
+pub struct AuthError {
+    kind: AuthErrorKind,
+    reason: Option<RejectReason>,
+    token_id: Option<TokenId>,
+    missing_scopes: Option<ScopeSet>,
+    source: Option<StoreError>,
+}
+
+impl AuthError {
+    fn new(kind: AuthErrorKind) -> Self {
+        Self {
+            kind,
+            reason: None,
+            token_id: None,
+            missing_scopes: None,
+            source: None,
+        }
+    }
+
+    /// No credentials were presented.
+    pub fn missing_credentials() -> Self {
+        Self::new(AuthErrorKind::MissingCredentials)
+    }
+
+    /// The credentials were malformed at the request level.
+    pub fn malformed_request() -> Self {
+        Self::new(AuthErrorKind::MalformedRequest)
+    }
+
+    /// The token was refused for `reason`; `token_id` is the id it presented, if any.
+    pub fn invalid_token(reason: RejectReason, token_id: Option<TokenId>) -> Self {
+        Self {
+            reason: Some(reason),
+            token_id,
+            ..Self::new(AuthErrorKind::InvalidToken)
+        }
+    }
+
+    /// The token `token_id` lacks `missing`.
+    pub fn insufficient_scope(missing: ScopeSet, token_id: TokenId) -> Self {
+        Self {
+            missing_scopes: Some(missing),
+            token_id: Some(token_id),
+            ..Self::new(AuthErrorKind::InsufficientScope)
+        }
+    }
+
+    /// The store failed with `source`.
+    pub fn store_unavailable(source: StoreError) -> Self {
+        Self {
+            source: Some(source),
+            ..Self::new(AuthErrorKind::StoreUnavailable)
+        }
+    }
+
+    /// The class of error, which decides the response.
+    pub fn kind(&self) -> AuthErrorKind {
+        self.kind
+    }
+
+    /// Why an invalid token was refused. `None` for other kinds.
+    pub fn reason(&self) -> Option<RejectReason> {
+        self.reason
+    }
+
+    /// The id the refused token presented, when it had one. Ids are public; log them freely.
+    pub fn token_id(&self) -> Option<&TokenId> {
+        self.token_id.as_ref()
+    }
+
+    /// The required scopes the token lacked, for
+    /// [`InsufficientScope`](AuthErrorKind::InsufficientScope).
+    pub fn missing_scopes(&self) -> Option<&ScopeSet> {
+        self.missing_scopes.as_ref()
+    }
+}
+
+impl fmt::Debug for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("AuthError");
+        out.field("kind", &self.kind);
+        if let Some(reason) = &self.reason {
+            out.field("reason", reason);
+        }
+        if let Some(id) = &self.token_id {
+            out.field("token_id", id);
+        }
+        if let Some(missing) = &self.missing_scopes {
+            out.field("missing_scopes", missing);
+        }
+        if let Some(source) = &self.source {
+            out.field("source", source);
+        }
+        out.finish()
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            AuthErrorKind::MissingCredentials => "missing credentials",
+            AuthErrorKind::MalformedRequest => "malformed credentials",
+            AuthErrorKind::InvalidToken => "invalid token",
+            AuthErrorKind::InsufficientScope => "insufficient scope",
+            AuthErrorKind::StoreUnavailable => "token store unavailable",
+        })
+    }
+}
+
+impl StdError for AuthError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_ref().map(|e| e as &(dyn StdError + 'static))
+    }
+}

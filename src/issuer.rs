@@ -1,0 +1,209 @@
+//! Issuing tokens: a new secret, shown once, stored only as its hash.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::format::{FormatError, GenerateError};
+use crate::record::{Metadata, Owner, TokenRecord};
+use crate::scope::{InvalidScope, ScopeSet};
+use crate::secret::{RandomnessUnavailable, Secret};
+use crate::store::{StoreError, TokenStore};
+use crate::verifier::Inner;
+
+/// The longest token name accepted.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Creates tokens. Get one from [`Verifier::issuer`](crate::Verifier::issuer), so that issuing
+/// and verifying share one format, hasher (and pepper), clock and store.
+///
+/// ```
+/// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+/// use chrono::TimeDelta;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let issuer = Verifier::builder(MemoryStore::new()).build().issuer();
+/// let issued = issuer
+///     .issue(
+///         NewToken::new("Billing Integration", Owner::new("acct-9")?)
+///             .scopes(["account:read", "account:write"])?
+///             .expires_in(TimeDelta::days(90)),
+///     )
+///     .await?;
+/// // Show `issued.token` to its owner now; it cannot be recovered later.
+/// assert!(issued.record.expires_at.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Issuer<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Issuer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Issuer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issuer")
+            .field("format", &self.inner.formats[0])
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: TokenStore> Issuer<S> {
+    pub(crate) fn new(inner: Arc<Inner<S>>) -> Self {
+        Self { inner }
+    }
+
+    /// Issues a token: allocates an id, generates a secret, stores the record with the
+    /// secret's hash, and returns the token text, once.
+    pub async fn issue(&self, new: NewToken) -> Result<IssuedToken, IssueError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        if new.name.is_empty()
+            || new.name.chars().count() > MAX_NAME_LEN
+            || new.name.chars().any(char::is_control)
+        {
+            return Err(IssueError::InvalidName);
+        }
+        let expires_at = match (new.expires_at, new.expires_in) {
+            (Some(at), _) => Some(at),
+            (None, Some(delta)) => Some(
+                now.checked_add_signed(delta)
+                    .ok_or(IssueError::ExpiryOutOfRange)?,
+            ),
+            (None, None) => None,
+        };
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(IssueError::ExpiryOutOfRange);
+        }
+
+        let format = &inner.formats[0];
+        let id = match format.random_id()? {
+            Some(id) => id,
+            None => inner.store.next_id().await?,
+        };
+        let token = format.generate(Some(&id))?;
+        // Hash exactly what the verifier will hash: parse the text just made.
+        let parsed = format
+            .parse(token.expose_secret())
+            .map_err(|e| IssueError::Generate(GenerateError::Format(e)))?;
+        let hash = inner.hasher.hash(parsed.secret().as_bytes());
+
+        let mut record = TokenRecord::new(id, new.owner, new.name, now);
+        record.scopes = new.scopes;
+        record.expires_at = expires_at;
+        record.metadata = new.metadata;
+        inner.store.insert(record.clone(), hash).await?;
+        Ok(IssuedToken { token, record })
+    }
+}
+
+/// What to issue: name, owner, scopes, expiry and metadata.
+///
+/// A new token has no scopes unless given some: least privilege by default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NewToken {
+    name: String,
+    owner: Owner,
+    scopes: ScopeSet,
+    expires_at: Option<DateTime<Utc>>,
+    expires_in: Option<TimeDelta>,
+    metadata: Metadata,
+}
+
+impl NewToken {
+    /// A token named `name` (1 to 255 characters, shown in token lists) acting for `owner`.
+    pub fn new(name: impl Into<String>, owner: Owner) -> Self {
+        Self {
+            name: name.into(),
+            owner,
+            scopes: ScopeSet::new(),
+            expires_at: None,
+            expires_in: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// Grants these scopes, validating each.
+    pub fn scopes<I, T>(mut self, scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.scopes = ScopeSet::try_from_iter(scopes)?;
+        Ok(self)
+    }
+
+    /// Grants this set of scopes.
+    pub fn scope_set(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Expires at `at`, which must be in the future.
+    pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Expires `delta` after issue. Ignored if [`expires_at`](Self::expires_at) is set.
+    pub fn expires_in(mut self, delta: TimeDelta) -> Self {
+        self.expires_in = Some(delta);
+        self
+    }
+
+    /// Attaches application data.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// A newly issued token: the text to show once, and the stored record.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct IssuedToken {
+    /// The whole token text. Show it to its owner in this response only (with
+    /// `Cache-Control: no-store`); it is not stored anywhere and cannot be shown again.
+    pub token: Secret,
+    /// The record as stored.
+    pub record: TokenRecord,
+}
+
+/// Why a token could not be issued. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// The name is empty, longer than 255 characters, or has control characters.
+    #[error("a token name is 1 to {MAX_NAME_LEN} characters without control characters")]
+    InvalidName,
+    /// The expiry is not in the future.
+    #[error("the expiry must be in the future")]
+    ExpiryOutOfRange,
+    /// The store refused or failed.
+    #[error("could not store the token")]
+    Store(#[from] StoreError),
+    /// The secret could not be generated.
+    #[error("could not generate the token")]
+    Generate(#[from] GenerateError),
+}
+
+impl From<RandomnessUnavailable> for IssueError {
+    fn from(err: RandomnessUnavailable) -> Self {
+        Self::Generate(GenerateError::Randomness(err))
+    }
+}
+
+impl From<FormatError> for IssueError {
+    fn from(err: FormatError) -> Self {
+        Self::Generate(GenerateError::Format(err))
+    }
+}

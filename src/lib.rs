@@ -1,0 +1,40 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms,
+    clippy::unwrap_used,
+    clippy::dbg_macro,
+    clippy::todo
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod clock;
+mod error;
+pub mod format;
+mod id;
+mod issuer;
+mod record;
+pub mod scope;
+mod secret;
+pub mod store;
+mod verifier;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{AuthError, AuthErrorKind, RejectReason};
+pub use format::{
+    Checksum, FormatConfigError, FormatError, GenerateError, IdKind, ParsedToken, Separator,
+    TokenFormat, TokenFormatBuilder,
+};
+pub use id::{InvalidTokenId, MAX_ID_LEN, TokenId};
+pub use issuer::{IssueError, IssuedToken, Issuer, MAX_NAME_LEN, NewToken};
+pub use record::{InvalidOwner, MAX_OWNER_LEN, Metadata, Owner, TokenRecord};
+pub use scope::{InvalidScope, Scope, ScopePolicy, ScopeRequirement, ScopeSet};
+pub use secret::{
+    MIN_PEPPER_LEN, PepperTooShort, RandomnessUnavailable, Secret, SecretHash, SecretHasher,
+};
+pub use store::{MemoryStore, StoreError, StoreErrorKind, StoredToken, TokenStore};
+pub use verifier::{Principal, Verifier, VerifierBuilder};

@@ -1,0 +1,590 @@
+//! Scopes: what a token may do, and least-privilege checks against what a route needs.
+//!
+//! A [`Scope`] is an RFC 6749 §3.3 scope token such as `vps:read`, `read:databases` or `admin`.
+//! Both segment orders in the seeds work, because scopes are compared as text, segment by
+//! segment (`:` separates segments), and byte for byte: `VPS:read` is not `vps:read`.
+//!
+//! A token's scopes are a [`ScopeSet`]; a route's needs are a [`ScopeRequirement`] (all of, or
+//! any of, a set). Without configuration a granted scope satisfies only the identical required
+//! scope: no catch-all exists unless the application creates one. A [`ScopePolicy`] adds
+//! wildcards (`vps:*`, `*`) and implications (`admin` implies `*`; `write` implies `read`),
+//! always on whole segments, so `vps:*` never covers `vpsx:read`. See `docs/scopes.md`.
+//!
+//! ```
+//! use apitoken::{ScopePolicy, ScopeRequirement, ScopeSet};
+//!
+//! let granted = ScopeSet::parse("vps:* read:databases")?;
+//! let strict = ScopePolicy::strict();
+//! let wild = ScopePolicy::strict().with_wildcards();
+//!
+//! let need = ScopeRequirement::all(["vps:read"])?;
+//! assert!(strict.check(&granted, &need).is_err()); // `vps:*` is only text here
+//! assert!(wild.check(&granted, &need).is_ok());
+//! assert!(wild.check(&granted, &ScopeRequirement::all(["vpsx:read"])?).is_err());
+//! # Ok::<(), apitoken::InvalidScope>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The longest scope accepted.
+pub const MAX_SCOPE_LEN: usize = 128;
+
+/// The separator between segments of a scope.
+const SEGMENT: char = ':';
+const WILDCARD: &str = "*";
+/// How many scope implications may chain (`owner` → `admin` → `*`); cycles stop here.
+const MAX_IMPLICATION_DEPTH: usize = 8;
+
+/// One scope, such as `vps:read`.
+///
+/// Valid scopes are 1 to [`MAX_SCOPE_LEN`] characters from RFC 6749 §3.3's set: visible ASCII
+/// except `"` and `\`, and no space.
+///
+/// ```
+/// use apitoken::Scope;
+///
+/// let scope: Scope = "storage:delete".parse()?;
+/// assert_eq!(scope.as_str(), "storage:delete");
+/// assert!(Scope::new("vps read").is_err());
+/// assert!(Scope::new("say\"hi\"").is_err());
+/// # Ok::<(), apitoken::InvalidScope>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scope(Box<str>);
+
+/// Text that is not a valid [`Scope`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid scope: expected 1 to {MAX_SCOPE_LEN} visible ASCII characters other than '\"' and '\\'"
+)]
+#[non_exhaustive]
+pub struct InvalidScope;
+
+impl Scope {
+    /// Validates `text` as a scope.
+    pub fn new(text: &str) -> Result<Self, InvalidScope> {
+        let ok = !text.is_empty()
+            && text.len() <= MAX_SCOPE_LEN
+            && text
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if ok {
+            Ok(Self(text.into()))
+        } else {
+            Err(InvalidScope)
+        }
+    }
+
+    /// The scope's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Scope {
+    type Err = InvalidScope;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl AsRef<str> for Scope {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A set of scopes: what a token was granted. Sorted, without duplicates.
+///
+/// Serializes as a JSON array of strings; [`parse`](Self::parse) and `Display` use the
+/// space-delimited form of RFC 6749 §3.3.
+///
+/// ```
+/// use apitoken::ScopeSet;
+///
+/// let scopes = ScopeSet::parse("vps:write vps:read vps:read")?;
+/// assert_eq!(scopes.len(), 2);
+/// assert!(scopes.contains("vps:read"));
+/// assert_eq!(scopes.to_string(), "vps:read vps:write");
+/// # Ok::<(), apitoken::InvalidScope>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(Vec<Scope>);
+
+impl ScopeSet {
+    /// The empty set.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Validates each scope in `scopes`.
+    pub fn try_from_iter<I, S>(scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        scopes.into_iter().map(|s| Scope::new(s.as_ref())).collect()
+    }
+
+    /// Parses RFC 6749's space-delimited list. Runs of spaces are tolerated; any other
+    /// whitespace is an error.
+    pub fn parse(text: &str) -> Result<Self, InvalidScope> {
+        Self::try_from_iter(text.split(' ').filter(|s| !s.is_empty()))
+    }
+
+    /// Adds a scope; returns whether it was new.
+    pub fn insert(&mut self, scope: Scope) -> bool {
+        match self.0.binary_search(&scope) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, scope);
+                true
+            }
+        }
+    }
+
+    /// Whether the set holds exactly this scope (no wildcards, no implications; for those ask
+    /// a [`ScopePolicy`]).
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.binary_search_by(|s| s.as_str().cmp(scope)).is_ok()
+    }
+
+    /// The scopes in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Scope> {
+        self.0.iter()
+    }
+
+    /// Number of scopes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<Scope> for ScopeSet {
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
+        let mut scopes: Vec<Scope> = iter.into_iter().collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        Self(scopes)
+    }
+}
+
+impl<'a> IntoIterator for &'a ScopeSet {
+    type Item = &'a Scope;
+    type IntoIter = std::slice::Iter<'a, Scope>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(&self.0).finish()
+    }
+}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, scope) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(scope.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for ScopeSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<Scope>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+/// What a route needs: all of a set of scopes, or any one of them.
+///
+/// ```
+/// use apitoken::ScopeRequirement;
+///
+/// let read = ScopeRequirement::all(["vps:read"])?;
+/// let either = ScopeRequirement::any(["vps:write", "admin"])?;
+/// assert!(ScopeRequirement::none().is_none());
+/// # let _ = (read, either);
+/// # Ok::<(), apitoken::InvalidScope>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScopeRequirement {
+    scopes: ScopeSet,
+    any: bool,
+}
+
+impl ScopeRequirement {
+    /// No scope needed: any valid token passes.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Every one of `scopes` is needed.
+    pub fn all<I, S>(scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Ok(Self {
+            scopes: ScopeSet::try_from_iter(scopes)?,
+            any: false,
+        })
+    }
+
+    /// At least one of `scopes` is needed. An empty list needs nothing.
+    pub fn any<I, S>(scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Ok(Self {
+            scopes: ScopeSet::try_from_iter(scopes)?,
+            any: true,
+        })
+    }
+
+    /// The scopes named.
+    pub fn scopes(&self) -> &ScopeSet {
+        &self.scopes
+    }
+
+    /// Whether one scope of the set suffices.
+    pub fn is_any(&self) -> bool {
+        self.any
+    }
+
+    /// Whether nothing is required.
+    pub fn is_none(&self) -> bool {
+        self.scopes.is_empty()
+    }
+}
+
+/// How granted scopes cover required ones. The default, [`strict`](Self::strict), is exact
+/// match only.
+///
+/// ```
+/// use apitoken::{ScopePolicy, ScopeRequirement, ScopeSet};
+///
+/// // `admin` may do everything; `write` includes `read` in either segment order.
+/// let policy = ScopePolicy::strict()
+///     .with_wildcards()
+///     .imply("admin", "*")?
+///     .imply_segment("write", "read")?;
+///
+/// let admin = ScopeSet::parse("admin")?;
+/// assert!(policy.check(&admin, &ScopeRequirement::all(["storage:delete"])?).is_ok());
+///
+/// let writer = ScopeSet::parse("vps:write write:policies")?;
+/// assert!(policy.check(&writer, &ScopeRequirement::all(["vps:read", "read:policies"])?).is_ok());
+/// assert!(policy.check(&writer, &ScopeRequirement::all(["vps:delete"])?).is_err());
+/// # Ok::<(), apitoken::InvalidScope>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopePolicy {
+    wildcards: bool,
+    implies: Vec<(Scope, Scope)>,
+    /// Transitive closure of the segment implications, recomputed when one is added.
+    segment_implies: Vec<(Box<str>, Box<str>)>,
+}
+
+impl ScopePolicy {
+    /// Exact match only: a granted scope covers the identical required scope and nothing
+    /// else. `*` and `vps:*` are plain text.
+    pub fn strict() -> Self {
+        Self::default()
+    }
+
+    /// Treats a `*` segment in a granted scope as a wildcard: it matches any one non-empty
+    /// segment, and as the last segment it matches one or more (`vps:*` covers `vps:read` and
+    /// `vps:read:own` but not `vps` or `vpsx:read`; `*` alone covers every scope).
+    #[must_use]
+    pub fn with_wildcards(mut self) -> Self {
+        self.wildcards = true;
+        self
+    }
+
+    /// A granted `from` also grants `to` (and whatever `to` covers under this policy), such as
+    /// `imply("admin", "*")` together with [`with_wildcards`](Self::with_wildcards).
+    pub fn imply(mut self, from: &str, to: &str) -> Result<Self, InvalidScope> {
+        self.implies.push((Scope::new(from)?, Scope::new(to)?));
+        Ok(self)
+    }
+
+    /// A granted scope with the segment `from` also grants the same scope with `to` in that
+    /// place: `imply_segment("write", "read")` makes `vps:write` grant `vps:read` and
+    /// `write:databases` grant `read:databases`. Chains are followed (`admin` → `write` →
+    /// `read`).
+    pub fn imply_segment(mut self, from: &str, to: &str) -> Result<Self, InvalidScope> {
+        let valid = |s: &str| Scope::new(s).is_ok() && !s.contains(SEGMENT) && s != WILDCARD;
+        if !valid(from) || !valid(to) {
+            return Err(InvalidScope);
+        }
+        let mut pairs: Vec<(Box<str>, Box<str>)> = self.segment_implies.clone();
+        pairs.push((from.into(), to.into()));
+        // Close transitively: a → b and b → c give a → c.
+        loop {
+            let mut added = false;
+            for i in 0..pairs.len() {
+                for j in 0..pairs.len() {
+                    if pairs[i].1 == pairs[j].0 && pairs[i].0 != pairs[j].1 {
+                        let pair = (pairs[i].0.clone(), pairs[j].1.clone());
+                        if !pairs.contains(&pair) {
+                            pairs.push(pair);
+                            added = true;
+                        }
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+        self.segment_implies = pairs;
+        Ok(self)
+    }
+
+    /// Whether `granted` covers the single scope `required`.
+    pub fn covers(&self, granted: &ScopeSet, required: &str) -> bool {
+        if granted.contains(required) {
+            return true;
+        }
+        granted
+            .iter()
+            .any(|g| self.scope_covers(g.as_str(), required, 0))
+    }
+
+    /// Checks a requirement. On failure returns the scopes that were missing: for an all-of
+    /// requirement those not covered, for an any-of requirement all of them.
+    pub fn check(&self, granted: &ScopeSet, required: &ScopeRequirement) -> Result<(), ScopeSet> {
+        if required.is_none() {
+            return Ok(());
+        }
+        if required.any {
+            if required
+                .scopes
+                .iter()
+                .any(|r| self.covers(granted, r.as_str()))
+            {
+                return Ok(());
+            }
+            return Err(required.scopes.clone());
+        }
+        let missing: ScopeSet = required
+            .scopes
+            .iter()
+            .filter(|r| !self.covers(granted, r.as_str()))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
+    fn scope_covers(&self, granted: &str, required: &str, depth: usize) -> bool {
+        if granted == required || self.segments_cover(granted, required) {
+            return true;
+        }
+        depth < MAX_IMPLICATION_DEPTH
+            && self
+                .implies
+                .iter()
+                .filter(|(from, _)| from.as_str() == granted)
+                .any(|(_, to)| self.scope_covers(to.as_str(), required, depth + 1))
+    }
+
+    /// Segment-by-segment comparison with wildcards and segment implications.
+    fn segments_cover(&self, granted: &str, required: &str) -> bool {
+        if !self.wildcards && self.segment_implies.is_empty() {
+            return false;
+        }
+        let mut g = granted.split(SEGMENT).peekable();
+        let mut r = required.split(SEGMENT);
+        loop {
+            match (g.next(), r.next()) {
+                (None, None) => return true,
+                (Some(gs), Some(rs)) => {
+                    let wild = self.wildcards && gs == WILDCARD && !rs.is_empty();
+                    if wild && g.peek().is_none() {
+                        // A trailing `*` takes the rest, which is at least this segment.
+                        return true;
+                    }
+                    let implied = self
+                        .segment_implies
+                        .iter()
+                        .any(|(from, to)| **from == *gs && **to == *rs);
+                    if !(gs == rs || wild || implied) {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(text: &str) -> ScopeSet {
+        ScopeSet::parse(text).unwrap()
+    }
+
+    fn all(scopes: &[&str]) -> ScopeRequirement {
+        ScopeRequirement::all(scopes).unwrap()
+    }
+
+    #[test]
+    fn rfc6749_charset() {
+        for ok in [
+            "admin",
+            "vps:read",
+            "read:databases",
+            "ssh-key:write",
+            "!",
+            "~",
+            "*",
+        ] {
+            assert!(Scope::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a\"b", "a\\b", "a\tb", "é", "a\nb", "\u{7f}"] {
+            assert!(Scope::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(Scope::new(&"a".repeat(MAX_SCOPE_LEN)).is_ok());
+        assert!(Scope::new(&"a".repeat(MAX_SCOPE_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn strict_is_exact_and_case_sensitive() {
+        let p = ScopePolicy::strict();
+        let g = set("vps:read * vps:*");
+        assert!(p.check(&g, &all(&["vps:read"])).is_ok());
+        assert!(p.check(&g, &all(&["VPS:read"])).is_err());
+        assert!(p.check(&g, &all(&["vps:write"])).is_err());
+        assert!(p.check(&g, &all(&["storage:read"])).is_err());
+    }
+
+    #[test]
+    fn wildcards_match_whole_segments_only() {
+        let p = ScopePolicy::strict().with_wildcards();
+        let g = set("vps:*");
+        assert!(p.covers(&g, "vps:read"));
+        assert!(p.covers(&g, "vps:read:own"));
+        assert!(!p.covers(&g, "vpsx:read"));
+        assert!(!p.covers(&g, "vps"));
+        assert!(!p.covers(&g, "vps:"));
+        assert!(!p.covers(&g, "xvps:read"));
+        assert!(!p.covers(&set("*:read"), "vps:write"));
+        assert!(p.covers(&set("*:read"), "vps:read"));
+        assert!(!p.covers(&set("*:read"), "vps:read:own"));
+        assert!(p.covers(&set("*"), "anything:at:all"));
+        assert!(!p.covers(&set("vp*"), "vps:read"));
+    }
+
+    #[test]
+    fn implications() {
+        let p = ScopePolicy::strict()
+            .imply("admin", "owner")
+            .unwrap()
+            .imply("owner", "billing:read")
+            .unwrap();
+        assert!(p.covers(&set("admin"), "billing:read"));
+        assert!(!p.covers(&set("billing:read"), "admin"));
+        // `admin` is not a catch-all unless configured so.
+        assert!(!p.covers(&set("admin"), "vps:read"));
+        let cyclic = ScopePolicy::strict()
+            .imply("a", "b")
+            .unwrap()
+            .imply("b", "a")
+            .unwrap();
+        assert!(!cyclic.covers(&set("a"), "c"));
+    }
+
+    #[test]
+    fn segment_implications_chain_and_both_orders() {
+        let p = ScopePolicy::strict()
+            .imply_segment("admin", "write")
+            .unwrap()
+            .imply_segment("write", "read")
+            .unwrap();
+        assert!(p.covers(&set("vps:admin"), "vps:read"));
+        assert!(p.covers(&set("write:databases"), "read:databases"));
+        assert!(!p.covers(&set("vps:read"), "vps:write"));
+        assert!(!p.covers(&set("vps:write"), "vpsx:read"));
+        assert!(ScopePolicy::strict().imply_segment("a:b", "c").is_err());
+        assert!(ScopePolicy::strict().imply_segment("*", "c").is_err());
+    }
+
+    #[test]
+    fn missing_scopes_are_reported() {
+        let p = ScopePolicy::strict();
+        let g = set("vps:read");
+        assert_eq!(
+            p.check(&g, &all(&["vps:read", "vps:write", "storage:read"])),
+            Err(set("vps:write storage:read"))
+        );
+        let any = ScopeRequirement::any(["a", "b"]).unwrap();
+        assert_eq!(p.check(&g, &any), Err(set("a b")));
+        assert!(p.check(&set("b"), &any).is_ok());
+        assert!(p.check(&ScopeSet::new(), &ScopeRequirement::none()).is_ok());
+    }
+
+    #[test]
+    fn set_serde_validates_and_dedups() {
+        let s: ScopeSet = serde_json::from_str(r#"["b","a","b"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&s).unwrap(), r#"["a","b"]"#);
+        assert!(serde_json::from_str::<ScopeSet>(r#"["a b"]"#).is_err());
+        assert!(ScopeSet::parse("a\tb").is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! The in-memory store: the embedded default.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::{Future, ready};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::{StoreError, StoredToken, TokenStore};
+use crate::id::TokenId;
+use crate::record::{Owner, TokenRecord};
+use crate::secret::SecretHash;
+
+/// Shards per map. Lookups on different shards never touch the same lock.
+const SHARDS: usize = 64;
+
+/// A [`TokenStore`] in the process's memory: for tests, single-instance services, and as the
+/// default while an application has no database yet. Nothing survives a restart.
+///
+/// Records sit in 64 independently locked shards keyed by id, with a second sharded map from
+/// secret hash to id and an index by owner. Verification takes one shard's read lock, so
+/// verifying threads do not wait for each other. Records are shared (`Arc`) and replaced whole
+/// on change (revocation, last-used), so readers never see a half-written record.
+///
+/// ```
+/// use apitoken::{MemoryStore, NewToken, Owner, ScopeRequirement, Verifier};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let issued = verifier
+///     .issuer()
+///     .issue(NewToken::new("Production Server", Owner::new("team-1")?).scopes(["vps:read"])?)
+///     .await?;
+/// let principal = verifier
+///     .verify(issued.token.expose_secret(), &ScopeRequirement::all(["vps:read"])?)
+///     .await?;
+/// assert_eq!(principal.owner().as_str(), "team-1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    hasher: RandomState,
+    by_id: Box<[RwLock<HashMap<TokenId, StoredToken>>]>,
+    by_hash: Box<[RwLock<HashMap<SecretHash, TokenId>>]>,
+    by_owner: RwLock<HashMap<Owner, BTreeSet<TokenId>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty store with room for about `tokens` records before it reallocates.
+    pub fn with_capacity(tokens: usize) -> Self {
+        let per_shard = tokens.div_ceil(SHARDS);
+        Self {
+            hasher: RandomState::new(),
+            by_id: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::with_capacity(per_shard)))
+                .collect(),
+            by_hash: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::with_capacity(per_shard)))
+                .collect(),
+            by_owner: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// How many records the store holds, revoked ones included.
+    pub fn len(&self) -> usize {
+        self.by_id.iter().map(|shard| read(shard).len()).sum()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn id_shard(&self, id: &TokenId) -> &RwLock<HashMap<TokenId, StoredToken>> {
+        &self.by_id[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    fn hash_shard(&self, hash: &SecretHash) -> &RwLock<HashMap<SecretHash, TokenId>> {
+        // The hash is SHA-256 output, uniformly distributed: its first byte picks a shard.
+        &self.by_hash[usize::from(hash.as_bytes()[0]) % SHARDS]
+    }
+
+    fn insert_now(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        // Lock order everywhere: owner index, then id shard, then hash shard.
+        let mut owners = write(&self.by_owner);
+        let mut ids = write(self.id_shard(&record.id));
+        let mut hashes = write(self.hash_shard(&hash));
+        if ids.contains_key(&record.id) {
+            return Err(StoreError::conflict("a token with this id already exists"));
+        }
+        if hashes.contains_key(&hash) {
+            return Err(StoreError::conflict(
+                "a token with this secret hash already exists",
+            ));
+        }
+        let id = record.id;
+        owners.entry(record.owner.clone()).or_default().insert(id);
+        hashes.insert(hash, id);
+        ids.insert(id, StoredToken::new(record, hash));
+        Ok(())
+    }
+
+    fn get_now(&self, id: &TokenId) -> Option<StoredToken> {
+        read(self.id_shard(id)).get(id).cloned()
+    }
+
+    fn find_by_hash_now(&self, hash: &SecretHash) -> Option<StoredToken> {
+        let id = *read(self.hash_shard(hash)).get(hash)?;
+        self.get_now(&id)
+    }
+
+    /// Replaces the record `id` with `change(record)` if `change` returns one.
+    fn update(
+        &self,
+        id: &TokenId,
+        change: impl FnOnce(&TokenRecord) -> Option<TokenRecord>,
+    ) -> bool {
+        let mut shard = write(self.id_shard(id));
+        let Some(stored) = shard.get_mut(id) else {
+            return false;
+        };
+        match change(&stored.record) {
+            Some(new) => {
+                stored.record = Arc::new(new);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn revoke_now(&self, id: &TokenId, at: DateTime<Utc>) -> bool {
+        self.update(id, |record| {
+            (!record.is_revoked()).then(|| TokenRecord {
+                revoked_at: Some(at),
+                ..record.clone()
+            })
+        })
+    }
+
+    fn owner_ids(&self, owner: &Owner) -> Vec<TokenId> {
+        read(&self.by_owner)
+            .get(owner)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl TokenStore for MemoryStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        ready(self.insert_now(record, hash))
+    }
+
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        // Skip ids that were inserted explicitly.
+        let id = loop {
+            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = TokenId::from_u64(n);
+            if !read(self.id_shard(&id)).contains_key(&id) {
+                break id;
+            }
+        };
+        ready(Ok(id))
+    }
+
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        ready(Ok(self.get_now(id)))
+    }
+
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        ready(Ok(self.find_by_hash_now(hash)))
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        let mut records: Vec<TokenRecord> = self
+            .owner_ids(owner)
+            .iter()
+            .filter_map(|id| self.get_now(id))
+            .map(|stored| TokenRecord::clone(&stored.record))
+            .collect();
+        records.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        ready(Ok(records))
+    }
+
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(Ok(self.revoke_now(id, at)))
+    }
+
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let revoked = self
+            .owner_ids(owner)
+            .iter()
+            .filter(|id| self.revoke_now(id, at))
+            .count();
+        ready(Ok(revoked))
+    }
+
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.update(id, |record| {
+            record
+                .last_used_at
+                .is_none_or(|last| last < at)
+                .then(|| TokenRecord {
+                    last_used_at: Some(at),
+                    ..record.clone()
+                })
+        });
+        ready(Ok(()))
+    }
+}
+
+// A panic while a lock is held cannot leave a map half-changed (every change is one insert or
+// one `Arc` swap), so a poisoned lock is still safe to use.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretHasher;
+    use crate::store::StoreErrorKind;
+    use chrono::TimeDelta;
+
+    fn block<F: Future>(f: F) -> F::Output {
+        // Every MemoryStore future is `ready`: one poll finishes it.
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => panic!("MemoryStore future was not ready"),
+        }
+    }
+
+    fn record(id: u64, owner: &str) -> TokenRecord {
+        TokenRecord::new(
+            TokenId::from_u64(id),
+            Owner::new(owner).unwrap(),
+            "t",
+            Utc::now(),
+        )
+    }
+
+    fn hash(n: u64) -> SecretHash {
+        SecretHasher::sha256().hash(&n.to_le_bytes())
+    }
+
+    #[test]
+    fn insert_rejects_duplicate_id_and_hash() {
+        let store = MemoryStore::new();
+        block(store.insert(record(1, "a"), hash(1))).unwrap();
+        let dup_id = block(store.insert(record(1, "a"), hash(2))).unwrap_err();
+        assert_eq!(dup_id.kind(), StoreErrorKind::Conflict);
+        let dup_hash = block(store.insert(record(2, "a"), hash(1))).unwrap_err();
+        assert_eq!(dup_hash.kind(), StoreErrorKind::Conflict);
+        // The failed inserts left nothing behind.
+        assert_eq!(store.len(), 1);
+        assert!(block(store.get(&TokenId::from_u64(2))).unwrap().is_none());
+        assert_eq!(
+            block(store.list_by_owner(&Owner::new("a").unwrap()))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn next_id_skips_ids_in_use() {
+        let store = MemoryStore::new();
+        block(store.insert(record(1, "a"), hash(1))).unwrap();
+        block(store.insert(record(2, "a"), hash(2))).unwrap();
+        assert_eq!(block(store.next_id()).unwrap(), TokenId::from_u64(3));
+        assert_eq!(block(store.next_id()).unwrap(), TokenId::from_u64(4));
+    }
+
+    #[test]
+    fn lookups_by_id_and_hash() {
+        let store = MemoryStore::new();
+        block(store.insert(record(7, "a"), hash(7))).unwrap();
+        let by_id = block(store.get(&TokenId::from_u64(7))).unwrap().unwrap();
+        let by_hash = block(store.find_by_hash(&hash(7))).unwrap().unwrap();
+        assert_eq!(by_id.record, by_hash.record);
+        assert_eq!(by_id.hash, hash(7));
+        assert!(block(store.find_by_hash(&hash(8))).unwrap().is_none());
+    }
+
+    #[test]
+    fn revoke_is_once_and_owner_wide() {
+        let store = MemoryStore::new();
+        for (id, owner) in [(1, "a"), (2, "a"), (3, "b")] {
+            block(store.insert(record(id, owner), hash(id))).unwrap();
+        }
+        let now = Utc::now();
+        assert!(block(store.revoke(&TokenId::from_u64(1), now)).unwrap());
+        assert!(!block(store.revoke(&TokenId::from_u64(1), now)).unwrap());
+        assert!(!block(store.revoke(&TokenId::from_u64(99), now)).unwrap());
+        assert_eq!(
+            block(store.revoke_owner(&Owner::new("a").unwrap(), now)).unwrap(),
+            1
+        );
+        let b = block(store.get(&TokenId::from_u64(3))).unwrap().unwrap();
+        assert!(!b.record.is_revoked());
+        let listed = block(store.list_by_owner(&Owner::new("a").unwrap())).unwrap();
+        assert!(listed.iter().all(TokenRecord::is_revoked));
+    }
+
+    #[test]
+    fn last_used_moves_forward_only() {
+        let store = MemoryStore::new();
+        block(store.insert(record(1, "a"), hash(1))).unwrap();
+        let id = TokenId::from_u64(1);
+        let t = Utc::now();
+        block(store.record_last_used(&id, t)).unwrap();
+        block(store.record_last_used(&id, t - TimeDelta::seconds(5))).unwrap();
+        let got = block(store.get(&id)).unwrap().unwrap();
+        assert_eq!(got.record.last_used_at, Some(t));
+        block(store.record_last_used(&TokenId::from_u64(2), t)).unwrap();
+    }
+
+    #[test]
+    fn readers_are_not_blocked_by_a_held_record() {
+        // A record handed out to a reader stays valid after the store replaces it.
+        let store = MemoryStore::new();
+        block(store.insert(record(1, "a"), hash(1))).unwrap();
+        let id = TokenId::from_u64(1);
+        let before = block(store.get(&id)).unwrap().unwrap();
+        block(store.revoke(&id, Utc::now())).unwrap();
+        assert!(!before.record.is_revoked());
+        assert!(block(store.get(&id)).unwrap().unwrap().record.is_revoked());
+    }
+}

@@ -1,0 +1,303 @@
+//! Where token records live: the [`TokenStore`] trait and the stores this crate ships.
+//!
+//! # Why generic, not `dyn`
+//!
+//! `TokenStore`'s methods return `impl Future + Send`, so the [`Verifier`](crate::Verifier) is
+//! generic over its store and a verification costs no boxed future and no virtual call. The
+//! cost is that `TokenStore` is not object-safe; an application that must choose its store at
+//! run time wraps the choices in an enum that implements `TokenStore`. Stores wrap stores (a
+//! cache over a database) by holding the inner store as a type parameter.
+//!
+//! # Contract
+//!
+//! - `get` and `find_by_hash` return `Ok(None)` for a token that does not exist. An error means
+//!   the store could not answer, and the verifier fails closed on it
+//!   ([`AuthErrorKind::StoreUnavailable`](crate::AuthErrorKind::StoreUnavailable)).
+//! - Revoked and expired tokens are still returned: the verifier decides, so the reason can be
+//!   logged.
+//! - `record_last_used` moves `last_used_at` forward only.
+//! - A store never sees a plaintext secret; it stores the [`SecretHash`] it is given.
+
+mod memory;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use memory::MemoryStore;
+
+use crate::id::TokenId;
+use crate::record::{Owner, TokenRecord};
+use crate::secret::SecretHash;
+
+/// A record and the hash of its secret, as a store returns them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoredToken {
+    /// The record. Shared, so a store or cache can hand it out without copying.
+    pub record: Arc<TokenRecord>,
+    /// The stored hash of the secret.
+    pub hash: SecretHash,
+}
+
+impl StoredToken {
+    /// Pairs a record with its hash.
+    pub fn new(record: impl Into<Arc<TokenRecord>>, hash: SecretHash) -> Self {
+        Self {
+            record: record.into(),
+            hash,
+        }
+    }
+}
+
+/// Storage for token records.
+///
+/// See the [module documentation](self) for the contract every implementation keeps.
+///
+/// ```
+/// use apitoken::{MemoryStore, Owner, SecretHasher, TokenId, TokenRecord, TokenStore};
+/// use chrono::Utc;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let id = store.next_id().await?;
+/// let record = TokenRecord::new(id, Owner::new("team-1")?, "CI", Utc::now());
+/// store.insert(record, SecretHasher::sha256().hash(b"secret")).await?;
+/// assert!(store.get(&id).await?.is_some());
+/// assert!(store.revoke(&id, Utc::now()).await?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub trait TokenStore: Send + Sync {
+    /// Stores a new record with the hash of its secret. Fails with
+    /// [`StoreErrorKind::Conflict`] if the id or the hash is already present.
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Allocates a fresh numeric id, for formats whose ids are
+    /// [`IdKind::Numeric`](crate::IdKind::Numeric). Stores without a sequence keep the default,
+    /// which answers [`StoreErrorKind::Unsupported`].
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        std::future::ready(Err(StoreError::unsupported(
+            "this store does not allocate numeric ids",
+        )))
+    }
+
+    /// The record with this id, revoked and expired ones included.
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send;
+
+    /// The record whose secret has this hash, for formats that carry no id.
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send;
+
+    /// Every record of an owner, revoked ones included, oldest first.
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+
+    /// Revokes one token at `at`. Returns `true` if it existed and was not yet revoked.
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Revokes every token of an owner that is not yet revoked. Returns how many.
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Sets `last_used_at` to `at` unless it is already later. An unknown id is not an error.
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).insert(record, hash)
+    }
+
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        (**self).next_id()
+    }
+
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        (**self).get(id)
+    }
+
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        (**self).find_by_hash(hash)
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        (**self).list_by_owner(owner)
+    }
+
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).revoke(id, at)
+    }
+
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        (**self).revoke_owner(owner, at)
+    }
+
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).record_last_used(id, at)
+    }
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store could not be reached or did not answer in time. Verification fails closed.
+    Unavailable,
+    /// The id or secret hash of an inserted record already exists.
+    Conflict,
+    /// The store does not support this operation.
+    Unsupported,
+    /// The store answered with data that is not a valid record.
+    Corrupt,
+}
+
+/// An error from a [`TokenStore`]: a kind for callers to act on, and the store's own error as
+/// the [`source`](StdError::source).
+///
+/// "Not found" is not an error: lookups return `Ok(None)`.
+///
+/// ```
+/// use apitoken::{StoreError, StoreErrorKind};
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let err = StoreError::unavailable(io);
+/// assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: &'static str,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl StoreError {
+    /// The store could not answer; `source` is its own error.
+    pub fn unavailable(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::with_source(
+            StoreErrorKind::Unavailable,
+            "token store unavailable",
+            source,
+        )
+    }
+
+    /// An inserted id or hash already exists.
+    pub fn conflict(message: &'static str) -> Self {
+        Self::new(StoreErrorKind::Conflict, message)
+    }
+
+    /// The operation is not supported by this store.
+    pub fn unsupported(message: &'static str) -> Self {
+        Self::new(StoreErrorKind::Unsupported, message)
+    }
+
+    /// The store returned data that is not a valid record; `source` says why.
+    pub fn corrupt(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::with_source(
+            StoreErrorKind::Corrupt,
+            "token store returned an invalid record",
+            source,
+        )
+    }
+
+    /// An error of any kind with a fixed message.
+    pub fn new(kind: StoreErrorKind, message: &'static str) -> Self {
+        Self {
+            kind,
+            message,
+            source: None,
+        }
+    }
+
+    /// An error of any kind with a fixed message and the store's own error.
+    pub fn with_source(
+        kind: StoreErrorKind,
+        message: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Self {
+            kind,
+            message,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message)
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}

@@ -1,0 +1,415 @@
+//! The verifier: token text in, [`Principal`] or [`AuthError`] out.
+//!
+//! The steps, in order (later steps run only if earlier ones pass):
+//!
+//! 1. **Parse** with each accepted [`TokenFormat`]: shape, id and checksum. No store access, so
+//!    a made-up or mistyped token costs microseconds and no round trip.
+//! 2. **Hash** the secret, always, before the lookup.
+//! 3. **Look up** the record by id (or by hash, for formats without an id).
+//! 4. **Compare** the hashes in constant time. An unknown id is compared against a dummy hash,
+//!    so an unknown id and a wrong secret take the same path and the same time.
+//! 5. **Revoked?** then **expired?** (`expires_at <= now`, and the optional maximum lifetime
+//!    counted from `created_at`).
+//! 6. **Scopes**: the [`ScopePolicy`] checks the [`ScopeRequirement`].
+//! 7. **Last used**: recorded when the stored time is older than the granularity (one minute by
+//!    default), so a hot token costs one store write per minute, not one per request. A
+//!    failure to record it is logged and does not refuse the request.
+//!
+//! The precise reason for a refusal is logged with `tracing` at `debug` level (token id and
+//! reason, never the secret) and kept in the [`AuthError`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use subtle::ConstantTimeEq;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{AuthError, RejectReason};
+use crate::format::{FormatError, ParsedToken, TokenFormat};
+use crate::id::TokenId;
+use crate::issuer::Issuer;
+use crate::record::{Metadata, Owner, TokenRecord};
+use crate::scope::{ScopePolicy, ScopeRequirement, ScopeSet};
+use crate::secret::{SecretHash, SecretHasher};
+use crate::store::TokenStore;
+
+/// Checks tokens against a [`TokenStore`].
+///
+/// Cheap to clone (one `Arc`); share one per service. Build one with
+/// [`Verifier::builder`].
+///
+/// ```
+/// use apitoken::{MemoryStore, NewToken, Owner, ScopeRequirement, Verifier, AuthErrorKind};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let issued = verifier
+///     .issuer()
+///     .issue(NewToken::new("CI", Owner::new("team-1")?).scopes(["vps:read"])?)
+///     .await?;
+/// let token = issued.token.expose_secret();
+///
+/// let principal = verifier.verify(token, &ScopeRequirement::all(["vps:read"])?).await?;
+/// assert_eq!(principal.name(), "CI");
+///
+/// let err = verifier.verify(token, &ScopeRequirement::all(["vps:write"])?).await.unwrap_err();
+/// assert_eq!(err.kind(), AuthErrorKind::InsufficientScope);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Verifier<S> {
+    inner: Arc<Inner<S>>,
+}
+
+pub(crate) struct Inner<S> {
+    pub(crate) store: S,
+    /// Never empty; the first is the one tokens are issued in.
+    pub(crate) formats: Vec<TokenFormat>,
+    pub(crate) hasher: SecretHasher,
+    pub(crate) clock: Arc<dyn Clock>,
+    policy: Arc<ScopePolicy>,
+    max_lifetime: Option<TimeDelta>,
+    last_used_granularity: Option<TimeDelta>,
+    /// Compared against when the id is unknown, so that path does the same work.
+    dummy_hash: SecretHash,
+}
+
+impl<S> Clone for Verifier<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Verifier<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("formats", &self.inner.formats)
+            .field("hasher", &self.inner.hasher)
+            .field("policy", &self.inner.policy)
+            .field("max_lifetime", &self.inner.max_lifetime)
+            .field("last_used_granularity", &self.inner.last_used_granularity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: TokenStore> Verifier<S> {
+    /// Starts configuring a verifier over `store`.
+    pub fn builder(store: S) -> VerifierBuilder<S> {
+        VerifierBuilder {
+            store,
+            formats: vec![TokenFormat::canonical()],
+            hasher: SecretHasher::sha256(),
+            clock: Arc::new(SystemClock),
+            policy: ScopePolicy::strict(),
+            max_lifetime: None,
+            last_used_granularity: Some(TimeDelta::minutes(1)),
+        }
+    }
+
+    /// Verifies `token` and checks that it satisfies `required`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        required: &ScopeRequirement,
+    ) -> Result<Principal, AuthError> {
+        let result = self.verify_unlogged(token, required).await;
+        if let Err(err) = &result {
+            tracing::debug!(
+                kind = ?err.kind(),
+                reason = ?err.reason(),
+                token_id = ?err.token_id(),
+                "token refused"
+            );
+        }
+        result
+    }
+
+    /// Verifies `token` without a scope requirement; check scopes later with
+    /// [`Principal::require`].
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify(token, &ScopeRequirement::none()).await
+    }
+
+    async fn verify_unlogged(
+        &self,
+        token: &str,
+        required: &ScopeRequirement,
+    ) -> Result<Principal, AuthError> {
+        let inner = &*self.inner;
+        let parsed = self.parse(token)?;
+        let presented = inner.hasher.hash(parsed.secret().as_bytes());
+        let found = match parsed.id() {
+            Some(id) => inner.store.get(id).await,
+            None => inner.store.find_by_hash(&presented).await,
+        }
+        .map_err(AuthError::store_unavailable)?;
+
+        let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
+        let secret_matches: bool = presented.ct_eq(expected).into();
+        let presented_id = parsed.id().copied();
+        let record = match found {
+            Some(stored) if secret_matches => stored.record,
+            Some(_) => {
+                return Err(AuthError::invalid_token(
+                    RejectReason::WrongSecret,
+                    presented_id,
+                ));
+            }
+            None => {
+                return Err(AuthError::invalid_token(
+                    RejectReason::UnknownToken,
+                    presented_id,
+                ));
+            }
+        };
+
+        let now = inner.clock.now();
+        let refuse = |reason| Err(AuthError::invalid_token(reason, Some(record.id)));
+        if record.is_revoked() {
+            return refuse(RejectReason::Revoked);
+        }
+        if record.is_expired_at(now) {
+            return refuse(RejectReason::Expired);
+        }
+        if let Some(max) = inner.max_lifetime
+            && record
+                .created_at
+                .checked_add_signed(max)
+                .is_none_or(|end| end <= now)
+        {
+            return refuse(RejectReason::LifetimeExceeded);
+        }
+        if let Err(missing) = inner.policy.check(&record.scopes, required) {
+            return Err(AuthError::insufficient_scope(missing, record.id));
+        }
+
+        if let Some(every) = inner.last_used_granularity
+            && record.last_used_at.is_none_or(|last| now - last >= every)
+            && let Err(err) = inner.store.record_last_used(&record.id, now).await
+        {
+            tracing::warn!(token_id = %record.id, error = %err, "could not record last use");
+        }
+
+        Ok(Principal {
+            record,
+            policy: Arc::clone(&inner.policy),
+        })
+    }
+
+    fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {
+        let mut first_error = None;
+        for format in &self.inner.formats {
+            match format.parse(token) {
+                Ok(parsed) => return Ok(parsed),
+                // Report the error of a format whose prefix matched, if any.
+                Err(FormatError::WrongPrefix) => {
+                    first_error.get_or_insert(FormatError::WrongPrefix);
+                }
+                Err(err) => {
+                    first_error = Some(err);
+                    break;
+                }
+            }
+        }
+        let reason = match first_error.unwrap_or(FormatError::Empty) {
+            FormatError::BadChecksum => RejectReason::BadChecksum,
+            other => RejectReason::Malformed(other),
+        };
+        Err(AuthError::invalid_token(reason, None))
+    }
+
+    /// An [`Issuer`] that creates tokens in this verifier's first format, hashed with its
+    /// hasher, in its store.
+    pub fn issuer(&self) -> Issuer<S> {
+        Issuer::new(Arc::clone(&self.inner))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The current time by the verifier's clock; use it for store calls such as
+    /// [`TokenStore::revoke`] so tests that move the clock see consistent times.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// The scope policy.
+    pub fn scope_policy(&self) -> &ScopePolicy {
+        &self.inner.policy
+    }
+}
+
+/// Configures a [`Verifier`]. Made by [`Verifier::builder`].
+#[must_use]
+pub struct VerifierBuilder<S> {
+    store: S,
+    formats: Vec<TokenFormat>,
+    hasher: SecretHasher,
+    clock: Arc<dyn Clock>,
+    policy: ScopePolicy,
+    max_lifetime: Option<TimeDelta>,
+    last_used_granularity: Option<TimeDelta>,
+}
+
+impl<S> fmt::Debug for VerifierBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifierBuilder")
+            .field("formats", &self.formats)
+            .field("hasher", &self.hasher)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: TokenStore> VerifierBuilder<S> {
+    /// The token format: tokens are issued in it and verified against it. Replaces any earlier
+    /// formats. Default: [`TokenFormat::canonical`].
+    pub fn format(mut self, format: TokenFormat) -> Self {
+        self.formats = vec![format];
+        self
+    }
+
+    /// Also accepts tokens in `format`, tried in the order added after the main one: for a
+    /// migration from one format to another, or to verify Sanctum tokens beside new ones.
+    pub fn also_accept(mut self, format: TokenFormat) -> Self {
+        self.formats.push(format);
+        self
+    }
+
+    /// How secrets are hashed. Default: [`SecretHasher::sha256`]. It must be the hasher the
+    /// stored hashes were made with.
+    pub fn hasher(mut self, hasher: SecretHasher) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    /// How granted scopes cover required ones. Default: [`ScopePolicy::strict`].
+    pub fn scope_policy(mut self, policy: ScopePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Refuses tokens older than `lifetime` counted from `created_at`, whatever their own
+    /// `expires_at` (as Sanctum's `expiration` setting). Default: no limit.
+    pub fn max_lifetime(mut self, lifetime: TimeDelta) -> Self {
+        self.max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Records last use when the stored time is at least `granularity` old. Default: one
+    /// minute. Zero records every verification, which costs a store write each time.
+    pub fn last_used_granularity(mut self, granularity: TimeDelta) -> Self {
+        self.last_used_granularity = Some(granularity);
+        self
+    }
+
+    /// Never records last use.
+    pub fn disable_last_used(mut self) -> Self {
+        self.last_used_granularity = None;
+        self
+    }
+
+    /// The clock. Default: [`SystemClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the verifier.
+    pub fn build(self) -> Verifier<S> {
+        let dummy_hash = self.hasher.hash(b"apitoken: no such token");
+        Verifier {
+            inner: Arc::new(Inner {
+                store: self.store,
+                formats: self.formats,
+                hasher: self.hasher,
+                clock: self.clock,
+                policy: Arc::new(self.policy),
+                max_lifetime: self.max_lifetime,
+                last_used_granularity: self.last_used_granularity,
+                dummy_hash,
+            }),
+        }
+    }
+}
+
+/// An authenticated token: who it acts for and what it may do.
+///
+/// Handlers read it to make authorization decisions, for example comparing
+/// [`owner`](Self::owner) with the owner of the resource being touched.
+///
+/// ```
+/// use apitoken::{MemoryStore, NewToken, Owner, ScopeRequirement, Verifier};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let issued = verifier.issuer()
+///     .issue(NewToken::new("monitoring", Owner::new("team-1")?).scopes(["vps:read"])?)
+///     .await?;
+/// let principal = verifier.authenticate(issued.token.expose_secret()).await?;
+/// assert!(principal.require(&ScopeRequirement::all(["vps:read"])?).is_ok());
+/// assert!(principal.require(&ScopeRequirement::all(["vps:write"])?).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Principal {
+    record: Arc<TokenRecord>,
+    policy: Arc<ScopePolicy>,
+}
+
+impl Principal {
+    /// The token's id.
+    pub fn token_id(&self) -> &TokenId {
+        &self.record.id
+    }
+
+    /// Whom the token acts for.
+    pub fn owner(&self) -> &Owner {
+        &self.record.owner
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// The scopes granted.
+    pub fn scopes(&self) -> &ScopeSet {
+        &self.record.scopes
+    }
+
+    /// The application's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.record.metadata
+    }
+
+    /// When the token expires, so a service can warn its clients (a `Deprecation` or
+    /// `Sunset` header, say) ahead of time.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.record.expires_at
+    }
+
+    /// The whole record, as the store returned it before this verification (its
+    /// `last_used_at` does not include this use).
+    pub fn record(&self) -> &TokenRecord {
+        &self.record
+    }
+
+    /// Checks a scope requirement under the verifier's [`ScopePolicy`].
+    pub fn require(&self, required: &ScopeRequirement) -> Result<(), AuthError> {
+        self.policy
+            .check(&self.record.scopes, required)
+            .map_err(|missing| AuthError::insufficient_scope(missing, self.record.id))
+    }
+
+    /// Whether the token holds `scope` under the verifier's [`ScopePolicy`].
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.policy.covers(&self.record.scopes, scope)
+    }
+}
