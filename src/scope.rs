@@ -35,8 +35,6 @@ pub const MAX_SCOPE_LEN: usize = 128;
 /// The separator between segments of a scope.
 const SEGMENT: char = ':';
 const WILDCARD: &str = "*";
-/// How many scope implications may chain (`owner` → `admin` → `*`); cycles stop here.
-const MAX_IMPLICATION_DEPTH: usize = 8;
 
 /// One scope, such as `vps:read`.
 ///
@@ -331,6 +329,8 @@ impl ScopeRequirement {
 #[non_exhaustive]
 pub struct ScopePolicy {
     wildcards: bool,
+    /// Transitive closure of the scope implications, recomputed when one is added, so a
+    /// check never follows chains.
     implies: Vec<(Scope, Scope)>,
     /// Transitive closure of the segment implications, recomputed when one is added.
     segment_implies: Vec<(Box<str>, Box<str>)>,
@@ -355,7 +355,8 @@ impl ScopePolicy {
     /// A granted `from` also grants `to` (and whatever `to` covers under this policy), such as
     /// `imply("admin", "*")` together with [`with_wildcards`](Self::with_wildcards).
     pub fn imply(mut self, from: &str, to: &str) -> Result<Self, InvalidScope> {
-        self.implies.push((Scope::new(from)?, Scope::new(to)?));
+        let pair = (Scope::new(from)?, Scope::new(to)?);
+        self.implies = transitive_closure(std::mem::take(&mut self.implies), pair);
         Ok(self)
     }
 
@@ -368,27 +369,8 @@ impl ScopePolicy {
         if !valid(from) || !valid(to) {
             return Err(InvalidScope);
         }
-        let mut pairs: Vec<(Box<str>, Box<str>)> = self.segment_implies.clone();
-        pairs.push((from.into(), to.into()));
-        // Close transitively: a → b and b → c give a → c.
-        loop {
-            let mut added = false;
-            for i in 0..pairs.len() {
-                for j in 0..pairs.len() {
-                    if pairs[i].1 == pairs[j].0 && pairs[i].0 != pairs[j].1 {
-                        let pair = (pairs[i].0.clone(), pairs[j].1.clone());
-                        if !pairs.contains(&pair) {
-                            pairs.push(pair);
-                            added = true;
-                        }
-                    }
-                }
-            }
-            if !added {
-                break;
-            }
-        }
-        self.segment_implies = pairs;
+        let pair: (Box<str>, Box<str>) = (from.into(), to.into());
+        self.segment_implies = transitive_closure(std::mem::take(&mut self.segment_implies), pair);
         Ok(self)
     }
 
@@ -399,7 +381,7 @@ impl ScopePolicy {
         }
         granted
             .iter()
-            .any(|g| self.scope_covers(g.as_str(), required, 0))
+            .any(|g| self.scope_covers(g.as_str(), required))
     }
 
     /// Checks a requirement. On failure returns the scopes that were missing: for an all-of
@@ -431,16 +413,14 @@ impl ScopePolicy {
         }
     }
 
-    fn scope_covers(&self, granted: &str, required: &str, depth: usize) -> bool {
+    fn scope_covers(&self, granted: &str, required: &str) -> bool {
         if granted == required || self.segments_cover(granted, required) {
             return true;
         }
-        depth < MAX_IMPLICATION_DEPTH
-            && self
-                .implies
-                .iter()
-                .filter(|(from, _)| from.as_str() == granted)
-                .any(|(_, to)| self.scope_covers(to.as_str(), required, depth + 1))
+        self.implies
+            .iter()
+            .filter(|(from, _)| from.as_str() == granted)
+            .any(|(_, to)| to.as_str() == required || self.segments_cover(to.as_str(), required))
     }
 
     /// Segment-by-segment comparison with wildcards and segment implications.
@@ -470,6 +450,29 @@ impl ScopePolicy {
                 _ => return false,
             }
         }
+    }
+}
+
+/// Adds `pair` to `pairs` and closes the relation: a → b and b → c give a → c. Self-pairs are
+/// left out (a cycle implies nothing new). Runs when a policy is configured, never per check.
+fn transitive_closure<T: Clone + PartialEq>(mut pairs: Vec<(T, T)>, pair: (T, T)) -> Vec<(T, T)> {
+    if pair.0 != pair.1 && !pairs.contains(&pair) {
+        pairs.push(pair);
+    }
+    loop {
+        let mut added = Vec::new();
+        for (a, b) in &pairs {
+            for (c, d) in &pairs {
+                let derived = (a.clone(), d.clone());
+                if b == c && a != d && !pairs.contains(&derived) && !added.contains(&derived) {
+                    added.push(derived);
+                }
+            }
+        }
+        if added.is_empty() {
+            return pairs;
+        }
+        pairs.extend(added);
     }
 }
 
@@ -549,6 +552,22 @@ mod tests {
             .imply("b", "a")
             .unwrap();
         assert!(!cyclic.covers(&set("a"), "c"));
+    }
+
+    #[test]
+    fn implication_chains_of_any_length_are_followed() {
+        let mut p = ScopePolicy::strict();
+        for i in 0..20 {
+            p = p.imply(&format!("s{i}"), &format!("s{}", i + 1)).unwrap();
+        }
+        assert!(p.covers(&set("s0"), "s20"));
+        assert!(!p.covers(&set("s20"), "s0"));
+        // Added in reverse order, the closure is the same.
+        let mut q = ScopePolicy::strict();
+        for i in (0..20).rev() {
+            q = q.imply(&format!("s{i}"), &format!("s{}", i + 1)).unwrap();
+        }
+        assert!(q.covers(&set("s0"), "s20"));
     }
 
     #[test]

@@ -33,7 +33,9 @@ use crate::format::BASE62;
 /// assert_eq!(format!("{secret:?}"), "Secret([REDACTED])");
 /// assert!(secret.expose_secret().starts_with("1."));
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Equality is constant-time in the content (the length may show).
+#[derive(Clone)]
 pub struct Secret(Zeroizing<String>);
 
 impl Secret {
@@ -48,6 +50,14 @@ impl Secret {
         &self.0
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

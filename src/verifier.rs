@@ -200,21 +200,16 @@ impl<S: TokenStore> Verifier<S> {
     }
 
     fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {
-        let mut first_error = None;
+        // Every format is tried: formats without a prefix cannot tell each other's tokens
+        // apart by their first bytes.
+        let mut best: Option<FormatError> = None;
         for format in &self.inner.formats {
             match format.parse(token) {
                 Ok(parsed) => return Ok(parsed),
-                // Report the error of a format whose prefix matched, if any.
-                Err(FormatError::WrongPrefix) => {
-                    first_error.get_or_insert(FormatError::WrongPrefix);
-                }
-                Err(err) => {
-                    first_error = Some(err);
-                    break;
-                }
+                Err(err) => best = Some(more_telling(best, err)),
             }
         }
-        let reason = match first_error.unwrap_or(FormatError::Empty) {
+        let reason = match best.unwrap_or(FormatError::Empty) {
             FormatError::BadChecksum => RejectReason::BadChecksum,
             other => RejectReason::Malformed(other),
         };
@@ -241,6 +236,18 @@ impl<S: TokenStore> Verifier<S> {
     /// The scope policy.
     pub fn scope_policy(&self) -> &ScopePolicy {
         &self.inner.policy
+    }
+}
+
+/// Which of two parse errors says more about a token no format accepted: a bad checksum
+/// (the token had the shape of a format) over anything else, and anything over a wrong prefix.
+fn more_telling(earlier: Option<FormatError>, later: FormatError) -> FormatError {
+    match earlier {
+        None => later,
+        Some(FormatError::BadChecksum) => FormatError::BadChecksum,
+        Some(FormatError::WrongPrefix) => later,
+        Some(_) if later == FormatError::BadChecksum => later,
+        Some(earlier) => earlier,
     }
 }
 
@@ -274,8 +281,10 @@ impl<S: TokenStore> VerifierBuilder<S> {
         self
     }
 
-    /// Also accepts tokens in `format`, tried in the order added after the main one: for a
-    /// migration from one format to another, or to verify Sanctum tokens beside new ones.
+    /// Also accepts tokens in `format`: for a migration from one format to another, or to
+    /// verify Sanctum or DCT tokens beside new ones. Formats are tried in the order added
+    /// (the main one first) and the first that parses the token wins, so when two formats
+    /// could both parse a token, add the stricter one first.
     pub fn also_accept(mut self, format: TokenFormat) -> Self {
         self.formats.push(format);
         self

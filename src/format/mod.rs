@@ -369,14 +369,16 @@ impl TokenFormat {
             ),
             None => (None, text),
         };
-        let with_prefix = self
+        // A body with the configured prefix is read as prefixed; tokens issued before the
+        // prefix was configured have none, so the whole body is tried as well.
+        let prefixed = self
             .prefix
             .as_deref()
             .and_then(|prefix| hashed.strip_prefix(prefix))
-            .filter(|body| sanctum_body_ok(body).is_ok());
-        match with_prefix {
-            Some(_) => {}
-            // Tokens issued before the prefix was configured have none.
+            .map(sanctum_body_ok);
+        match prefixed {
+            Some(Ok(())) => {}
+            Some(Err(prefixed_err)) => sanctum_body_ok(hashed).map_err(|_| prefixed_err)?,
             None => sanctum_body_ok(hashed)?,
         }
         Ok(ParsedToken { id, secret: hashed })
