@@ -17,6 +17,7 @@ mod error;
 pub mod format;
 mod id;
 mod issuer;
+pub mod middleware;
 mod record;
 pub mod scope;
 mod secret;

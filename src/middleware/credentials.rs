@@ -1,0 +1,325 @@
+//! Where a request carries its token: the `Authorization` header, or a custom header.
+
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName};
+
+use crate::error::{AuthError, RejectReason};
+use crate::format::{FormatError, MAX_TOKEN_LEN};
+
+/// The longest authentication scheme name accepted.
+const MAX_SCHEME_LEN: usize = 32;
+
+/// Which headers carry credentials, and in which authentication schemes.
+///
+/// By default: `Authorization: Bearer <token>`. Scheme names compare case-insensitively (RFC
+/// 9110 §11.1), so `bearer` and `BEARER` work too. Tokens are never read from the query string
+/// (RFC 6750 §2.3, RFC 9700 §4.3.2).
+///
+/// ```
+/// use apitoken::middleware::Credentials;
+/// use http::HeaderName;
+///
+/// // Delphix DCT's `Authorization: apk 1.0p9P…` next to `Bearer`, and an `X-API-Key` header.
+/// let credentials = Credentials::bearer()
+///     .scheme("apk")?
+///     .header(HeaderName::from_static("x-api-key"));
+/// # let _ = credentials;
+/// # Ok::<(), apitoken::middleware::InvalidScheme>(())
+/// ```
+///
+/// # Outcomes
+///
+/// | request | outcome |
+/// |---|---|
+/// | no `Authorization`, no custom header | missing credentials (401, bare challenge) |
+/// | `Authorization` in another scheme (`Basic …`) | missing credentials (401, bare challenge) |
+/// | two `Authorization` lines, or both `Authorization` and the custom header, or two custom header lines | malformed request (400 `invalid_request`) |
+/// | a configured scheme with no token, or a tab after the scheme | malformed request (400) |
+/// | a space or tab inside the token (trailing junk, two tokens) | malformed request (400) |
+/// | bytes outside visible ASCII (0x80–0xFF, controls) | malformed request (400) |
+/// | a token longer than 512 bytes | invalid token (401 `invalid_token`), before any hashing |
+/// | a token of visible ASCII that no format accepts (quoted, `%`, …) | invalid token (401) |
+///
+/// Leading and trailing spaces and tabs around the whole value are ignored (RFC 9110 §5.5);
+/// any number of spaces may separate scheme and token (RFC 9110 §11.4: `1*SP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Credentials {
+    schemes: Vec<Box<str>>,
+    header: Option<HeaderName>,
+}
+
+/// A scheme name that is not an RFC 9110 token of at most 32 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an authentication scheme is 1 to {MAX_SCHEME_LEN} RFC 9110 token characters")]
+#[non_exhaustive]
+pub struct InvalidScheme;
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self::bearer()
+    }
+}
+
+impl Credentials {
+    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
+    pub fn bearer() -> Self {
+        Self {
+            schemes: vec!["Bearer".into()],
+            header: None,
+        }
+    }
+
+    /// No `Authorization` scheme; only the header `name` (see [`header`](Self::header)).
+    pub fn header_only(name: HeaderName) -> Self {
+        Self {
+            schemes: Vec::new(),
+            header: Some(name),
+        }
+    }
+
+    /// Also accepts `Authorization: <scheme> <token>`, such as DCT's `apk`.
+    pub fn scheme(mut self, scheme: &str) -> Result<Self, InvalidScheme> {
+        let valid =
+            !scheme.is_empty() && scheme.len() <= MAX_SCHEME_LEN && scheme.bytes().all(is_tchar);
+        if !valid {
+            return Err(InvalidScheme);
+        }
+        if !self.accepts_scheme(scheme.as_bytes()) {
+            self.schemes.push(scheme.into());
+        }
+        Ok(self)
+    }
+
+    /// Also accepts the token alone in the header `name`, such as `X-API-Key: <token>`.
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.header = Some(name);
+        self
+    }
+
+    /// The accepted `Authorization` schemes, in the order given.
+    pub fn schemes(&self) -> impl Iterator<Item = &str> {
+        self.schemes.iter().map(|s| &**s)
+    }
+
+    /// The custom header, if any.
+    pub fn custom_header(&self) -> Option<&HeaderName> {
+        self.header.as_ref()
+    }
+
+    fn accepts_scheme(&self, scheme: &[u8]) -> bool {
+        self.schemes
+            .iter()
+            .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+    }
+
+    /// The token text, `Ok(None)` when the request has no credentials for us, or the error.
+    pub(crate) fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
+        let mut from_authorization = None;
+        if !self.schemes.is_empty() {
+            let mut values = headers.get_all(AUTHORIZATION).iter();
+            if let Some(value) = values.next() {
+                if values.next().is_some() {
+                    // RFC 9110 §5.3: Authorization is not a list; never "first one wins".
+                    return Err(AuthError::malformed_request());
+                }
+                from_authorization = self.parse_authorization(value.as_bytes())?;
+            }
+        }
+        if let Some(name) = &self.header {
+            let mut values = headers.get_all(name).iter();
+            if let Some(value) = values.next() {
+                if values.next().is_some() || from_authorization.is_some() {
+                    // RFC 6750 §2: one transmission method per request.
+                    return Err(AuthError::malformed_request());
+                }
+                return token_text(trim_ows(value.as_bytes())).map(Some);
+            }
+        }
+        Ok(from_authorization)
+    }
+
+    fn parse_authorization<'h>(&self, value: &'h [u8]) -> Result<Option<&'h str>, AuthError> {
+        let value = trim_ows(value);
+        let scheme_end = value
+            .iter()
+            .take(MAX_SCHEME_LEN + 1)
+            .position(|b| *b == b' ' || *b == b'\t');
+        let Some(end) = scheme_end else {
+            // A lone word: our scheme without a token is malformed; anything else is not ours.
+            return if self.accepts_scheme(value) {
+                Err(AuthError::malformed_request())
+            } else {
+                Ok(None)
+            };
+        };
+        if !self.accepts_scheme(&value[..end]) {
+            return Ok(None);
+        }
+        if value[end] == b'\t' {
+            return Err(AuthError::malformed_request());
+        }
+        let rest = &value[end..];
+        let start = rest.iter().position(|b| *b != b' ').unwrap_or(rest.len());
+        token_text(&rest[start..]).map(Some)
+    }
+}
+
+/// Checks the token part of a header: bounded, one token, visible ASCII.
+fn token_text(token: &[u8]) -> Result<&str, AuthError> {
+    if token.is_empty() {
+        return Err(AuthError::malformed_request());
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        // Refused on length alone: no scan, no hash, no store.
+        return Err(AuthError::invalid_token(
+            RejectReason::Malformed(FormatError::TooLong),
+            None,
+        ));
+    }
+    if !token.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(AuthError::malformed_request());
+    }
+    std::str::from_utf8(token).map_err(|_| AuthError::malformed_request())
+}
+
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::AuthErrorKind;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn kind(
+        credentials: &Credentials,
+        pairs: &[(&str, &[u8])],
+    ) -> Result<Option<String>, AuthErrorKind> {
+        credentials
+            .extract(&headers(pairs))
+            .map(|t| t.map(str::to_owned))
+            .map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn schemes_are_case_insensitive_and_configurable() {
+        let c = Credentials::bearer().scheme("apk").unwrap();
+        for value in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "apk abc",
+            "APK abc",
+            "Bearer    abc",
+        ] {
+            assert_eq!(
+                kind(&c, &[("authorization", value.as_bytes())]),
+                Ok(Some("abc".into())),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            kind(&Credentials::bearer(), &[("authorization", b"apk abc")]),
+            Ok(None)
+        );
+        assert!(Credentials::bearer().scheme("a b").is_err());
+        assert!(Credentials::bearer().scheme("").is_err());
+    }
+
+    #[test]
+    fn outcomes_of_odd_headers() {
+        let c = Credentials::bearer();
+        let malformed = Err(AuthErrorKind::MalformedRequest);
+        assert_eq!(kind(&c, &[]), Ok(None));
+        assert_eq!(
+            kind(&c, &[("authorization", b"Basic dXNlcjpwYXNz")]),
+            Ok(None)
+        );
+        assert_eq!(kind(&c, &[("authorization", b"abc.def")]), Ok(None));
+        assert_eq!(kind(&c, &[("authorization", b"Bearer")]), malformed);
+        assert_eq!(kind(&c, &[("authorization", b"Bearer ")]), malformed);
+        assert_eq!(kind(&c, &[("authorization", b"")]), Ok(None));
+        assert_eq!(kind(&c, &[("authorization", b"Bearer\tabc")]), malformed);
+        assert_eq!(kind(&c, &[("authorization", b"Bearer abc def")]), malformed);
+        assert_eq!(
+            kind(&c, &[("authorization", b"Bearer abc\tdef")]),
+            malformed
+        );
+        assert_eq!(kind(&c, &[("authorization", b"Bearer ab\xffc")]), malformed);
+        assert_eq!(
+            kind(&c, &[("authorization", b"  Bearer abc \t")]),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            kind(&c, &[("authorization", b"Bearer \"abc\"")]),
+            Ok(Some("\"abc\"".into()))
+        );
+        assert_eq!(
+            kind(
+                &c,
+                &[
+                    ("authorization", b"Bearer a"),
+                    ("authorization", b"Bearer b")
+                ]
+            ),
+            malformed
+        );
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
+        assert_eq!(
+            kind(&c, &[("authorization", long.as_bytes())]),
+            Err(AuthErrorKind::InvalidToken)
+        );
+        let ok = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN));
+        assert!(kind(&c, &[("authorization", ok.as_bytes())]).is_ok());
+    }
+
+    #[test]
+    fn custom_header() {
+        let name = HeaderName::from_static("x-api-key");
+        let c = Credentials::bearer().header(name.clone());
+        assert_eq!(kind(&c, &[("x-api-key", b"abc")]), Ok(Some("abc".into())));
+        assert_eq!(kind(&c, &[("x-api-key", b" abc ")]), Ok(Some("abc".into())));
+        assert_eq!(
+            kind(&c, &[("x-api-key", b"")]),
+            Err(AuthErrorKind::MalformedRequest)
+        );
+        assert_eq!(
+            kind(&c, &[("x-api-key", b"a"), ("x-api-key", b"b")]),
+            Err(AuthErrorKind::MalformedRequest)
+        );
+        assert_eq!(
+            kind(&c, &[("x-api-key", b"a"), ("authorization", b"Bearer b")]),
+            Err(AuthErrorKind::MalformedRequest)
+        );
+        // Another scheme in Authorization is not ours: the custom header is used.
+        assert_eq!(
+            kind(&c, &[("x-api-key", b"a"), ("authorization", b"Basic b")]),
+            Ok(Some("a".into()))
+        );
+        let only = Credentials::header_only(name);
+        assert_eq!(kind(&only, &[("authorization", b"Bearer b")]), Ok(None));
+    }
+}

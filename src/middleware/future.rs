@@ -1,0 +1,128 @@
+//! [`ResponseFuture`]: verifying, then calling the inner service, or a ready refusal.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::response::Responder;
+use crate::error::AuthError;
+use crate::verifier::Principal;
+
+type Verification<B> =
+    Pin<Box<dyn Future<Output = (Request<B>, Result<crate::Principal, AuthError>)> + Send>>;
+
+pin_project! {
+    /// The response future of [`Auth`](super::Auth).
+    pub struct ResponseFuture<I, ReqBody, ResBody, R>
+    where
+        I: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<I, I::Future, ReqBody, ResBody, R>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<I, F, ReqBody, ResBody, R> {
+        Verifying {
+            verify: Verification<ReqBody>,
+            inner: Option<I>,
+            responder: R,
+        },
+        Calling {
+            #[pin]
+            future: F,
+        },
+        Refused {
+            response: Option<Response<ResBody>>,
+        },
+    }
+}
+
+impl<I, ReqBody, ResBody, R> ResponseFuture<I, ReqBody, ResBody, R>
+where
+    I: Service<Request<ReqBody>>,
+{
+    pub(crate) fn verifying(verify: Verification<ReqBody>, inner: I, responder: R) -> Self {
+        Self {
+            state: State::Verifying {
+                verify,
+                inner: Some(inner),
+                responder,
+            },
+        }
+    }
+
+    pub(crate) fn calling(future: I::Future) -> Self {
+        Self {
+            state: State::Calling { future },
+        }
+    }
+
+    pub(crate) fn refused(response: Response<ResBody>) -> Self {
+        Self {
+            state: State::Refused {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<I, ReqBody, ResBody, R> Future for ResponseFuture<I, ReqBody, ResBody, R>
+where
+    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: Responder<ResBody>,
+{
+    type Output = Result<Response<ResBody>, I::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Verifying {
+                    verify,
+                    inner,
+                    responder,
+                } => {
+                    let (mut request, outcome) = ready!(verify.as_mut().poll(cx));
+                    let principal: Principal = match outcome {
+                        Ok(principal) => principal,
+                        Err(error) => {
+                            let response = responder.respond(&error);
+                            this.state.set(State::Refused { response: None });
+                            return Poll::Ready(Ok(response));
+                        }
+                    };
+                    request.extensions_mut().insert(principal);
+                    let mut service = inner
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Refused { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}
+
+impl<I, ReqBody, ResBody, R> fmt::Debug for ResponseFuture<I, ReqBody, ResBody, R>
+where
+    I: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

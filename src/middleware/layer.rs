@@ -1,0 +1,110 @@
+//! [`AuthLayer`]: configuration, applied to a service to make an [`Auth`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::credentials::Credentials;
+use super::response::JsonResponder;
+use super::service::Auth;
+use crate::scope::ScopeRequirement;
+use crate::verifier::Verifier;
+
+/// Authenticates every request with a [`Verifier`]; see the [module documentation](super).
+///
+/// A request with a valid token reaches the inner service with a
+/// [`Principal`](crate::Principal) in its extensions. Any other request is answered by the
+/// [`Responder`](super::Responder) (by default [`JsonResponder`]) and never reaches the inner
+/// service. Cheap to clone.
+pub struct AuthLayer<S, R = JsonResponder> {
+    pub(crate) verifier: Verifier<S>,
+    pub(crate) credentials: Arc<Credentials>,
+    pub(crate) required: Arc<ScopeRequirement>,
+    pub(crate) responder: R,
+    pub(crate) allow_anonymous: bool,
+}
+
+impl<S> AuthLayer<S> {
+    /// Authenticates with `verifier`, reading `Authorization: Bearer` and answering with
+    /// [`JsonResponder`].
+    pub fn new(verifier: Verifier<S>) -> Self {
+        Self {
+            verifier,
+            credentials: Arc::new(Credentials::bearer()),
+            required: Arc::new(ScopeRequirement::none()),
+            responder: JsonResponder::new(),
+            allow_anonymous: false,
+        }
+    }
+}
+
+impl<S, R> AuthLayer<S, R> {
+    /// Where to read the token. Default: [`Credentials::bearer`].
+    #[must_use]
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Arc::new(credentials);
+        self
+    }
+
+    /// Scopes every request through this layer needs. Per-route needs go in a
+    /// [`RequireScopesLayer`](super::RequireScopesLayer) instead.
+    #[must_use]
+    pub fn require(mut self, required: ScopeRequirement) -> Self {
+        self.required = Arc::new(required);
+        self
+    }
+
+    /// Lets requests *without* credentials through, with no `Principal` in their extensions
+    /// (handlers take `Option<Principal>`). Requests with bad credentials are still refused.
+    #[must_use]
+    pub fn allow_anonymous(mut self) -> Self {
+        self.allow_anonymous = true;
+        self
+    }
+
+    /// Answers refused requests with `responder`.
+    pub fn responder<R2>(self, responder: R2) -> AuthLayer<S, R2> {
+        AuthLayer {
+            verifier: self.verifier,
+            credentials: self.credentials,
+            required: self.required,
+            responder,
+            allow_anonymous: self.allow_anonymous,
+        }
+    }
+}
+
+impl<S, R: Clone> Clone for AuthLayer<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            verifier: self.verifier.clone(),
+            credentials: Arc::clone(&self.credentials),
+            required: Arc::clone(&self.required),
+            responder: self.responder.clone(),
+            allow_anonymous: self.allow_anonymous,
+        }
+    }
+}
+
+impl<S, R> fmt::Debug for AuthLayer<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("verifier", &self.verifier)
+            .field("credentials", &self.credentials)
+            .field("required", &self.required)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, S, R: Clone> Layer<I> for AuthLayer<S, R> {
+    type Service = Auth<I, S, R>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        Auth {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}

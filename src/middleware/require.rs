@@ -1,0 +1,258 @@
+//! [`RequireScopesLayer`]: per-route scope requirements, checked against the `Principal` that
+//! [`AuthLayer`](super::AuthLayer) put in the request.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::response::{JsonResponder, Responder};
+use crate::error::AuthError;
+use crate::scope::{InvalidScope, ScopeRequirement};
+use crate::verifier::Principal;
+
+/// Requires scopes for the routes it wraps; answers 403 (`insufficient_scope`) otherwise.
+///
+/// Put it *inside* an [`AuthLayer`](super::AuthLayer) (in axum: `route_layer` on a router
+/// that is itself under the `AuthLayer`). A request that reaches it with no `Principal` (the
+/// layer is missing, or anonymous access was allowed) is refused as unauthenticated: it fails
+/// closed.
+///
+/// ```
+/// use apitoken::middleware::RequireScopesLayer;
+///
+/// let read = RequireScopesLayer::all(["vps:read"])?;
+/// // GET/HEAD/OPTIONS/TRACE need `vps:read`, every other method `vps:write`.
+/// let by_method = RequireScopesLayer::by_method("vps")?;
+/// # let _ = (read, by_method);
+/// # Ok::<(), apitoken::InvalidScope>(())
+/// ```
+pub struct RequireScopesLayer<R = JsonResponder> {
+    needs: Arc<Needs>,
+    responder: R,
+}
+
+#[derive(Debug)]
+enum Needs {
+    Always(ScopeRequirement),
+    ByMethod {
+        read: ScopeRequirement,
+        write: ScopeRequirement,
+    },
+}
+
+impl RequireScopesLayer {
+    /// Requires `required` on every request.
+    pub fn new(required: ScopeRequirement) -> Self {
+        Self {
+            needs: Arc::new(Needs::Always(required)),
+            responder: JsonResponder::new(),
+        }
+    }
+
+    /// Requires all of `scopes`.
+    pub fn all<I, T>(scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        Ok(Self::new(ScopeRequirement::all(scopes)?))
+    }
+
+    /// Requires one of `scopes`.
+    pub fn any<I, T>(scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        Ok(Self::new(ScopeRequirement::any(scopes)?))
+    }
+
+    /// Requires `read` for safe methods (GET, HEAD, OPTIONS, TRACE) and `write` for all
+    /// others.
+    pub fn per_method(read: ScopeRequirement, write: ScopeRequirement) -> Self {
+        Self {
+            needs: Arc::new(Needs::ByMethod { read, write }),
+            responder: JsonResponder::new(),
+        }
+    }
+
+    /// The `resource:read` / `resource:write` convention of the DanubeData seed:
+    /// `by_method("vps")` requires `vps:read` for safe methods and `vps:write` for the rest.
+    /// For the `read:resource` order, use [`per_method`](Self::per_method).
+    pub fn by_method(resource: &str) -> Result<Self, InvalidScope> {
+        Ok(Self::per_method(
+            ScopeRequirement::all([format!("{resource}:read")])?,
+            ScopeRequirement::all([format!("{resource}:write")])?,
+        ))
+    }
+}
+
+impl<R> RequireScopesLayer<R> {
+    /// Answers refused requests with `responder`.
+    pub fn responder<R2>(self, responder: R2) -> RequireScopesLayer<R2> {
+        RequireScopesLayer {
+            needs: self.needs,
+            responder,
+        }
+    }
+}
+
+impl<R: Clone> Clone for RequireScopesLayer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            needs: Arc::clone(&self.needs),
+            responder: self.responder.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for RequireScopesLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireScopesLayer")
+            .field("needs", &self.needs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, R: Clone> Layer<I> for RequireScopesLayer<R> {
+    type Service = RequireScopes<I, R>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        RequireScopes {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`RequireScopesLayer`].
+pub struct RequireScopes<I, R> {
+    inner: I,
+    layer: RequireScopesLayer<R>,
+}
+
+impl<I, R> RequireScopes<I, R> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+}
+
+impl<I: Clone, R: Clone> Clone for RequireScopes<I, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<I: fmt::Debug, R> fmt::Debug for RequireScopes<I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireScopes")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<I, R, ReqBody, ResBody> Service<Request<ReqBody>> for RequireScopes<I, R>
+where
+    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: Responder<ResBody>,
+{
+    type Response = Response<ResBody>;
+    type Error = I::Error;
+    type Future = RequireScopesFuture<I::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let required = match &*self.layer.needs {
+            Needs::Always(required) => required,
+            Needs::ByMethod { read, write } => {
+                if is_safe(request.method()) {
+                    read
+                } else {
+                    write
+                }
+            }
+        };
+        let verdict = match request.extensions().get::<Principal>() {
+            Some(principal) => principal.require(required),
+            None => {
+                tracing::warn!("RequireScopesLayer reached without a Principal; refusing");
+                Err(AuthError::missing_credentials())
+            }
+        };
+        match verdict {
+            Ok(()) => RequireScopesFuture::Calling {
+                future: self.inner.call(request),
+            },
+            Err(error) => RequireScopesFuture::Refused {
+                response: Some(self.layer.responder.respond(&error)),
+            },
+        }
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+pin_project! {
+    /// The response future of [`RequireScopes`].
+    #[project = RequireScopesProj]
+    #[allow(missing_docs)]
+    pub enum RequireScopesFuture<F, B> {
+        /// The scopes were sufficient; the inner service is answering.
+        Calling { #[pin] future: F },
+        /// The request was refused.
+        Refused { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for RequireScopesFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RequireScopesProj::Calling { future } => future.poll(cx),
+            RequireScopesProj::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("RequireScopesFuture polled after completion"))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for RequireScopesFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireScopesFuture")
+            .finish_non_exhaustive()
+    }
+}

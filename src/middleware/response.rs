@@ -1,0 +1,229 @@
+//! Turning an [`AuthError`] into an HTTP response.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::error::{AuthError, AuthErrorKind};
+
+/// Makes the response for a refused request. The layers call it; applications replace it to
+/// answer in their own shape (RFC 9457 problem+json, gRPC status…) without re-implementing
+/// the layers.
+///
+/// `B` is the response body type of the wrapped service.
+///
+/// ```
+/// use apitoken::middleware::Responder;
+/// use apitoken::{AuthError, AuthErrorKind};
+/// use http::{Response, StatusCode};
+///
+/// /// Bare status codes with empty bodies.
+/// #[derive(Clone)]
+/// struct StatusOnly;
+///
+/// impl<B: Default> Responder<B> for StatusOnly {
+///     fn respond(&self, error: &AuthError) -> Response<B> {
+///         let status = match error.kind() {
+///             AuthErrorKind::InsufficientScope => StatusCode::FORBIDDEN,
+///             AuthErrorKind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+///             AuthErrorKind::MalformedRequest => StatusCode::BAD_REQUEST,
+///             _ => StatusCode::UNAUTHORIZED,
+///         };
+///         let mut response = Response::new(B::default());
+///         *response.status_mut() = status;
+///         response
+///     }
+/// }
+/// ```
+pub trait Responder<B>: Clone + Send + Sync + 'static {
+    /// The response for `error`.
+    fn respond(&self, error: &AuthError) -> Response<B>;
+}
+
+/// The default responder: the DanubeData seed's JSON bodies and RFC 6750 challenges.
+///
+/// | kind | status | body | `WWW-Authenticate` |
+/// |---|---|---|---|
+/// | missing credentials | 401 | `{"message":"Unauthenticated."}` | `Bearer realm="api"` |
+/// | malformed request | 400 | `{"message":"Bad request."}` | `Bearer realm="api", error="invalid_request"` |
+/// | invalid token | 401 | `{"message":"Unauthenticated."}` | `Bearer realm="api", error="invalid_token"` |
+/// | insufficient scope | 403 | `{"message":"This action is unauthorized."}` | `Bearer realm="api", error="insufficient_scope", scope="vps:write"` |
+/// | store unavailable | 503 | `{"message":"Service unavailable."}` | none |
+///
+/// Every response has `Content-Type: application/json` and `Cache-Control: no-store`. The
+/// challenge holds only the configured realm, fixed error codes and the route's required
+/// scopes (the missing ones): never anything from the request.
+///
+/// ```
+/// use apitoken::middleware::{JsonResponder, Responder};
+/// use apitoken::AuthError;
+///
+/// let responder = JsonResponder::new().realm("danubedata")?;
+/// let response: http::Response<String> = responder.respond(&AuthError::missing_credentials());
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"danubedata\"");
+/// assert_eq!(response.body(), r#"{"message":"Unauthenticated."}"#);
+/// # Ok::<(), apitoken::middleware::InvalidRealm>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct JsonResponder {
+    /// `Bearer realm="…"`, precomputed.
+    challenge: String,
+}
+
+/// A realm with characters that cannot appear in a quoted challenge attribute.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a realm is 1 to 64 visible ASCII characters other than '\"' and '\\'")]
+#[non_exhaustive]
+pub struct InvalidRealm;
+
+impl Default for JsonResponder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const UNAUTHENTICATED: &str = r#"{"message":"Unauthenticated."}"#;
+const UNAUTHORIZED: &str = r#"{"message":"This action is unauthorized."}"#;
+const BAD_REQUEST: &str = r#"{"message":"Bad request."}"#;
+const UNAVAILABLE: &str = r#"{"message":"Service unavailable."}"#;
+
+impl JsonResponder {
+    /// The default responder, with realm `api`.
+    pub fn new() -> Self {
+        Self {
+            challenge: r#"Bearer realm="api""#.to_owned(),
+        }
+    }
+
+    /// Sets the realm of the `WWW-Authenticate` challenge.
+    pub fn realm(self, realm: &str) -> Result<Self, InvalidRealm> {
+        let valid = !realm.is_empty()
+            && realm.len() <= 64
+            && realm
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+        if !valid {
+            return Err(InvalidRealm);
+        }
+        Ok(Self {
+            challenge: format!(r#"Bearer realm="{realm}""#),
+        })
+    }
+
+    fn challenge(&self, error: &AuthError) -> Option<String> {
+        let code = match error.kind() {
+            AuthErrorKind::MissingCredentials => return Some(self.challenge.clone()),
+            AuthErrorKind::MalformedRequest => "invalid_request",
+            AuthErrorKind::InvalidToken => "invalid_token",
+            AuthErrorKind::InsufficientScope => "insufficient_scope",
+            _ => return None,
+        };
+        let mut value = format!(r#"{}, error="{code}""#, self.challenge);
+        // Scope text is RFC 6749 §3.3 characters: no '"' or '\' can break out of the quotes.
+        if let Some(missing) = error.missing_scopes().filter(|m| !m.is_empty()) {
+            value.push_str(&format!(r#", scope="{missing}""#));
+        }
+        Some(value)
+    }
+}
+
+impl<B: From<&'static str>> Responder<B> for JsonResponder {
+    fn respond(&self, error: &AuthError) -> Response<B> {
+        let (status, body) = match error.kind() {
+            AuthErrorKind::MalformedRequest => (StatusCode::BAD_REQUEST, BAD_REQUEST),
+            AuthErrorKind::InsufficientScope => (StatusCode::FORBIDDEN, UNAUTHORIZED),
+            AuthErrorKind::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+            // Missing credentials, invalid token, and any kind added later: refuse.
+            _ => (StatusCode::UNAUTHORIZED, UNAUTHENTICATED),
+        };
+        let mut response = Response::new(B::from(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(challenge) = self.challenge(error)
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RejectReason;
+    use crate::id::TokenId;
+    use crate::scope::ScopeSet;
+
+    fn respond(error: AuthError) -> Response<String> {
+        JsonResponder::new().respond(&error)
+    }
+
+    #[test]
+    fn statuses_bodies_and_challenges() {
+        let r = respond(AuthError::missing_credentials());
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], r#"Bearer realm="api""#);
+        assert_eq!(r.body(), UNAUTHENTICATED);
+
+        let r = respond(AuthError::malformed_request());
+        assert_eq!(r.status(), 400);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="invalid_request""#
+        );
+
+        let r = respond(AuthError::invalid_token(RejectReason::Revoked, None));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="invalid_token""#
+        );
+        assert_eq!(r.body(), UNAUTHENTICATED);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+
+        let missing = ScopeSet::parse("vps:write storage:delete").unwrap();
+        let r = respond(AuthError::insufficient_scope(missing, TokenId::from_u64(1)));
+        assert_eq!(r.status(), 403);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="insufficient_scope", scope="storage:delete vps:write""#
+        );
+        assert_eq!(r.body(), UNAUTHORIZED);
+
+        let store = crate::store::StoreError::unavailable("down");
+        let r = respond(AuthError::store_unavailable(store));
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn every_invalid_token_reason_gets_the_same_response() {
+        let reasons = [
+            RejectReason::UnknownToken,
+            RejectReason::WrongSecret,
+            RejectReason::Revoked,
+            RejectReason::Expired,
+            RejectReason::LifetimeExceeded,
+            RejectReason::BadChecksum,
+        ];
+        let first = respond(AuthError::invalid_token(reasons[0], None));
+        for reason in reasons {
+            let r = respond(AuthError::invalid_token(reason, Some(TokenId::from_u64(9))));
+            assert_eq!(r.status(), first.status());
+            assert_eq!(r.headers(), first.headers());
+            assert_eq!(r.body(), first.body());
+        }
+    }
+
+    #[test]
+    fn realm_is_validated() {
+        assert!(JsonResponder::new().realm("a\"b").is_err());
+        assert!(JsonResponder::new().realm("a\\b").is_err());
+        assert!(JsonResponder::new().realm("").is_err());
+        assert!(JsonResponder::new().realm("a\nb").is_err());
+        assert!(JsonResponder::new().realm("DanubeData API").is_ok());
+    }
+}

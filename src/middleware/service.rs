@@ -1,0 +1,120 @@
+//! [`Auth`]: the service that authenticates each request before the inner service sees it.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::AuthLayer;
+use super::response::Responder;
+use crate::error::AuthError;
+use crate::store::TokenStore;
+
+/// The authenticating service made by [`AuthLayer`].
+pub struct Auth<I, S, R> {
+    pub(crate) inner: I,
+    pub(crate) layer: AuthLayer<S, R>,
+}
+
+impl<I, S, R> Auth<I, S, R> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+}
+
+impl<I: Clone, S, R: Clone> Clone for Auth<I, S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<I: fmt::Debug, S, R> fmt::Debug for Auth<I, S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<I, S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<I, S, R>
+where
+    I: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: TokenStore + 'static,
+    R: Responder<ResBody>,
+    ReqBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = I::Error;
+    type Future = ResponseFuture<I, ReqBody, ResBody, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let credentials = &self.layer.credentials;
+        mark_sensitive(&mut request, credentials);
+
+        // Header problems are answered here, without a store and without allocating a future.
+        match credentials.extract(request.headers()) {
+            Err(error) => return ResponseFuture::refused(self.layer.responder.respond(&error)),
+            Ok(None) if self.layer.allow_anonymous => {
+                return ResponseFuture::calling(self.inner.call(request));
+            }
+            Ok(None) => {
+                let error = AuthError::missing_credentials();
+                return ResponseFuture::refused(self.layer.responder.respond(&error));
+            }
+            Ok(Some(_)) => {}
+        }
+
+        // Use the service that `poll_ready` readied; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.layer.verifier.clone();
+        let credentials = credentials.clone();
+        let required = self.layer.required.clone();
+        let verify = Box::pin(async move {
+            // The token borrows from the request's headers, so it is read again here rather
+            // than copied out of `call`.
+            let outcome = match credentials.extract(request.headers()) {
+                Ok(Some(token)) => verifier.verify(token, &required).await,
+                Ok(None) => Err(AuthError::missing_credentials()),
+                Err(error) => Err(error),
+            };
+            (request, outcome)
+        });
+        ResponseFuture::verifying(verify, inner, self.layer.responder.clone())
+    }
+}
+
+/// Marks the credential headers sensitive, so that HTTP/2 HPACK never indexes them and
+/// loggers that honour the flag (tower-http's trace layer) redact them.
+fn mark_sensitive<B>(request: &mut Request<B>, credentials: &super::Credentials) {
+    let headers = request.headers_mut();
+    if let http::header::Entry::Occupied(mut entry) = headers.entry(http::header::AUTHORIZATION) {
+        entry.iter_mut().for_each(|v| v.set_sensitive(true));
+    }
+    if let Some(name) = credentials.custom_header()
+        && let http::header::Entry::Occupied(mut entry) = headers.entry(name)
+    {
+        entry.iter_mut().for_each(|v| v.set_sensitive(true));
+    }
+}
