@@ -1,91 +1,340 @@
-//! Issue, verify, check scopes, revoke; then parse the token of every seed format.
+//! A small API in the shape of the DanubeData seed, on the in-memory store.
 //!
 //! ```sh
-//! cargo run --example quickstart
+//! cargo run --example quickstart                    # listens on 127.0.0.1:3000
+//! cargo run --example quickstart -- --addr 127.0.0.1:8080
 //! ```
+//!
+//! It prints a bootstrap token (an admin token, shown once, as Delphix DCT's bootstrap flow
+//! has) and serves:
+//!
+//! | route | scope |
+//! |---|---|
+//! | `GET /api/v1/vps`, `GET /api/v1/vps/{id}` | `vps:read` |
+//! | `POST /api/v1/vps`, `DELETE /api/v1/vps/{id}` | `vps:write` |
+//! | `GET /api/v1/tokens` | `tokens:read` |
+//! | `POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` | `tokens:write` |
+//!
+//! Both `Authorization: Bearer <token>` and `Authorization: apk <token>` work. Each VPS belongs
+//! to the owner of the token that created it; another owner's token gets 403 for it.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use apitoken::middleware::{AuthLayer, Credentials, RequireScopesLayer};
 use apitoken::{
-    AuthErrorKind, MemoryStore, NewToken, Owner, ScopeRequirement, TokenFormat, TokenStore,
-    Verifier,
+    IssueError, NewToken, Owner, Principal, ScopeRequirement, ScopeSet, TokenFormat, TokenId,
+    TokenRecord, TokenStore, Verifier,
 };
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
+#[allow(dead_code)] // `main` is unused when the tests include this file as a module.
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let format = TokenFormat::builder().prefix("demo_live_").build()?;
-    let verifier = Verifier::builder(MemoryStore::new()).format(format).build();
+    let addr = parse_addr(std::env::args().skip(1))?;
+    let verifier = Verifier::builder(apitoken::MemoryStore::new())
+        .format(token_format())
+        .build();
 
-    // 1. Issue a read-only token. The text is shown once; the store keeps its SHA-256.
-    let issued = verifier
-        .issuer()
-        .issue(
-            NewToken::new("Production Server", Owner::new("team-1")?)
-                .scopes(["vps:read", "storage:read"])?,
-        )
+    let bootstrap = issue_bootstrap_token(&verifier).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("bootstrap token: {}", bootstrap.expose_secret());
+    println!("listening on http://{}", listener.local_addr()?);
+
+    axum::serve(listener, app(verifier))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
         .await?;
-    let token = issued.token.expose_secret();
-    println!("issued token {} (shown once): {token}", issued.record.id);
-
-    // 2. Verify it with the scope a `GET /api/v1/vps` route needs.
-    let principal = verifier
-        .verify(token, &ScopeRequirement::all(["vps:read"])?)
-        .await?;
-    println!(
-        "verified: token {} named {:?} acts for {} with scopes [{}]",
-        principal.token_id(),
-        principal.name(),
-        principal.owner(),
-        principal.scopes()
-    );
-
-    // 3. Least privilege: the same token cannot write.
-    let err = verifier
-        .verify(token, &ScopeRequirement::all(["vps:write"])?)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), AuthErrorKind::InsufficientScope);
-    println!(
-        "POST needs vps:write: refused ({err}), missing [{}]",
-        err.missing_scopes()
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    );
-
-    // 4. A mistyped token is refused by its checksum, before any store lookup.
-    let last = if token.ends_with('x') { 'y' } else { 'x' };
-    let mistyped = format!("{}{last}", &token[..token.len() - 1]);
-    let err = verifier.authenticate(&mistyped).await.unwrap_err();
-    println!(
-        "mistyped token: {err} (reason for logs: {:?})",
-        err.reason()
-    );
-
-    // 5. Revocation is immediate.
-    verifier
-        .store()
-        .revoke(&issued.record.id, verifier.now())
-        .await?;
-    let err = verifier.authenticate(token).await.unwrap_err();
-    println!("after revoke: {err} (reason for logs: {:?})", err.reason());
-
-    // 6. Every format in the seed documents parses, with the id it names.
-    let seeds = [
-        (
-            "Delphix DCT",
-            TokenFormat::dct(),
-            "1.0p9PMkZO4Hgy0ezwjhX0Fi4lEKrD4pflejgqjd0pfKtywlSWR9G0fIaWajuKcBT3",
-        ),
-        (
-            "Laravel Sanctum",
-            TokenFormat::sanctum(),
-            "1|7TEwyZaQXMXRVBZV9USjWNRbXAbPv9BrgMJSLDCk345196d2",
-        ),
-    ];
-    for (system, format, text) in seeds {
-        let parsed = format.parse(text)?;
-        println!(
-            "{system}: id {}",
-            parsed.id().map_or("(none)", |id| id.as_str())
-        );
-    }
     Ok(())
+}
+
+/// Tokens look like `demo_<12-char id>.<43-char secret><6-char checksum>`.
+pub fn token_format() -> TokenFormat {
+    TokenFormat::builder()
+        .prefix("demo_")
+        .build()
+        .expect("a valid format")
+}
+
+/// The admin token for `team-1` that can create all other tokens.
+pub async fn issue_bootstrap_token<S: TokenStore>(
+    verifier: &Verifier<S>,
+) -> Result<apitoken::Secret, IssueError> {
+    let new = NewToken::new("bootstrap", Owner::new("team-1").expect("valid owner"))
+        .scopes(["tokens:read", "tokens:write", "vps:read", "vps:write"])
+        .expect("valid scopes");
+    Ok(verifier.issuer().issue(new).await?.token)
+}
+
+/// The application: every `/api/v1` route behind the auth layer, each with its scopes.
+pub fn app<S: TokenStore + 'static>(verifier: Verifier<S>) -> Router {
+    let state = AppState {
+        verifier: verifier.clone(),
+        servers: Arc::new(Mutex::new(Servers::default())),
+    };
+    let credentials = Credentials::bearer()
+        .scheme("apk")
+        .expect("`apk` is a valid scheme");
+
+    let vps = Router::new()
+        .route("/vps", get(list_vps).post(create_vps))
+        .route("/vps/{id}", get(show_vps).delete(delete_vps))
+        .route_layer(RequireScopesLayer::by_method("vps").expect("valid scope"));
+    let tokens = Router::new()
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route_layer(RequireScopesLayer::by_method("tokens").expect("valid scope"));
+
+    Router::new()
+        .nest("/api/v1", vps.merge(tokens))
+        .layer(AuthLayer::new(verifier).credentials(credentials))
+        .with_state(state)
+}
+
+struct AppState<S> {
+    verifier: Verifier<S>,
+    servers: Arc<Mutex<Servers>>,
+}
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            verifier: self.verifier.clone(),
+            servers: Arc::clone(&self.servers),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Servers {
+    next_id: u64,
+    by_id: BTreeMap<u64, Vps>,
+}
+
+#[derive(Clone, Serialize)]
+struct Vps {
+    id: u64,
+    name: String,
+    owner: String,
+}
+
+#[derive(Deserialize)]
+struct CreateVps {
+    name: String,
+}
+
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+/// The seed's answer for "trying to access resources from another team".
+fn forbidden() -> Response {
+    message(StatusCode::FORBIDDEN, "This action is unauthorized.")
+}
+
+async fn list_vps<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+) -> Json<Vec<Vps>> {
+    let servers = state.servers.lock().expect("not poisoned");
+    let mine = servers
+        .by_id
+        .values()
+        .filter(|vps| vps.owner == principal.owner().as_str())
+        .cloned()
+        .collect();
+    Json(mine)
+}
+
+async fn create_vps<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+    Json(body): Json<CreateVps>,
+) -> Response {
+    let mut servers = state.servers.lock().expect("not poisoned");
+    servers.next_id += 1;
+    let vps = Vps {
+        id: servers.next_id,
+        name: body.name,
+        owner: principal.owner().to_string(),
+    };
+    servers.by_id.insert(vps.id, vps.clone());
+    (StatusCode::CREATED, Json(vps)).into_response()
+}
+
+async fn show_vps<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+    Path(id): Path<u64>,
+) -> Response {
+    let servers = state.servers.lock().expect("not poisoned");
+    match servers.by_id.get(&id) {
+        None => message(StatusCode::NOT_FOUND, "Not found."),
+        Some(vps) if vps.owner != principal.owner().as_str() => forbidden(),
+        Some(vps) => Json(vps.clone()).into_response(),
+    }
+}
+
+async fn delete_vps<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+    Path(id): Path<u64>,
+) -> Response {
+    let mut servers = state.servers.lock().expect("not poisoned");
+    match servers.by_id.get(&id) {
+        None => message(StatusCode::NOT_FOUND, "Not found."),
+        Some(vps) if vps.owner != principal.owner().as_str() => forbidden(),
+        Some(_) => {
+            servers.by_id.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateToken {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// What a token list shows: never the secret, never its hash.
+#[derive(Serialize)]
+struct TokenView {
+    id: TokenId,
+    name: String,
+    scopes: ScopeSet,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(record: &TokenRecord) -> Self {
+        Self {
+            id: record.id,
+            name: record.name.clone(),
+            scopes: record.scopes.clone(),
+            created_at: record.created_at,
+            last_used_at: record.last_used_at,
+            expires_at: record.expires_at,
+        }
+    }
+}
+
+async fn create_token<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+    Json(body): Json<CreateToken>,
+) -> Response {
+    let Ok(requested) = ScopeRequirement::all(&body.scopes) else {
+        return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid scope.");
+    };
+    // A token can only hand out what it holds itself: no privilege escalation.
+    if principal.require(&requested).is_err() {
+        return forbidden();
+    }
+    let mut new =
+        NewToken::new(body.name, principal.owner().clone()).scope_set(requested.scopes().clone());
+    if let Some(at) = body.expires_at {
+        new = new.expires_at(at);
+    }
+    match state.verifier.issuer().issue(new).await {
+        Ok(issued) => {
+            let body = json!({
+                "id": issued.record.id,
+                "name": issued.record.name,
+                "token": issued.token.expose_secret(),
+                "scopes": issued.record.scopes,
+                "created_at": issued.record.created_at,
+                "expires_at": issued.record.expires_at,
+            });
+            let mut response = (StatusCode::CREATED, Json(body)).into_response();
+            // RFC 6749 §5.1: a response that carries a new token is never cached.
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(IssueError::InvalidName | IssueError::ExpiryOutOfRange) => message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The name or expiry is invalid.",
+        ),
+        Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
+    }
+}
+
+async fn list_tokens<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+) -> Response {
+    match state
+        .verifier
+        .store()
+        .list_by_owner(principal.owner())
+        .await
+    {
+        Ok(records) => {
+            let views: Vec<TokenView> = records
+                .iter()
+                .filter(|r| !r.is_revoked())
+                .map(TokenView::from)
+                .collect();
+            Json(views).into_response()
+        }
+        Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
+    }
+}
+
+async fn revoke_token<S: TokenStore>(
+    State(state): State<AppState<S>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Response {
+    let not_found = || message(StatusCode::NOT_FOUND, "Not found.");
+    let Ok(id) = TokenId::new(&id) else {
+        return not_found();
+    };
+    let store = state.verifier.store();
+    match store.get(&id).await {
+        // Another team's token is "not found": its existence is not revealed.
+        Ok(Some(stored)) if stored.record.owner == *principal.owner() => {
+            match store.revoke(&id, state.verifier.now()).await {
+                Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
+            }
+        }
+        Ok(_) => not_found(),
+        Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
+    }
+}
+
+fn parse_addr(mut args: impl Iterator<Item = String>) -> Result<SocketAddr, String> {
+    let mut addr: SocketAddr = "127.0.0.1:3000".parse().expect("valid default");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => {
+                let value = args.next().ok_or("--addr needs HOST:PORT")?;
+                addr = value
+                    .parse()
+                    .map_err(|_| format!("--addr: {value:?} is not HOST:PORT"))?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: quickstart [--addr HOST:PORT]"
+                ));
+            }
+        }
+    }
+    Ok(addr)
 }
