@@ -85,7 +85,7 @@ impl From<String> for Secret {
 /// assert_eq!(hex.len(), 64);
 /// assert_eq!(SecretHash::from_hex(&hex), Some(hash));
 /// ```
-#[derive(Clone, Copy, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct SecretHash([u8; 32]);
 
 impl SecretHash {
@@ -129,6 +129,13 @@ impl SecretHash {
 impl PartialEq for SecretHash {
     fn eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()
+    }
+}
+
+// Consistent with the constant-time `PartialEq`: equal hashes have equal bytes.
+impl std::hash::Hash for SecretHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
     }
 }
 

@@ -206,7 +206,7 @@ impl TokenStore for MemoryStore {
             .filter_map(|id| self.get_now(id))
             .map(|stored| TokenRecord::clone(&stored.record))
             .collect();
-        records.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        records.sort_by_key(|r| (r.created_at, r.id));
         ready(Ok(records))
     }
 

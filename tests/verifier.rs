@@ -1,0 +1,1274 @@
+//! The verifier end to end: issue, verify, refuse; store access, clocks, last use, peppers,
+//! several formats, and what errors and records reveal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use apitoken::{
+    AuthErrorKind, FormatError, IdKind, IssueError, IssuedToken, ManualClock, MemoryStore,
+    NewToken, Owner, RejectReason, ScopeRequirement, ScopeSet, SecretHash, SecretHasher,
+    StoreError, StoredToken, TokenFormat, TokenId, TokenRecord, TokenStore, Verifier,
+};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+
+const DCT_1: &str = "1.0p9PMkZO4Hgy0ezwjhX0Fi4lEKrD4pflejgqjd0pfKtywlSWR9G0fIaWajuKcBT3";
+const DCT_2: &str = "2.vCfC0MnpySYZLshuxap2aZ7xqBKAnQvV7hFnobe7xuNlHS9AF2NQnV9XXw4UyET6";
+const SANCTUM_SEED: &str = "1|7TEwyZaQXMXRVBZV9USjWNRbXAbPv9BrgMJSLDCk345196d2";
+const SANCTUM_SEED_ENTROPY: &str = "7TEwyZaQXMXRVBZV9USjWNRbXAbPv9BrgMJSLDCk";
+/// crc32b of the 40 entropy characters, as printed in the DanubeData seed.
+const SANCTUM_SEED_CRC: &str = "345196d2";
+
+// ---------------------------------------------------------------------------------------------
+// A store that counts calls and can be told to fail
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    gets: AtomicUsize,
+    finds: AtomicUsize,
+    last_used: AtomicUsize,
+    fail_lookups: AtomicBool,
+    fail_last_used: AtomicBool,
+}
+
+impl CountingStore {
+    fn lookups(&self) -> usize {
+        self.gets.load(Ordering::SeqCst) + self.finds.load(Ordering::SeqCst)
+    }
+
+    fn last_used_calls(&self) -> usize {
+        self.last_used.load(Ordering::SeqCst)
+    }
+
+    fn down() -> StoreError {
+        StoreError::unavailable(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ))
+    }
+}
+
+impl TokenStore for CountingStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.insert(record, hash)
+    }
+
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        self.inner.next_id()
+    }
+
+    async fn get(&self, id: &TokenId) -> Result<Option<StoredToken>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        if self.fail_lookups.load(Ordering::SeqCst) {
+            return Err(Self::down());
+        }
+        self.inner.get(id).await
+    }
+
+    async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<StoredToken>, StoreError> {
+        self.finds.fetch_add(1, Ordering::SeqCst);
+        if self.fail_lookups.load(Ordering::SeqCst) {
+            return Err(Self::down());
+        }
+        self.inner.find_by_hash(hash).await
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        self.inner.list_by_owner(owner)
+    }
+
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.inner.revoke(id, at)
+    }
+
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        self.inner.revoke_owner(owner, at)
+    }
+
+    async fn record_last_used(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.last_used.fetch_add(1, Ordering::SeqCst);
+        if self.fail_last_used.load(Ordering::SeqCst) {
+            return Err(Self::down());
+        }
+        self.inner.record_last_used(id, at).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn owner(text: &str) -> Owner {
+    Owner::new(text).unwrap()
+}
+
+fn all(scopes: &[&str]) -> ScopeRequirement {
+    ScopeRequirement::all(scopes).unwrap()
+}
+
+fn any(scopes: &[&str]) -> ScopeRequirement {
+    ScopeRequirement::any(scopes).unwrap()
+}
+
+fn new_token(name: &str, team: &str, scopes: &[&str]) -> NewToken {
+    NewToken::new(name, owner(team)).scopes(scopes).unwrap()
+}
+
+async fn issue<S: TokenStore>(verifier: &Verifier<S>, team: &str, scopes: &[&str]) -> IssuedToken {
+    verifier
+        .issuer()
+        .issue(new_token("test token", team, scopes))
+        .await
+        .unwrap()
+}
+
+fn counting_verifier() -> Verifier<CountingStore> {
+    Verifier::builder(CountingStore::default()).build()
+}
+
+fn clocked(store: CountingStore) -> (Verifier<CountingStore>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let verifier = Verifier::builder(store).clock(clock.clone()).build();
+    (verifier, clock)
+}
+
+/// The secret part of a token in `format` (what is hashed).
+fn secret_part(format: &TokenFormat, token: &str) -> String {
+    format.parse(token).unwrap().secret().to_owned()
+}
+
+/// `token` with the character at `at` replaced by another base62 character.
+fn change_at(token: &str, at: usize) -> String {
+    let c = token.as_bytes()[at];
+    let other = if c == b'A' { "B" } else { "A" };
+    let mut changed = token.to_owned();
+    changed.replace_range(at..=at, other);
+    changed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Happy path and refusals
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn issue_then_verify() {
+    let verifier = counting_verifier();
+    let mut metadata = apitoken::Metadata::new();
+    metadata.insert("env".into(), "prod".into());
+    let issued = verifier
+        .issuer()
+        .issue(
+            NewToken::new("Production Server", owner("team-1"))
+                .scopes(["vps:read", "storage:read"])
+                .unwrap()
+                .metadata(metadata.clone()),
+        )
+        .await
+        .unwrap();
+    let token = issued.token.expose_secret();
+    assert!(TokenFormat::canonical().parse(token).is_ok());
+
+    let principal = verifier.verify(token, &all(&["vps:read"])).await.unwrap();
+    assert_eq!(principal.owner().as_str(), "team-1");
+    assert_eq!(principal.name(), "Production Server");
+    assert_eq!(principal.token_id(), &issued.record.id);
+    assert_eq!(
+        principal.scopes(),
+        &ScopeSet::parse("vps:read storage:read").unwrap()
+    );
+    assert_eq!(principal.metadata(), &metadata);
+    assert_eq!(principal.expires_at(), None);
+    assert_eq!(verifier.store().gets.load(Ordering::SeqCst), 1);
+
+    let principal = verifier.authenticate(token).await.unwrap();
+    assert_eq!(principal.token_id(), &issued.record.id);
+    let principal = verifier
+        .verify(token, &all(&["vps:read", "storage:read"]))
+        .await
+        .unwrap();
+    assert_eq!(principal.owner().as_str(), "team-1");
+
+    // The store holds the hash of the secret part, never the text.
+    let stored = verifier
+        .store()
+        .inner
+        .get(&issued.record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let secret = secret_part(&TokenFormat::canonical(), token);
+    assert_eq!(stored.hash, SecretHasher::sha256().hash(secret.as_bytes()));
+    assert_eq!(stored.record.name, "Production Server");
+}
+
+#[tokio::test]
+async fn unknown_id_is_an_invalid_token() {
+    let verifier = counting_verifier();
+    issue(&verifier, "team-1", &[]).await;
+    let id: TokenId = "AAAAAAAAAAAA".parse().unwrap();
+    let made_up = TokenFormat::canonical().generate(Some(&id)).unwrap();
+    let err = verifier
+        .authenticate(made_up.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::UnknownToken));
+    assert_eq!(err.token_id(), Some(&id));
+    assert_eq!(err.missing_scopes(), None);
+    assert_eq!(err.to_string(), "invalid token");
+    // The unknown id was looked up: the checksum was right.
+    assert_eq!(verifier.store().lookups(), 1);
+}
+
+#[tokio::test]
+async fn wrong_secret_for_a_known_id() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    let forged = TokenFormat::canonical()
+        .generate(Some(&issued.record.id))
+        .unwrap();
+    let err = verifier
+        .verify(forged.expose_secret(), &all(&["vps:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::WrongSecret));
+    assert_eq!(err.token_id(), Some(&issued.record.id));
+    // The real one still works.
+    assert!(
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn bad_checksum_and_malformed_tokens_never_reach_the_store() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    let token = issued.token.expose_secret();
+    for at in [0, 5, 11, 13, 30, 55, 56, 61] {
+        let changed = change_at(token, at);
+        let err = verifier
+            .verify(&changed, &all(&["vps:read"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken, "position {at}");
+        assert_eq!(
+            err.reason(),
+            Some(RejectReason::BadChecksum),
+            "position {at}"
+        );
+        assert_eq!(err.token_id(), None);
+    }
+    let malformed = [
+        ("", FormatError::Empty),
+        ("hello world", FormatError::InvalidCharacter),
+        (&format!("{token}\n"), FormatError::InvalidCharacter),
+        (&format!(" {token}"), FormatError::InvalidCharacter),
+        (&"a".repeat(600), FormatError::TooLong),
+        ("q7Xa0LmB2pZe", FormatError::MissingSeparator),
+        (&format!("x{token}"), FormatError::InvalidId),
+        (DCT_1, FormatError::InvalidId),
+    ];
+    for (text, expected) in malformed {
+        let err = verifier.authenticate(text).await.unwrap_err();
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken, "{text:?}");
+        assert_eq!(
+            err.reason(),
+            Some(RejectReason::Malformed(expected)),
+            "{text:?}"
+        );
+    }
+    assert_eq!(verifier.store().lookups(), 0);
+    assert_eq!(verifier.store().last_used_calls(), 0);
+}
+
+#[tokio::test]
+async fn bad_checksum_is_refused_even_when_the_store_is_down() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    verifier.store().fail_lookups.store(true, Ordering::SeqCst);
+    let err = verifier
+        .authenticate(&change_at(issued.token.expose_secret(), 20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::BadChecksum));
+    assert_eq!(verifier.store().lookups(), 0);
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    let token = issued.token.expose_secret();
+    assert!(verifier.authenticate(token).await.is_ok());
+    assert!(
+        verifier
+            .store()
+            .revoke(&issued.record.id, verifier.now())
+            .await
+            .unwrap()
+    );
+    let err = verifier
+        .verify(token, &all(&["vps:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::Revoked));
+    assert_eq!(err.token_id(), Some(&issued.record.id));
+    // Revocation is once.
+    assert!(
+        !verifier
+            .store()
+            .revoke(&issued.record.id, verifier.now())
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn revoke_owner_revokes_that_owner_only() {
+    let verifier = counting_verifier();
+    let a1 = issue(&verifier, "team-a", &[]).await;
+    let a2 = issue(&verifier, "team-a", &[]).await;
+    let b1 = issue(&verifier, "team-b", &[]).await;
+    let revoked = verifier
+        .store()
+        .revoke_owner(&owner("team-a"), verifier.now())
+        .await
+        .unwrap();
+    assert_eq!(revoked, 2);
+    for issued in [&a1, &a2] {
+        let err = verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), Some(RejectReason::Revoked));
+    }
+    let principal = verifier
+        .authenticate(b1.token.expose_secret())
+        .await
+        .unwrap();
+    assert_eq!(principal.owner().as_str(), "team-b");
+    let listed = verifier
+        .store()
+        .list_by_owner(&owner("team-a"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(TokenRecord::is_revoked));
+    // Again: nothing left to revoke.
+    assert_eq!(
+        verifier
+            .store()
+            .revoke_owner(&owner("team-a"), verifier.now())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn expiry_boundary() {
+    let (verifier, clock) = clocked(CountingStore::default());
+    let expires = t0() + TimeDelta::hours(1);
+    let issued = verifier
+        .issuer()
+        .issue(new_token("short", "team-1", &[]).expires_at(expires))
+        .await
+        .unwrap();
+    assert_eq!(issued.record.expires_at, Some(expires));
+    assert_eq!(issued.record.created_at, t0());
+    let token = issued.token.expose_secret();
+
+    clock.set(expires - TimeDelta::nanoseconds(1));
+    let principal = verifier.authenticate(token).await.unwrap();
+    assert_eq!(principal.expires_at(), Some(expires));
+
+    clock.set(expires);
+    let err = verifier.authenticate(token).await.unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::Expired));
+
+    clock.advance(TimeDelta::nanoseconds(1));
+    let err = verifier.authenticate(token).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Expired));
+
+    // A clock set back makes it valid again: expiry is judged at verification time.
+    clock.set(expires - TimeDelta::seconds(1));
+    assert!(verifier.authenticate(token).await.is_ok());
+}
+
+#[tokio::test]
+async fn expires_in_counts_from_issue() {
+    let (verifier, clock) = clocked(CountingStore::default());
+    let issued = verifier
+        .issuer()
+        .issue(new_token("ninety days", "team-1", &[]).expires_in(TimeDelta::days(90)))
+        .await
+        .unwrap();
+    assert_eq!(issued.record.expires_at, Some(t0() + TimeDelta::days(90)));
+    clock.set(t0() + TimeDelta::days(90) - TimeDelta::seconds(1));
+    assert!(
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .is_ok()
+    );
+    clock.set(t0() + TimeDelta::days(90));
+    let err = verifier
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Expired));
+}
+
+#[tokio::test]
+async fn max_lifetime_boundary() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let lifetime = TimeDelta::days(30);
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .max_lifetime(lifetime)
+        .build();
+    // No expiry of its own, and one far beyond the lifetime: both are bounded.
+    let forever = issue(&verifier, "team-1", &[]).await;
+    let long = verifier
+        .issuer()
+        .issue(new_token("long", "team-1", &[]).expires_in(TimeDelta::days(365)))
+        .await
+        .unwrap();
+    for issued in [&forever, &long] {
+        let token = issued.token.expose_secret();
+        clock.set(t0() + lifetime - TimeDelta::nanoseconds(1));
+        assert!(verifier.authenticate(token).await.is_ok());
+        clock.set(t0() + lifetime);
+        let err = verifier.authenticate(token).await.unwrap_err();
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+        assert_eq!(err.reason(), Some(RejectReason::LifetimeExceeded));
+        assert_eq!(err.token_id(), Some(&issued.record.id));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scopes through the verifier
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn insufficient_scope_reports_the_missing_scopes() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    let token = issued.token.expose_secret();
+    let err = verifier
+        .verify(token, &all(&["vps:read", "vps:write", "storage:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InsufficientScope);
+    assert_eq!(err.to_string(), "insufficient scope");
+    assert_eq!(
+        err.missing_scopes(),
+        Some(&ScopeSet::parse("vps:write storage:read").unwrap())
+    );
+    assert_eq!(err.token_id(), Some(&issued.record.id));
+    assert_eq!(err.reason(), None);
+
+    // Any-of: every listed scope is reported when none is held.
+    let err = verifier
+        .verify(token, &any(&["vps:write", "admin"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InsufficientScope);
+    assert_eq!(
+        err.missing_scopes(),
+        Some(&ScopeSet::parse("vps:write admin").unwrap())
+    );
+    assert!(
+        verifier
+            .verify(token, &any(&["vps:write", "vps:read"]))
+            .await
+            .is_ok()
+    );
+    // A token issued with no scopes holds none.
+    let none = issue(&verifier, "team-1", &[]).await;
+    let err = verifier
+        .verify(none.token.expose_secret(), &all(&["vps:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InsufficientScope);
+    assert!(
+        verifier
+            .authenticate(none.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_token_never_reveals_scope_information() {
+    let (verifier, clock) = clocked(CountingStore::default());
+    let wrong_scope = all(&["storage:delete"]);
+
+    let revoked = issue(&verifier, "team-1", &["vps:read"]).await;
+    verifier
+        .store()
+        .revoke(&revoked.record.id, verifier.now())
+        .await
+        .unwrap();
+    let expired = verifier
+        .issuer()
+        .issue(new_token("exp", "team-1", &["vps:read"]).expires_in(TimeDelta::minutes(5)))
+        .await
+        .unwrap();
+    let live = issue(&verifier, "team-1", &["vps:read"]).await;
+    clock.advance(TimeDelta::minutes(10));
+
+    let forged = TokenFormat::canonical()
+        .generate(Some(&live.record.id))
+        .unwrap();
+    for (token, reason) in [
+        (revoked.token.expose_secret(), RejectReason::Revoked),
+        (expired.token.expose_secret(), RejectReason::Expired),
+        (forged.expose_secret(), RejectReason::WrongSecret),
+    ] {
+        let err = verifier.verify(token, &wrong_scope).await.unwrap_err();
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+        assert_eq!(err.reason(), Some(reason));
+        assert_eq!(err.missing_scopes(), None);
+        assert!(!format!("{err:?}").contains("storage:delete"));
+        assert!(!format!("{err:?}").contains("vps:read"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store failures
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unavailable_store_fails_closed() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    verifier.store().fail_lookups.store(true, Ordering::SeqCst);
+    let err = verifier
+        .verify(issued.token.expose_secret(), &all(&["vps:read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::StoreUnavailable);
+    assert_eq!(err.to_string(), "token store unavailable");
+    assert_eq!(err.reason(), None);
+    assert!(std::error::Error::source(&err).is_some());
+    assert_eq!(verifier.store().last_used_calls(), 0);
+
+    // An unknown id is not "unknown" when the store could not answer.
+    let made_up = TokenFormat::canonical()
+        .generate(Some(&"BBBBBBBBBBBB".parse().unwrap()))
+        .unwrap();
+    let err = verifier
+        .authenticate(made_up.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::StoreUnavailable);
+
+    verifier.store().fail_lookups.store(false, Ordering::SeqCst);
+    assert!(
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_store_fails_closed_for_id_less_formats() {
+    let format = TokenFormat::builder()
+        .prefix("tk_live_")
+        .id(IdKind::None)
+        .build()
+        .unwrap();
+    let verifier = Verifier::builder(CountingStore::default())
+        .format(format)
+        .build();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    verifier.store().fail_lookups.store(true, Ordering::SeqCst);
+    let err = verifier
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::StoreUnavailable);
+    assert_eq!(verifier.store().finds.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Last use
+// ---------------------------------------------------------------------------------------------
+
+async fn stored_last_used(
+    verifier: &Verifier<CountingStore>,
+    id: &TokenId,
+) -> Option<DateTime<Utc>> {
+    verifier
+        .store()
+        .inner
+        .get(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .last_used_at
+}
+
+#[tokio::test]
+async fn last_use_is_recorded_once_per_granularity() {
+    let (verifier, clock) = clocked(CountingStore::default());
+    let issued = issue(&verifier, "team-1", &[]).await;
+    let token = issued.token.expose_secret();
+    let id = issued.record.id;
+    assert_eq!(stored_last_used(&verifier, &id).await, None);
+
+    let principal = verifier.authenticate(token).await.unwrap();
+    assert_eq!(verifier.store().last_used_calls(), 1);
+    assert_eq!(stored_last_used(&verifier, &id).await, Some(t0()));
+    // The principal holds the record as it was before this use.
+    assert_eq!(principal.record().last_used_at, None);
+
+    // Within the default granularity of one minute: not recorded again.
+    for seconds in [0, 1, 30, 59] {
+        clock.set(t0() + TimeDelta::seconds(seconds));
+        verifier.authenticate(token).await.unwrap();
+    }
+    assert_eq!(verifier.store().last_used_calls(), 1);
+    assert_eq!(stored_last_used(&verifier, &id).await, Some(t0()));
+
+    // Past it: recorded again.
+    clock.set(t0() + TimeDelta::seconds(61));
+    let principal = verifier.authenticate(token).await.unwrap();
+    assert_eq!(principal.record().last_used_at, Some(t0()));
+    assert_eq!(verifier.store().last_used_calls(), 2);
+    assert_eq!(
+        stored_last_used(&verifier, &id).await,
+        Some(t0() + TimeDelta::seconds(61))
+    );
+
+    // A refused verification records nothing.
+    clock.advance(TimeDelta::hours(1));
+    verifier
+        .verify(token, &all(&["vps:write"]))
+        .await
+        .unwrap_err();
+    assert_eq!(verifier.store().last_used_calls(), 2);
+}
+
+#[tokio::test]
+async fn last_use_granularity_is_configurable() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .last_used_granularity(TimeDelta::hours(1))
+        .build();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    let token = issued.token.expose_secret();
+    verifier.authenticate(token).await.unwrap();
+    clock.advance(TimeDelta::minutes(59));
+    verifier.authenticate(token).await.unwrap();
+    assert_eq!(verifier.store().last_used_calls(), 1);
+    clock.advance(TimeDelta::minutes(2));
+    verifier.authenticate(token).await.unwrap();
+    assert_eq!(verifier.store().last_used_calls(), 2);
+
+    // Zero records every verification.
+    let verifier = Verifier::builder(CountingStore::default())
+        .last_used_granularity(TimeDelta::zero())
+        .build();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    for _ in 0..3 {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+    }
+    assert_eq!(verifier.store().last_used_calls(), 3);
+}
+
+#[tokio::test]
+async fn disable_last_used_records_nothing() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .disable_last_used()
+        .build();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    for _ in 0..3 {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+        clock.advance(TimeDelta::hours(2));
+    }
+    assert_eq!(verifier.store().last_used_calls(), 0);
+    assert_eq!(stored_last_used(&verifier, &issued.record.id).await, None);
+}
+
+#[tokio::test]
+async fn a_failing_last_used_write_does_not_refuse_the_request() {
+    let verifier = counting_verifier();
+    verifier
+        .store()
+        .fail_last_used
+        .store(true, Ordering::SeqCst);
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    let principal = verifier
+        .verify(issued.token.expose_secret(), &all(&["vps:read"]))
+        .await
+        .unwrap();
+    assert_eq!(principal.token_id(), &issued.record.id);
+    assert_eq!(verifier.store().last_used_calls(), 1);
+    assert_eq!(stored_last_used(&verifier, &issued.record.id).await, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn id_less_format_verifies_by_hash() {
+    let format = TokenFormat::builder()
+        .prefix("tk_live_")
+        .id(IdKind::None)
+        .build()
+        .unwrap();
+    let verifier = Verifier::builder(CountingStore::default())
+        .format(format.clone())
+        .build();
+    let issued = issue(&verifier, "team-1", &["read:databases"]).await;
+    let token = issued.token.expose_secret();
+    assert!(token.starts_with("tk_live_"));
+    assert_eq!(format.parse(token).unwrap().id(), None);
+
+    let principal = verifier
+        .verify(token, &all(&["read:databases"]))
+        .await
+        .unwrap();
+    assert_eq!(principal.token_id(), &issued.record.id);
+    assert_eq!(verifier.store().finds.load(Ordering::SeqCst), 1);
+    assert_eq!(verifier.store().gets.load(Ordering::SeqCst), 0);
+
+    // Another well-formed token of the format is unknown, with no id to report.
+    let other = format.generate(None).unwrap();
+    let err = verifier
+        .authenticate(other.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::UnknownToken));
+    assert_eq!(err.token_id(), None);
+
+    // Revocation works by record key.
+    verifier
+        .store()
+        .revoke(&issued.record.id, verifier.now())
+        .await
+        .unwrap();
+    let err = verifier.authenticate(token).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Revoked));
+}
+
+#[tokio::test]
+async fn db_audit_style_prefixed_tokens_verify() {
+    let format = TokenFormat::builder()
+        .prefix("dbaudit_live_")
+        .separator(apitoken::Separator::Underscore)
+        .build()
+        .unwrap();
+    let verifier = Verifier::builder(MemoryStore::new()).format(format).build();
+    let issued = issue(&verifier, "org-1", &["read:databases"]).await;
+    let token = issued.token.expose_secret();
+    assert!(token.starts_with(&format!("dbaudit_live_{}_", issued.record.id)));
+    assert!(
+        verifier
+            .verify(token, &all(&["read:databases"]))
+            .await
+            .is_ok()
+    );
+    // A canonical token is the wrong prefix here.
+    let canonical = TokenFormat::canonical()
+        .generate(Some(&issued.record.id))
+        .unwrap();
+    let err = verifier
+        .authenticate(canonical.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.reason(),
+        Some(RejectReason::Malformed(FormatError::WrongPrefix))
+    );
+}
+
+#[tokio::test]
+async fn dct_seed_tokens_verify_against_their_records() {
+    let verifier = Verifier::builder(MemoryStore::new())
+        .format(TokenFormat::dct())
+        .build();
+    let record = TokenRecord::new(
+        TokenId::from_u64(1),
+        owner("admin"),
+        "bootstrap",
+        verifier.now(),
+    );
+    let hash = SecretHasher::sha256().hash(&DCT_1.as_bytes()[2..]);
+    verifier.store().insert(record, hash).await.unwrap();
+
+    let principal = verifier.authenticate(DCT_1).await.unwrap();
+    assert_eq!(principal.token_id().as_u64(), Some(1));
+    assert_eq!(principal.name(), "bootstrap");
+    let err = verifier.authenticate(DCT_2).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::UnknownToken));
+    assert_eq!(err.token_id().and_then(TokenId::as_u64), Some(2));
+}
+
+#[tokio::test]
+async fn pepper_must_match() {
+    let store = Arc::new(MemoryStore::new());
+    let pepper_a = SecretHasher::hmac_sha256(&[0xA5; 32]).unwrap();
+    let pepper_b = SecretHasher::hmac_sha256(&[0x5A; 32]).unwrap();
+    assert!(pepper_a.is_peppered());
+    let a = Verifier::builder(store.clone()).hasher(pepper_a).build();
+    let b = Verifier::builder(store.clone()).hasher(pepper_b).build();
+    let plain = Verifier::builder(store.clone()).build();
+
+    let issued = issue(&a, "team-1", &["vps:read"]).await;
+    let token = issued.token.expose_secret();
+    assert!(a.verify(token, &all(&["vps:read"])).await.is_ok());
+    for other in [&b, &plain] {
+        let err = other.authenticate(token).await.unwrap_err();
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+        assert_eq!(err.reason(), Some(RejectReason::WrongSecret));
+    }
+    // The stored hash is not plain SHA-256 of the secret.
+    let stored = store.get(&issued.record.id).await.unwrap().unwrap();
+    let secret = secret_part(&TokenFormat::canonical(), token);
+    assert_ne!(stored.hash, SecretHasher::sha256().hash(secret.as_bytes()));
+    assert!(SecretHasher::hmac_sha256(&[1; 31]).is_err());
+
+    // And a token issued without a pepper fails under one.
+    let issued = issue(&plain, "team-1", &[]).await;
+    let err = a
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::WrongSecret));
+}
+
+/// Builds a Sanctum token as Laravel does: `{id}|{40 alnum}{crc32b hex of the 40}`, and
+/// stores its record with the SHA-256 of everything after the `|`.
+async fn insert_sanctum_token<S: TokenStore>(
+    verifier: &Verifier<S>,
+    entropy: &str,
+    scopes: &str,
+) -> (TokenId, String) {
+    let id = verifier.store().next_id().await.unwrap();
+    let token = TokenFormat::sanctum().render(Some(&id), entropy).unwrap();
+    let text = token.expose_secret().to_owned();
+    assert!(text.starts_with(&format!("{id}|{entropy}")));
+    assert_eq!(text.len(), id.as_str().len() + 1 + 40 + 8);
+    let after_pipe = &text[text.find('|').unwrap() + 1..];
+    let mut record = TokenRecord::new(id, owner("team-laravel"), "Laravel token", verifier.now());
+    record.scopes = ScopeSet::parse(scopes).unwrap();
+    verifier
+        .store()
+        .insert(record, SecretHasher::sha256().hash(after_pipe.as_bytes()))
+        .await
+        .unwrap();
+    (id, text)
+}
+
+#[tokio::test]
+async fn sanctum_render_matches_laravel_for_the_seed() {
+    let rendered = TokenFormat::sanctum()
+        .render(Some(&TokenId::from_u64(1)), SANCTUM_SEED_ENTROPY)
+        .unwrap();
+    assert_eq!(rendered.expose_secret(), SANCTUM_SEED);
+    assert!(rendered.expose_secret().ends_with(SANCTUM_SEED_CRC));
+}
+
+#[tokio::test]
+async fn sanctum_only_verifier_verifies_laravel_tokens() {
+    let verifier = Verifier::builder(MemoryStore::new())
+        .format(TokenFormat::sanctum())
+        .build();
+    // The seed token, stored as Laravel stores it: hash('sha256', everything after '|').
+    let record = TokenRecord::new(
+        TokenId::from_u64(1),
+        owner("danube"),
+        "Production Server",
+        verifier.now(),
+    );
+    let hash = SecretHasher::sha256().hash(&SANCTUM_SEED.as_bytes()[2..]);
+    verifier.store().insert(record, hash).await.unwrap();
+    let principal = verifier.authenticate(SANCTUM_SEED).await.unwrap();
+    assert_eq!(principal.owner().as_str(), "danube");
+
+    // Sanctum looks up a token without `id|` by its hash; so does the verifier.
+    let principal = verifier.authenticate(&SANCTUM_SEED[2..]).await.unwrap();
+    assert_eq!(principal.token_id().as_u64(), Some(1));
+
+    let wrong_crc = format!("{}345196d3", &SANCTUM_SEED[..SANCTUM_SEED.len() - 8]);
+    let err = verifier.authenticate(&wrong_crc).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::BadChecksum));
+}
+
+#[tokio::test]
+async fn also_accept_verifies_sanctum_tokens_beside_canonical_ones() {
+    let verifier = Verifier::builder(MemoryStore::new())
+        .also_accept(TokenFormat::sanctum())
+        .build();
+    let (id, sanctum_token) = insert_sanctum_token(
+        &verifier,
+        "abcdefghijABCDEFGHIJ0123456789klmnopqrst",
+        "vps:read",
+    )
+    .await;
+
+    let principal = verifier
+        .verify(&sanctum_token, &all(&["vps:read"]))
+        .await
+        .unwrap();
+    assert_eq!(principal.token_id(), &id);
+    assert_eq!(principal.owner().as_str(), "team-laravel");
+
+    // New tokens are issued in the first (canonical) format and verify too.
+    let issued = issue(&verifier, "team-1", &[]).await;
+    assert!(
+        TokenFormat::canonical()
+            .parse(issued.token.expose_secret())
+            .is_ok()
+    );
+    assert!(
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn also_accept_verifies_dct_tokens_beside_canonical_ones() {
+    let verifier = Verifier::builder(MemoryStore::new())
+        .also_accept(TokenFormat::dct())
+        .build();
+    let record = TokenRecord::new(
+        TokenId::from_u64(1),
+        owner("admin"),
+        "bootstrap",
+        verifier.now(),
+    );
+    let hash = SecretHasher::sha256().hash(&DCT_1.as_bytes()[2..]);
+    verifier.store().insert(record, hash).await.unwrap();
+    let principal = verifier.authenticate(DCT_1).await.unwrap();
+    assert_eq!(principal.name(), "bootstrap");
+}
+
+#[tokio::test]
+async fn also_accept_sanctum_after_a_prefixed_format() {
+    // With a prefixed first format, a Sanctum token is a "wrong prefix" and the next format is
+    // tried.
+    let verifier = Verifier::builder(MemoryStore::new())
+        .format(TokenFormat::builder().prefix("tk_").build().unwrap())
+        .also_accept(TokenFormat::sanctum())
+        .build();
+    let (id, sanctum_token) =
+        insert_sanctum_token(&verifier, "ZYXWVUTSRQ0123456789abcdefghijklmnopqrst", "").await;
+    let principal = verifier.authenticate(&sanctum_token).await.unwrap();
+    assert_eq!(principal.token_id(), &id);
+    let issued = issue(&verifier, "team-1", &[]).await;
+    assert!(issued.token.expose_secret().starts_with("tk_"));
+    assert!(
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secret hygiene
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn secrets_never_reach_debug_errors_or_records() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &["vps:read"]).await;
+    let token = issued.token.expose_secret().to_owned();
+    let secret = secret_part(&TokenFormat::canonical(), &token);
+    let hash_hex = SecretHasher::sha256().hash(secret.as_bytes()).to_hex();
+
+    let debug = format!("{issued:?}");
+    let pretty = format!("{issued:#?}");
+    for shown in [&debug, &pretty] {
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(!shown.contains(&secret[..16]), "{shown}");
+        assert!(!shown.contains(&token), "{shown}");
+        assert!(!shown.contains(&hash_hex[..16]), "{shown}");
+    }
+
+    let json = serde_json::to_string(&issued.record).unwrap();
+    assert!(!json.contains(&secret[..16]), "{json}");
+    assert!(!json.contains(&hash_hex), "{json}");
+    assert!(!json.contains(&hash_hex[..16]), "{json}");
+    assert!(json.contains(issued.record.id.as_str()));
+
+    // Errors for a presented token: wrong secret, bad checksum, malformed, insufficient scope.
+    let forged = TokenFormat::canonical()
+        .generate(Some(&issued.record.id))
+        .unwrap();
+    let forged_secret = secret_part(&TokenFormat::canonical(), forged.expose_secret());
+    let presented = [
+        (forged.expose_secret().to_owned(), forged_secret.clone()),
+        (change_at(&token, 20), secret.clone()),
+        (format!("{token} "), secret.clone()),
+        (token.clone(), secret.clone()),
+    ];
+    for (text, hidden) in presented {
+        let err = verifier
+            .verify(&text, &all(&["vps:write"]))
+            .await
+            .unwrap_err();
+        for shown in [err.to_string(), format!("{err:?}"), format!("{err:#?}")] {
+            assert!(!shown.contains(&hidden[..16]), "{shown}");
+            assert!(!shown.contains(&text), "{shown}");
+        }
+    }
+
+    // Parsed tokens, hashers and hashes redact too.
+    let parsed = TokenFormat::canonical().parse(&token).unwrap();
+    assert!(!format!("{parsed:?}").contains(&secret[..16]));
+    assert!(
+        !format!("{:?}", SecretHasher::sha256().hash(secret.as_bytes())).contains(&hash_hex[..8])
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue validation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn issue_validates_names() {
+    let verifier = Verifier::builder(MemoryStore::new()).build();
+    let issuer = verifier.issuer();
+    for bad in [
+        String::new(),
+        "a\nb".to_owned(),
+        "tab\there".to_owned(),
+        "nul\0".to_owned(),
+        "\u{7f}".to_owned(),
+        "\u{85}next line".to_owned(),
+        "x".repeat(256),
+    ] {
+        let result = issuer
+            .issue(NewToken::new(bad.clone(), owner("team-1")))
+            .await;
+        assert!(
+            matches!(result, Err(IssueError::InvalidName)),
+            "{bad:?}: {result:?}"
+        );
+    }
+    assert!(verifier.store().is_empty());
+    for ok in [
+        "Production Server",
+        "CI/CD Pipeline",
+        "é ü 日本",
+        &"x".repeat(255),
+    ] {
+        let issued = issuer
+            .issue(NewToken::new(ok, owner("team-1")))
+            .await
+            .unwrap();
+        assert_eq!(issued.record.name, ok);
+    }
+}
+
+#[tokio::test]
+async fn issue_refuses_expiry_not_in_the_future() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let verifier = Verifier::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
+    let issuer = verifier.issuer();
+    let cases = [
+        new_token("past", "team-1", &[]).expires_at(t0() - TimeDelta::seconds(1)),
+        new_token("now", "team-1", &[]).expires_at(t0()),
+        new_token("zero", "team-1", &[]).expires_in(TimeDelta::zero()),
+        new_token("negative", "team-1", &[]).expires_in(TimeDelta::seconds(-1)),
+        new_token("overflow", "team-1", &[]).expires_in(TimeDelta::MAX),
+    ];
+    for new in cases {
+        let result = issuer.issue(new).await;
+        assert!(
+            matches!(result, Err(IssueError::ExpiryOutOfRange)),
+            "{result:?}"
+        );
+    }
+    assert!(verifier.store().is_empty());
+    let issued = issuer
+        .issue(new_token("ok", "team-1", &[]).expires_at(t0() + TimeDelta::nanoseconds(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        issued.record.expires_at,
+        Some(t0() + TimeDelta::nanoseconds(1))
+    );
+}
+
+#[tokio::test]
+async fn numeric_formats_get_sequential_ids_from_the_store() {
+    let verifier = Verifier::builder(MemoryStore::new())
+        .format(TokenFormat::dct())
+        .build();
+    for expected in 1..=3u64 {
+        let issued = issue(&verifier, "team-1", &[]).await;
+        assert_eq!(issued.record.id.as_u64(), Some(expected));
+        let token = issued.token.expose_secret();
+        assert!(token.starts_with(&format!("{expected}.")), "{token}");
+        assert_eq!(token.len(), expected.to_string().len() + 1 + 64);
+        let principal = verifier.authenticate(token).await.unwrap();
+        assert_eq!(principal.token_id().as_u64(), Some(expected));
+    }
+    assert_eq!(verifier.store().len(), 3);
+}
+
+#[tokio::test]
+async fn random_id_formats_get_distinct_random_ids() {
+    let verifier = Verifier::builder(MemoryStore::new()).build();
+    let a = issue(&verifier, "team-1", &[]).await;
+    let b = issue(&verifier, "team-1", &[]).await;
+    assert_ne!(a.record.id, b.record.id);
+    for issued in [&a, &b] {
+        let id = issued.record.id.as_str();
+        assert_eq!(id.len(), 12);
+        assert!(id.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(issued.token.expose_secret().starts_with(&format!("{id}.")));
+    }
+}
+
+#[tokio::test]
+async fn issuing_where_the_store_cannot_allocate_ids_fails() {
+    /// A store with no numeric sequence: the trait's default `next_id`.
+    #[derive(Debug, Default)]
+    struct NoSequence(MemoryStore);
+
+    impl TokenStore for NoSequence {
+        fn insert(
+            &self,
+            record: TokenRecord,
+            hash: SecretHash,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.0.insert(record, hash)
+        }
+        fn get(
+            &self,
+            id: &TokenId,
+        ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+            self.0.get(id)
+        }
+        fn find_by_hash(
+            &self,
+            hash: &SecretHash,
+        ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+            self.0.find_by_hash(hash)
+        }
+        fn list_by_owner(
+            &self,
+            owner: &Owner,
+        ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+            self.0.list_by_owner(owner)
+        }
+        fn revoke(
+            &self,
+            id: &TokenId,
+            at: DateTime<Utc>,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            self.0.revoke(id, at)
+        }
+        fn revoke_owner(
+            &self,
+            owner: &Owner,
+            at: DateTime<Utc>,
+        ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+            self.0.revoke_owner(owner, at)
+        }
+        fn record_last_used(
+            &self,
+            id: &TokenId,
+            at: DateTime<Utc>,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.0.record_last_used(id, at)
+        }
+    }
+
+    let verifier = Verifier::builder(NoSequence::default())
+        .format(TokenFormat::dct())
+        .build();
+    let result = verifier.issuer().issue(new_token("x", "team-1", &[])).await;
+    match result {
+        Err(IssueError::Store(err)) => {
+            assert_eq!(err.kind(), apitoken::StoreErrorKind::Unsupported);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Random ids need no sequence.
+    let verifier = Verifier::builder(NoSequence::default()).build();
+    assert!(
+        verifier
+            .issuer()
+            .issue(new_token("x", "team-1", &[]))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn bad_checksum_stays_a_bad_checksum_with_several_formats() {
+    // Accepting Sanctum tokens too must not turn a mistyped canonical token into a store
+    // lookup, nor hide that its checksum was wrong.
+    let verifier = Verifier::builder(CountingStore::default())
+        .also_accept(TokenFormat::sanctum())
+        .also_accept(TokenFormat::dct())
+        .build();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    let err = verifier
+        .authenticate(&change_at(issued.token.expose_secret(), 30))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::BadChecksum));
+    let wrong_crc = format!("{}345196d3", &SANCTUM_SEED[..SANCTUM_SEED.len() - 8]);
+    let err = verifier.authenticate(&wrong_crc).await.unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_ne!(err.kind(), AuthErrorKind::StoreUnavailable);
+    assert_eq!(verifier.store().lookups(), 0);
+}
