@@ -71,5 +71,5 @@ pub use credentials::{Credentials, InvalidScheme};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 pub use require::{RequireScopes, RequireScopesFuture, RequireScopesLayer};
-pub use response::{InvalidRealm, JsonResponder, Responder};
+pub use response::{GrpcResponder, InvalidRealm, JsonResponder, Responder};
 pub use service::Auth;

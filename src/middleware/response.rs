@@ -150,6 +150,41 @@ impl<B: From<&'static str>> Responder<B> for JsonResponder {
     }
 }
 
+/// A responder for gRPC services (tonic): a trailers-only response, HTTP 200 with
+/// `grpc-status` 16 (`UNAUTHENTICATED`) for missing and invalid credentials, 7
+/// (`PERMISSION_DENIED`) for a missing scope, 3 (`INVALID_ARGUMENT`) for a malformed request
+/// and 14 (`UNAVAILABLE`) when the store is down, with a fixed `grpc-message` and an empty
+/// body.
+///
+/// ```
+/// use apitoken::middleware::{GrpcResponder, Responder};
+/// use apitoken::AuthError;
+///
+/// let response: http::Response<String> = GrpcResponder.respond(&AuthError::missing_credentials());
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(response.headers()["grpc-status"], "16");
+/// assert_eq!(response.headers()["content-type"], "application/grpc");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcResponder;
+
+impl<B: Default> Responder<B> for GrpcResponder {
+    fn respond(&self, error: &AuthError) -> Response<B> {
+        let (code, text) = match error.kind() {
+            AuthErrorKind::MalformedRequest => ("3", "malformed credentials"),
+            AuthErrorKind::InsufficientScope => ("7", "insufficient scope"),
+            AuthErrorKind::StoreUnavailable => ("14", "token store unavailable"),
+            _ => ("16", "unauthenticated"),
+        };
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from_static(code));
+        headers.insert("grpc-message", HeaderValue::from_static(text));
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +251,22 @@ mod tests {
             assert_eq!(r.headers(), first.headers());
             assert_eq!(r.body(), first.body());
         }
+    }
+
+    #[test]
+    fn grpc_codes() {
+        let code = |e: AuthError| {
+            let r: Response<String> = GrpcResponder.respond(&e);
+            assert_eq!(r.status(), 200);
+            r.headers()["grpc-status"].to_str().unwrap().to_owned()
+        };
+        assert_eq!(code(AuthError::missing_credentials()), "16");
+        assert_eq!(code(AuthError::invalid_token(RejectReason::Revoked, None)), "16");
+        assert_eq!(code(AuthError::malformed_request()), "3");
+        let missing = ScopeSet::parse("a").unwrap();
+        assert_eq!(code(AuthError::insufficient_scope(missing, TokenId::from_u64(1))), "7");
+        let store = crate::store::StoreError::unavailable("down");
+        assert_eq!(code(AuthError::store_unavailable(store)), "14");
     }
 
     #[test]
