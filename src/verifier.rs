@@ -178,7 +178,8 @@ impl<S: TokenStore> Verifier<S> {
             && record
                 .created_at
                 .checked_add_signed(max)
-                .is_none_or(|end| end <= now)
+                // Past the end of time: a lifetime that long never runs out.
+                .is_some_and(|end| end <= now)
         {
             return refuse(RejectReason::LifetimeExceeded);
         }

@@ -478,6 +478,23 @@ async fn max_lifetime_boundary() {
     }
 }
 
+#[tokio::test]
+async fn a_lifetime_past_the_end_of_time_never_runs_out() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .max_lifetime(TimeDelta::MAX)
+        .build();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    clock.set(t0() + TimeDelta::days(365 * 100));
+    assert!(
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scopes through the verifier
 // ---------------------------------------------------------------------------------------------

@@ -261,10 +261,16 @@ mod tests {
             r.headers()["grpc-status"].to_str().unwrap().to_owned()
         };
         assert_eq!(code(AuthError::missing_credentials()), "16");
-        assert_eq!(code(AuthError::invalid_token(RejectReason::Revoked, None)), "16");
+        assert_eq!(
+            code(AuthError::invalid_token(RejectReason::Revoked, None)),
+            "16"
+        );
         assert_eq!(code(AuthError::malformed_request()), "3");
         let missing = ScopeSet::parse("a").unwrap();
-        assert_eq!(code(AuthError::insufficient_scope(missing, TokenId::from_u64(1))), "7");
+        assert_eq!(
+            code(AuthError::insufficient_scope(missing, TokenId::from_u64(1))),
+            "7"
+        );
         let store = crate::store::StoreError::unavailable("down");
         assert_eq!(code(AuthError::store_unavailable(store)), "14");
     }
