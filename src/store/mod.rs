@@ -127,6 +127,21 @@ pub trait TokenStore: Send + Sync {
         id: &TokenId,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// [`record_last_used`](Self::record_last_used) for many tokens at once, as a buffered
+    /// last-use tracker flushes them. The default makes one call per entry; SQL stores write
+    /// the batch in one statement.
+    fn record_last_used_batch(
+        &self,
+        batch: &[(TokenId, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for (id, at) in batch {
+                self.record_last_used(id, *at).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
@@ -185,6 +200,13 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).record_last_used(id, at)
+    }
+
+    fn record_last_used_batch(
+        &self,
+        batch: &[(TokenId, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).record_last_used_batch(batch)
     }
 }
 
