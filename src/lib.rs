@@ -37,5 +37,11 @@ pub use scope::{InvalidScope, Scope, ScopePolicy, ScopeRequirement, ScopeSet};
 pub use secret::{
     MIN_PEPPER_LEN, PepperTooShort, RandomnessUnavailable, Secret, SecretHash, SecretHasher,
 };
-pub use store::{MemoryStore, StoreError, StoreErrorKind, StoredToken, TokenStore};
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use store::SanctumStore;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{MemoryStore, StoreChange, StoreError, StoreErrorKind, StoredToken, TokenStore};
 pub use verifier::{Principal, Verifier, VerifierBuilder};

@@ -329,6 +329,8 @@ impl ScopeRequirement {
 #[non_exhaustive]
 pub struct ScopePolicy {
     wildcards: bool,
+    /// Granted scopes that cover every scope.
+    catch_all: Vec<Scope>,
     /// Transitive closure of the scope implications, recomputed when one is added, so a
     /// check never follows chains.
     implies: Vec<(Scope, Scope)>,
@@ -350,6 +352,35 @@ impl ScopePolicy {
     pub fn with_wildcards(mut self) -> Self {
         self.wildcards = true;
         self
+    }
+
+    /// A granted `scope` covers every scope, as Sanctum's `*` ability or DB Audit's `admin`.
+    /// Unlike [`with_wildcards`](Self::with_wildcards), `*` segments elsewhere (`vps:*`) stay
+    /// plain text.
+    ///
+    /// ```
+    /// use apitoken::{ScopePolicy, ScopeSet};
+    ///
+    /// let policy = ScopePolicy::strict().catch_all("admin")?;
+    /// assert!(policy.covers(&ScopeSet::parse("admin")?, "write:policies"));
+    /// assert!(!policy.covers(&ScopeSet::parse("read:logs")?, "write:policies"));
+    /// # Ok::<(), apitoken::InvalidScope>(())
+    /// ```
+    pub fn catch_all(mut self, scope: &str) -> Result<Self, InvalidScope> {
+        let scope = Scope::new(scope)?;
+        if !self.catch_all.contains(&scope) {
+            self.catch_all.push(scope);
+        }
+        Ok(self)
+    }
+
+    /// Laravel Sanctum's ability check: the ability `*` grants everything; every other ability
+    /// matches exactly (`in_array`), with no wildcard segments.
+    pub fn sanctum() -> Self {
+        Self {
+            catch_all: vec![Scope(WILDCARD.into())],
+            ..Self::default()
+        }
     }
 
     /// A granted `from` also grants `to` (and whatever `to` covers under this policy), such as
@@ -413,14 +444,20 @@ impl ScopePolicy {
         }
     }
 
+    /// Whether one granted scope, or any scope it implies, covers `required`.
     fn scope_covers(&self, granted: &str, required: &str) -> bool {
-        if granted == required || self.segments_cover(granted, required) {
-            return true;
-        }
-        self.implies
-            .iter()
-            .filter(|(from, _)| from.as_str() == granted)
-            .any(|(_, to)| to.as_str() == required || self.segments_cover(to.as_str(), required))
+        self.covers_directly(granted, required)
+            || self
+                .implies
+                .iter()
+                .filter(|(from, _)| from.as_str() == granted)
+                .any(|(_, to)| self.covers_directly(to.as_str(), required))
+    }
+
+    fn covers_directly(&self, granted: &str, required: &str) -> bool {
+        granted == required
+            || self.catch_all.iter().any(|c| c.as_str() == granted)
+            || self.segments_cover(granted, required)
     }
 
     /// Segment-by-segment comparison with wildcards and segment implications.
@@ -552,6 +589,22 @@ mod tests {
             .imply("b", "a")
             .unwrap();
         assert!(!cyclic.covers(&set("a"), "c"));
+    }
+
+    #[test]
+    fn catch_alls_cover_everything_and_only_when_configured() {
+        let p = ScopePolicy::strict().catch_all("admin").unwrap();
+        assert!(p.covers(&set("admin"), "storage:delete"));
+        assert!(!p.covers(&set("vps:*"), "vps:read"));
+        assert!(!ScopePolicy::strict().covers(&set("admin"), "storage:delete"));
+        // Reached through an implication, too.
+        let p = p.imply("owner", "admin").unwrap();
+        assert!(p.covers(&set("owner"), "anything"));
+        // Sanctum: `*` is everything, `vps:*` is a plain ability.
+        let sanctum = ScopePolicy::sanctum();
+        assert!(sanctum.covers(&set("*"), "vps:write"));
+        assert!(!sanctum.covers(&set("vps:*"), "vps:write"));
+        assert!(sanctum.covers(&set("vps:*"), "vps:*"));
     }
 
     #[test]

@@ -19,6 +19,14 @@
 //! - A store never sees a plaintext secret; it stores the [`SecretHash`] it is given.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sanctum;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -28,6 +36,14 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sanctum::{SanctumStore, SanctumStoreBuilder};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sql::InvalidIdentifier;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};
@@ -208,6 +224,17 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).record_last_used_batch(batch)
     }
+}
+
+/// A change another process made to a store, reported by a store's change feed (for example
+/// [`PostgresStore::spawn_change_listener`]) so that caches can drop what they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// The token with this id was issued, revoked or deleted.
+    Token(TokenId),
+    /// Changes may have been missed (the feed reconnected): drop everything cached.
+    Unknown,
 }
 
 /// What kind of failure a [`StoreError`] is.

@@ -1,0 +1,479 @@
+//! [`PostgresStore`]: token records in PostgreSQL.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Row, SqlStr};
+
+use super::sql::{self, InvalidIdentifier, timed};
+use super::{StoreChange, StoreError, StoredToken, TokenStore};
+use crate::id::TokenId;
+use crate::record::{Owner, TokenRecord};
+use crate::secret::SecretHash;
+
+/// A [`TokenStore`] in PostgreSQL, on an sqlx pool.
+///
+/// - **Schema**: one table, `apitoken_tokens`, in the configured schema (default: the
+///   connection's `search_path`). Ids and owners are `TEXT COLLATE "C"` (byte comparison, case
+///   sensitive); the secret hash is `BYTEA`, unique; times are `TIMESTAMPTZ` (microseconds).
+///   [`migrate`](Self::migrate) creates it, under an advisory lock so that replicas starting
+///   together do not race. See `docs/stores.md` for the DDL.
+/// - **Queries** are parameterised, each with a deadline (3 s by default, connection
+///   acquisition included): a database that is down or slow makes the store report
+///   [`StoreErrorKind::Unavailable`](super::StoreErrorKind::Unavailable), and the verifier
+///   fails closed. The pool reconnects by itself when the database returns.
+/// - **Changes** (insert, revoke) send a `NOTIFY` in the same statement, so another replica's
+///   [`spawn_change_listener`](Self::spawn_change_listener) can drop cached entries at once.
+/// - **Last use** is written forward-only, a batch in one `UPDATE … FROM UNNEST(…)`.
+///
+/// ```no_run
+/// use apitoken::{PostgresStore, Verifier};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app")?;
+/// store.migrate().await?;
+/// let verifier = Verifier::builder(store).build();
+/// # let _ = verifier;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    queries: Arc<Queries>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Queries {
+    schema: Option<String>,
+    table: String,
+    channel: String,
+    insert: SqlStr,
+    get: SqlStr,
+    find_by_hash: SqlStr,
+    list_by_owner: SqlStr,
+    revoke: SqlStr,
+    revoke_owner: SqlStr,
+    last_used: SqlStr,
+    last_used_batch: SqlStr,
+    next_id: SqlStr,
+}
+
+const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, expires_at, revoked_at";
+
+impl Queries {
+    fn new(schema: Option<String>) -> Self {
+        let qualify = |name: &str| match &schema {
+            Some(schema) => format!("{schema}.{name}"),
+            None => name.to_owned(),
+        };
+        let table = qualify("apitoken_tokens");
+        let sequence = qualify("apitoken_token_ids");
+        // NOTIFY channels are per schema, so tenants in one database do not see each other.
+        let channel = match &schema {
+            Some(schema) => format!("apitoken_changes_{schema}"),
+            None => "apitoken_changes".to_owned(),
+        };
+        Self {
+            insert: sql::text(format!(
+                "WITH inserted AS (INSERT INTO {table} ({COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id) \
+                 SELECT pg_notify($11, id) FROM inserted"
+            )),
+            get: sql::text(format!("SELECT {COLUMNS} FROM {table} WHERE id = $1")),
+            find_by_hash: sql::text(format!(
+                "SELECT {COLUMNS} FROM {table} WHERE secret_hash = $1"
+            )),
+            list_by_owner: sql::text(format!("SELECT {COLUMNS} FROM {table} WHERE owner = $1")),
+            revoke: sql::text(format!(
+                "WITH revoked AS (UPDATE {table} SET revoked_at = $2 \
+                 WHERE id = $1 AND revoked_at IS NULL RETURNING id) \
+                 SELECT pg_notify($3, id) FROM revoked"
+            )),
+            revoke_owner: sql::text(format!(
+                "WITH revoked AS (UPDATE {table} SET revoked_at = $2 \
+                 WHERE owner = $1 AND revoked_at IS NULL RETURNING id) \
+                 SELECT pg_notify($3, id) FROM revoked"
+            )),
+            last_used: sql::text(format!(
+                "UPDATE {table} SET last_used_at = $2 \
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)"
+            )),
+            last_used_batch: sql::text(format!(
+                "UPDATE {table} AS t SET last_used_at = v.at \
+                 FROM UNNEST($1::text[], $2::timestamptz[]) AS v(id, at) \
+                 WHERE t.id = v.id AND (t.last_used_at IS NULL OR t.last_used_at < v.at)"
+            )),
+            next_id: sql::text(format!(
+                "SELECT n FROM (SELECT nextval('{sequence}') AS n) AS s \
+                 WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE id = s.n::text)"
+            )),
+            schema,
+            table,
+            channel,
+        }
+    }
+
+    fn migrations(&self) -> Vec<String> {
+        let table = &self.table;
+        let sequence = match &self.schema {
+            Some(schema) => format!("{schema}.apitoken_token_ids"),
+            None => "apitoken_token_ids".to_owned(),
+        };
+        let index = "apitoken_tokens_owner_idx";
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\
+                 id TEXT COLLATE \"C\" PRIMARY KEY, \
+                 secret_hash BYTEA NOT NULL UNIQUE CHECK (octet_length(secret_hash) = 32), \
+                 name TEXT NOT NULL, \
+                 owner TEXT COLLATE \"C\" NOT NULL, \
+                 scopes TEXT NOT NULL DEFAULT '', \
+                 metadata JSONB NOT NULL DEFAULT '{{}}', \
+                 created_at TIMESTAMPTZ NOT NULL, \
+                 last_used_at TIMESTAMPTZ, \
+                 expires_at TIMESTAMPTZ, \
+                 revoked_at TIMESTAMPTZ); \
+             CREATE INDEX IF NOT EXISTS {index} ON {table} (owner, created_at); \
+             CREATE SEQUENCE IF NOT EXISTS {sequence};"
+        )]
+    }
+}
+
+/// Configures a [`PostgresStore`]. Made by [`PostgresStore::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct PostgresStoreBuilder {
+    pool: PgPool,
+    schema: Option<String>,
+    timeout: Duration,
+}
+
+impl PostgresStoreBuilder {
+    /// Keeps the tables in this schema (created by [`PostgresStore::migrate`] if missing):
+    /// lowercase letters, digits and `_`.
+    pub fn schema(mut self, schema: &str) -> Result<Self, InvalidIdentifier> {
+        self.schema = Some(sql::identifier(schema)?.to_owned());
+        Ok(self)
+    }
+
+    /// The deadline of each query, connection acquisition included. Default: 3 seconds.
+    pub fn query_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the store. No connection is made until the first query.
+    pub fn build(self) -> PostgresStore {
+        PostgresStore {
+            pool: self.pool,
+            queries: Arc::new(Queries::new(self.schema)),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl PostgresStore {
+    /// A store on a new pool for `url`, with a 2-second acquire timeout. Connects lazily: this
+    /// fails only for a malformed URL, and a database that is down now is found when it
+    /// returns.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(sql::DEFAULT_ACQUIRE_TIMEOUT)
+            .connect_lazy(url)
+            .map_err(sql::map_err)?;
+        Ok(Self::builder(pool).build())
+    }
+
+    /// A store on an existing pool.
+    pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            pool,
+            schema: None,
+            timeout: sql::DEFAULT_QUERY_TIMEOUT,
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates the schema, table, index and id sequence if they are missing. Safe to call from
+    /// every replica at start-up: the work runs in one transaction under an advisory lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let queries = Arc::clone(&self.queries);
+        let lock_key = format!("apitoken migrate {}", queries.table);
+        let work = async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(&lock_key)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(schema) = &queries.schema {
+                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+                sqlx::raw_sql(sql::text(create)).execute(&mut *tx).await?;
+            }
+            for step in queries.migrations() {
+                sqlx::raw_sql(sql::text(step)).execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        };
+        // Migrations may wait for another replica's lock: allow them longer than a query.
+        timed(self.timeout * 10, work).await
+    }
+
+    /// Listens for changes made through any `PostgresStore` on the same database and schema
+    /// (this process's included) and calls `on_change` for each: [`StoreChange::Token`] for a
+    /// token issued or revoked, [`StoreChange::Unknown`] after (re)connecting, when changes may
+    /// have been missed. Reconnects by itself, with a one-second pause after a failure.
+    ///
+    /// Pass the changes to a cache's invalidator so a revoke on one replica takes effect on
+    /// every replica within the notification's delivery time.
+    pub fn spawn_change_listener<F>(&self, on_change: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(StoreChange) + Send + Sync + 'static,
+    {
+        let pool = self.pool.clone();
+        let channel = self.queries.channel.clone();
+        tokio::spawn(async move {
+            loop {
+                match listen(&pool, &channel, &on_change).await {
+                    Ok(()) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "token change listener lost its connection");
+                    }
+                }
+                // Whatever happened while we were not listening is unknown.
+                on_change(StoreChange::Unknown);
+                if pool.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+}
+
+/// Listens until the connection is lost; returns `Ok` when it is, `Err` if it cannot connect.
+async fn listen<F: Fn(StoreChange)>(
+    pool: &PgPool,
+    channel: &str,
+    on_change: &F,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    // Anything before LISTEN took effect was missed.
+    on_change(StoreChange::Unknown);
+    while let Some(notification) = listener.try_recv().await? {
+        match TokenId::new(notification.payload()) {
+            Ok(id) => on_change(StoreChange::Token(id)),
+            Err(_) => on_change(StoreChange::Unknown),
+        }
+    }
+    Ok(())
+}
+
+fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
+    let get_err = sql::map_err;
+    let hash: Vec<u8> = row.try_get("secret_hash").map_err(get_err)?;
+    let id: String = row.try_get("id").map_err(get_err)?;
+    let owner: String = row.try_get("owner").map_err(get_err)?;
+    let scopes: String = row.try_get("scopes").map_err(get_err)?;
+    let metadata: serde_json::Value = row.try_get("metadata").map_err(get_err)?;
+    let mut record = TokenRecord::new(
+        sql::token_id(&id)?,
+        sql::owner(&owner)?,
+        row.try_get::<String, _>("name").map_err(get_err)?,
+        row.try_get("created_at").map_err(get_err)?,
+    );
+    record.scopes = sql::scopes(&scopes)?;
+    record.metadata = sql::metadata(metadata)?;
+    record.last_used_at = row.try_get("last_used_at").map_err(get_err)?;
+    record.expires_at = row.try_get("expires_at").map_err(get_err)?;
+    record.revoked_at = row.try_get("revoked_at").map_err(get_err)?;
+    Ok(StoredToken::new(record, sql::secret_hash(&hash)?))
+}
+
+impl TokenStore for PostgresStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let query = sqlx::query(self.queries.insert.clone())
+                .bind(record.id.as_str())
+                .bind(hash.as_bytes().as_slice())
+                .bind(&record.name)
+                .bind(record.owner.as_str())
+                .bind(record.scopes.to_string())
+                .bind(serde_json::Value::Object(record.metadata.clone()))
+                .bind(record.created_at)
+                .bind(record.last_used_at)
+                .bind(record.expires_at)
+                .bind(record.revoked_at)
+                .bind(&self.queries.channel);
+            timed(self.timeout, query.execute(&self.pool)).await?;
+            Ok(())
+        }
+    }
+
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        async move {
+            // Skips sequence values taken by ids inserted explicitly.
+            for _ in 0..1000 {
+                let row = timed(
+                    self.timeout,
+                    sqlx::query(self.queries.next_id.clone()).fetch_optional(&self.pool),
+                )
+                .await?;
+                if let Some(row) = row {
+                    let n: i64 = row.try_get("n").map_err(sql::map_err)?;
+                    let n = u64::try_from(n).map_err(StoreError::corrupt)?;
+                    return Ok(TokenId::from_u64(n));
+                }
+            }
+            Err(StoreError::new(
+                super::StoreErrorKind::Conflict,
+                "1000 consecutive sequence values were already taken",
+            ))
+        }
+    }
+
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        let id = *id;
+        async move {
+            let query = sqlx::query(self.queries.get.clone()).bind(id.as_str());
+            let row = timed(self.timeout, query.fetch_optional(&self.pool)).await?;
+            row.map(|row| decode(&row)).transpose()
+        }
+    }
+
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        let hash = *hash;
+        async move {
+            let query =
+                sqlx::query(self.queries.find_by_hash.clone()).bind(hash.as_bytes().as_slice());
+            let row = timed(self.timeout, query.fetch_optional(&self.pool)).await?;
+            row.map(|row| decode(&row)).transpose()
+        }
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        let owner = owner.as_str().to_owned();
+        async move {
+            let rows = timed(
+                self.timeout,
+                sqlx::query(self.queries.list_by_owner.clone())
+                    .bind(owner)
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+            let mut records = rows
+                .iter()
+                .map(|row| decode(row).map(|s| TokenRecord::clone(&s.record)))
+                .collect::<Result<Vec<_>, _>>()?;
+            // The same order as every other store (numeric ids by value).
+            records.sort_by_key(|r| (r.created_at, r.id));
+            Ok(records)
+        }
+    }
+
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let id = *id;
+        async move {
+            let rows = timed(
+                self.timeout,
+                sqlx::query(self.queries.revoke.clone())
+                    .bind(id.as_str().to_owned())
+                    .bind(at)
+                    .bind(&self.queries.channel)
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+            Ok(!rows.is_empty())
+        }
+    }
+
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let owner = owner.as_str().to_owned();
+        async move {
+            let rows = timed(
+                self.timeout,
+                sqlx::query(self.queries.revoke_owner.clone())
+                    .bind(owner)
+                    .bind(at)
+                    .bind(&self.queries.channel)
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+            Ok(rows.len())
+        }
+    }
+
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let id = *id;
+        async move {
+            timed(
+                self.timeout,
+                sqlx::query(self.queries.last_used.clone())
+                    .bind(id.as_str().to_owned())
+                    .bind(at)
+                    .execute(&self.pool),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+
+    fn record_last_used_batch(
+        &self,
+        batch: &[(TokenId, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let latest = sql::latest_per_id(batch);
+        async move {
+            if latest.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<String> = latest
+                .iter()
+                .map(|(id, _)| id.as_str().to_owned())
+                .collect();
+            let times: Vec<DateTime<Utc>> = latest.iter().map(|(_, at)| *at).collect();
+            timed(
+                self.timeout,
+                sqlx::query(self.queries.last_used_batch.clone())
+                    .bind(ids)
+                    .bind(times)
+                    .execute(&self.pool),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! [`SanctumStore`]: Laravel Sanctum's own `personal_access_tokens` table.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use sqlx::{Row, SqlStr};
+
+use super::sql::{self, InvalidIdentifier, timed};
+use super::{StoreError, StoreErrorKind, StoredToken, TokenStore};
+use crate::id::TokenId;
+use crate::record::{Owner, TokenRecord};
+use crate::scope::{Scope, ScopeSet};
+use crate::secret::SecretHash;
+
+/// A [`TokenStore`] over a Laravel application's `personal_access_tokens` table, so a Rust
+/// service verifies the tokens that application issued, in the same database.
+///
+/// Pair it with [`TokenFormat::sanctum`](crate::TokenFormat::sanctum) (or
+/// `sanctum_with_prefix`), [`SecretHasher::sha256`](crate::SecretHasher::sha256) (Sanctum
+/// stores `hash('sha256', …)` of the text after the `|`) and
+/// [`ScopePolicy::sanctum`](crate::ScopePolicy::sanctum) (the ability `*` grants everything,
+/// every other ability matches exactly, as Sanctum's `can()` does).
+///
+/// How Sanctum's columns map to a [`TokenRecord`]:
+///
+/// | Sanctum | record |
+/// |---|---|
+/// | `id` (bigint) | `id` (decimal) |
+/// | `tokenable_type`, `tokenable_id` | `owner`, as `App\Models\User:42` |
+/// | `name` | `name` |
+/// | `token` (sha256 hex) | the secret hash |
+/// | `abilities` (JSON array; `["*"]` by default) | `scopes` (abilities that are not valid scopes, such as ones with spaces, are left out: no route can require them) |
+/// | `last_used_at`, `expires_at`, `created_at` | the same, read as UTC (Laravel's default timezone) |
+/// | — | `revoked_at`: Sanctum deletes revoked tokens; [`revoke`](TokenStore::revoke) deletes the row, as `$token->delete()` does |
+/// | — | `metadata`: empty; Sanctum has no such column |
+///
+/// Sanctum's global `expiration` setting (minutes from `created_at`) is honoured with
+/// [`SanctumStoreBuilder::expiration`]. Last use is written forward-only, to the second, with
+/// `updated_at`, as Sanctum writes it. The store never alters the table's schema: Laravel's
+/// migrations own it.
+///
+/// ```no_run
+/// use apitoken::{SanctumStore, ScopePolicy, SecretHasher, TokenFormat, Verifier};
+/// use chrono::TimeDelta;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::PgPool::connect_lazy("postgres://laravel@127.0.0.1/laravel")?;
+/// let store = SanctumStore::postgres(pool)
+///     .expiration(TimeDelta::minutes(525_600)) // config('sanctum.expiration')
+///     .build();
+/// let verifier = Verifier::builder(store)
+///     .format(TokenFormat::sanctum())
+///     .hasher(SecretHasher::sha256())
+///     .scope_policy(ScopePolicy::sanctum())
+///     .build();
+/// # let _ = verifier;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SanctumStore {
+    backend: Backend,
+    queries: Arc<Queries>,
+    expiration: Option<TimeDelta>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store has. Each arm is compiled for
+/// its own database, so one query text serves both.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres($pool) => $body,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug)]
+struct Queries {
+    insert: SqlStr,
+    get: SqlStr,
+    find_by_hash: SqlStr,
+    list_by_owner: SqlStr,
+    revoke: SqlStr,
+    revoke_owner: SqlStr,
+    last_used: SqlStr,
+    next_id_postgres: SqlStr,
+    next_id_sqlite_seed: SqlStr,
+    next_id_sqlite: SqlStr,
+}
+
+impl Queries {
+    fn new(table: &str) -> Self {
+        // `tokenable_id` is a bigint in Laravel's default migration and a string with
+        // `uuidMorphs`: read it as text either way.
+        let columns = "id, tokenable_type, CAST(tokenable_id AS TEXT) AS tokenable_id, name, \
+                       token, abilities, last_used_at, expires_at, created_at";
+        let owner = "tokenable_type = $1 AND CAST(tokenable_id AS TEXT) = $2";
+        Self {
+            insert: sql::text(format!(
+                "INSERT INTO {table} (id, tokenable_type, tokenable_id, name, token, abilities, \
+                 expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+            )),
+            get: sql::text(format!("SELECT {columns} FROM {table} WHERE id = $1")),
+            find_by_hash: sql::text(format!("SELECT {columns} FROM {table} WHERE token = $1")),
+            list_by_owner: sql::text(format!("SELECT {columns} FROM {table} WHERE {owner}")),
+            revoke: sql::text(format!("DELETE FROM {table} WHERE id = $1")),
+            revoke_owner: sql::text(format!("DELETE FROM {table} WHERE {owner}")),
+            last_used: sql::text(format!(
+                "UPDATE {table} SET last_used_at = $2, updated_at = $2 \
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)"
+            )),
+            next_id_postgres: sql::text(format!(
+                "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS n"
+            )),
+            // Laravel's SQLite table is AUTOINCREMENT: reserving the id in `sqlite_sequence`
+            // keeps this process and the Laravel app from handing out the same one.
+            next_id_sqlite_seed: sql::text(format!(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT '{table}', 0 \
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '{table}')"
+            )),
+            next_id_sqlite: sql::text(format!(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(id), 0) FROM {table})) + 1 \
+                 WHERE name = '{table}' RETURNING seq AS n"
+            )),
+        }
+    }
+}
+
+/// Configures a [`SanctumStore`]. Made by [`SanctumStore::postgres`] or
+/// [`SanctumStore::sqlite`].
+#[derive(Debug)]
+#[must_use]
+pub struct SanctumStoreBuilder {
+    backend: Backend,
+    table: String,
+    expiration: Option<TimeDelta>,
+    timeout: Duration,
+}
+
+impl SanctumStoreBuilder {
+    /// The table's name, if the application renamed it. Default: `personal_access_tokens`.
+    pub fn table(mut self, table: &str) -> Result<Self, InvalidIdentifier> {
+        self.table = sql::identifier(table)?.to_owned();
+        Ok(self)
+    }
+
+    /// Sanctum's `expiration` setting: tokens expire this long after `created_at`, or at
+    /// their own `expires_at` if that is sooner. Default: none (Sanctum's default, `null`).
+    pub fn expiration(mut self, expiration: TimeDelta) -> Self {
+        self.expiration = Some(expiration);
+        self
+    }
+
+    /// The deadline of each query, connection acquisition included. Default: 3 seconds.
+    pub fn query_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> SanctumStore {
+        SanctumStore {
+            backend: self.backend,
+            queries: Arc::new(Queries::new(&self.table)),
+            expiration: self.expiration,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl SanctumStore {
+    /// A store over a PostgreSQL database that a Laravel application migrated.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(pool: sqlx::PgPool) -> SanctumStoreBuilder {
+        Self::builder(Backend::Postgres(pool))
+    }
+
+    /// A store over an SQLite database that a Laravel application migrated.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(pool: sqlx::SqlitePool) -> SanctumStoreBuilder {
+        Self::builder(Backend::Sqlite(pool))
+    }
+
+    fn builder(backend: Backend) -> SanctumStoreBuilder {
+        SanctumStoreBuilder {
+            backend,
+            table: "personal_access_tokens".to_owned(),
+            expiration: None,
+            timeout: sql::DEFAULT_QUERY_TIMEOUT,
+        }
+    }
+
+    fn decode<R: Row>(&self, row: &R) -> Result<StoredToken, StoreError>
+    where
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> NaiveDateTime: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let get_err = sql::map_err;
+        let id: i64 = row.try_get("id").map_err(get_err)?;
+        let id = TokenId::from_u64(u64::try_from(id).map_err(StoreError::corrupt)?);
+        let tokenable_type: String = row.try_get("tokenable_type").map_err(get_err)?;
+        let tokenable_id: String = row.try_get("tokenable_id").map_err(get_err)?;
+        let owner = sql::owner(&format!("{tokenable_type}:{tokenable_id}"))?;
+        let hash: String = row.try_get("token").map_err(get_err)?;
+        let hash = SecretHash::from_hex(&hash).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Corrupt,
+                "a Sanctum token hash is not 64 hex digits",
+            )
+        })?;
+        let abilities: Option<String> = row.try_get("abilities").map_err(get_err)?;
+        let utc = |at: Option<NaiveDateTime>| at.map(|at| at.and_utc());
+        let created_at: Option<NaiveDateTime> = row.try_get("created_at").map_err(get_err)?;
+        // Laravel's timestamps are nullable; an unknown creation time counts as long ago, so
+        // an expiration setting refuses the token rather than letting it live forever.
+        let created_at = utc(created_at).unwrap_or(DateTime::UNIX_EPOCH);
+
+        let mut record = TokenRecord::new(
+            id,
+            owner,
+            row.try_get::<String, _>("name").map_err(get_err)?,
+            created_at,
+        );
+        record.scopes = abilities_to_scopes(abilities.as_deref());
+        record.last_used_at = utc(row.try_get("last_used_at").map_err(get_err)?);
+        record.expires_at = utc(row.try_get("expires_at").map_err(get_err)?);
+        if let Some(expiration) = self.expiration {
+            let global = created_at.checked_add_signed(expiration);
+            record.expires_at = match (record.expires_at, global) {
+                (Some(own), Some(global)) => Some(own.min(global)),
+                (own, global) => own.or(global),
+            };
+        }
+        Ok(StoredToken::new(record, hash))
+    }
+
+    async fn fetch_optional(
+        &self,
+        query: &SqlStr,
+        bind: Bind<'_>,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        on_pool!(self, pool => {
+            let query = bind.apply(sqlx::query(query.clone()));
+            let row = timed(self.timeout, query.fetch_optional(pool)).await?;
+            row.map(|row| self.decode(&row)).transpose()
+        })
+    }
+}
+
+/// The one value a lookup binds.
+enum Bind<'a> {
+    Id(i64),
+    Text(&'a str),
+}
+
+impl Bind<'_> {
+    fn apply<'q, DB: sqlx::Database>(
+        self,
+        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+    where
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        match self {
+            Bind::Id(id) => query.bind(id),
+            Bind::Text(text) => query.bind(text.to_owned()),
+        }
+    }
+}
+
+/// Sanctum's abilities (a JSON array of strings) as scopes. `null` or unreadable JSON grants
+/// nothing; abilities that are not valid scopes cannot be required by any route and are left
+/// out.
+fn abilities_to_scopes(abilities: Option<&str>) -> ScopeSet {
+    let Some(text) = abilities else {
+        return ScopeSet::new();
+    };
+    match serde_json::from_str::<Vec<String>>(text) {
+        Ok(list) => list.iter().filter_map(|a| Scope::new(a).ok()).collect(),
+        Err(_) => {
+            tracing::warn!(
+                "a Sanctum token's abilities are not a JSON array of strings; granting none"
+            );
+            ScopeSet::new()
+        }
+    }
+}
+
+/// Splits an owner made by this store back into `tokenable_type` and `tokenable_id`.
+fn tokenable(owner: &Owner) -> Option<(&str, &str)> {
+    owner.as_str().rsplit_once(':')
+}
+
+/// Laravel writes times as `Y-m-d H:i:s`, to the second.
+fn laravel_time(at: DateTime<Utc>) -> NaiveDateTime {
+    let naive = at.naive_utc();
+    naive.with_nanosecond(0).unwrap_or(naive)
+}
+
+use chrono::Timelike;
+
+impl TokenStore for SanctumStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let id = record
+                .id
+                .as_u64()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or(StoreError::new(
+                    StoreErrorKind::Unsupported,
+                    "Sanctum token ids are numbers",
+                ))?;
+            let (kind, owner_id) = tokenable(&record.owner).ok_or(StoreError::new(
+                StoreErrorKind::Unsupported,
+                "a Sanctum owner is `tokenable_type:tokenable_id`",
+            ))?;
+            if record.revoked_at.is_some() {
+                return Err(StoreError::unsupported(
+                    "Sanctum has no revoked tokens, only deleted ones",
+                ));
+            }
+            let abilities: Vec<&str> = record.scopes.iter().map(Scope::as_str).collect();
+            let abilities = serde_json::to_string(&abilities).map_err(StoreError::corrupt)?;
+            let created = laravel_time(record.created_at);
+            let expires = record.expires_at.map(laravel_time);
+            let hex = hash.to_hex();
+            on_pool!(self, pool => {
+                let query = sqlx::query(self.queries.insert.clone()).bind(id).bind(kind);
+                // A numeric tokenable id goes in as a number, for Laravel's bigint column.
+                let query = match owner_id.parse::<i64>() {
+                    Ok(n) => query.bind(n),
+                    Err(_) => query.bind(owner_id),
+                };
+                let query = query
+                    .bind(&record.name)
+                    .bind(&hex)
+                    .bind(&abilities)
+                    .bind(expires)
+                    .bind(created);
+                timed(self.timeout, query.execute(pool)).await?;
+                Ok(())
+            })
+        }
+    }
+
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        async move {
+            let n: i64 = match &self.backend {
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(pool) => {
+                    let query = sqlx::query(self.queries.next_id_postgres.clone());
+                    let row = timed(self.timeout, query.fetch_one(pool)).await?;
+                    row.try_get("n").map_err(sql::map_err)?
+                }
+                #[cfg(feature = "sqlite")]
+                Backend::Sqlite(pool) => {
+                    let work = async {
+                        let mut tx = pool.begin().await?;
+                        sqlx::query(self.queries.next_id_sqlite_seed.clone())
+                            .execute(&mut *tx)
+                            .await?;
+                        let row = sqlx::query(self.queries.next_id_sqlite.clone())
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        row.try_get::<i64, _>("n")
+                    };
+                    timed(self.timeout, work).await?
+                }
+            };
+            Ok(TokenId::from_u64(
+                u64::try_from(n).map_err(StoreError::corrupt)?,
+            ))
+        }
+    }
+
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        let id = id.as_u64().and_then(|n| i64::try_from(n).ok());
+        async move {
+            match id {
+                // Not a Sanctum id: no such row.
+                None => Ok(None),
+                Some(id) => self.fetch_optional(&self.queries.get, Bind::Id(id)).await,
+            }
+        }
+    }
+
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        let hex = hash.to_hex();
+        async move {
+            self.fetch_optional(&self.queries.find_by_hash, Bind::Text(&hex))
+                .await
+        }
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        let parts = tokenable(owner).map(|(t, i)| (t.to_owned(), i.to_owned()));
+        async move {
+            let Some((kind, id)) = parts else {
+                return Ok(Vec::new());
+            };
+            let mut records = on_pool!(self, pool => {
+                let query = sqlx::query(self.queries.list_by_owner.clone()).bind(kind).bind(id);
+                let rows = timed(self.timeout, query.fetch_all(pool)).await?;
+                rows.iter()
+                    .map(|row| self.decode(row).map(|s| TokenRecord::clone(&s.record)))
+                    .collect::<Result<Vec<_>, _>>()?
+            });
+            records.sort_by_key(|r| (r.created_at, r.id));
+            Ok(records)
+        }
+    }
+
+    fn revoke(
+        &self,
+        id: &TokenId,
+        _at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let id = id.as_u64().and_then(|n| i64::try_from(n).ok());
+        async move {
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            let deleted = on_pool!(self, pool => {
+                let query = sqlx::query(self.queries.revoke.clone()).bind(id);
+                timed(self.timeout, query.execute(pool)).await?.rows_affected()
+            });
+            Ok(deleted > 0)
+        }
+    }
+
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        _at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let parts = tokenable(owner).map(|(t, i)| (t.to_owned(), i.to_owned()));
+        async move {
+            let Some((kind, id)) = parts else {
+                return Ok(0);
+            };
+            let deleted = on_pool!(self, pool => {
+                let query = sqlx::query(self.queries.revoke_owner.clone()).bind(kind).bind(id);
+                timed(self.timeout, query.execute(pool)).await?.rows_affected()
+            });
+            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+        }
+    }
+
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let batch = [(*id, at)];
+        async move { self.record_last_used_batch(&batch).await }
+    }
+
+    fn record_last_used_batch(
+        &self,
+        batch: &[(TokenId, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let latest: Vec<(i64, NaiveDateTime)> = sql::latest_per_id(batch)
+            .into_iter()
+            .filter_map(|(id, at)| Some((i64::try_from(id.as_u64()?).ok()?, laravel_time(at))))
+            .collect();
+        async move {
+            if latest.is_empty() {
+                return Ok(());
+            }
+            on_pool!(self, pool => {
+                let work = async {
+                    let mut tx = pool.begin().await?;
+                    for (id, at) in &latest {
+                        sqlx::query(self.queries.last_used.clone())
+                            .bind(*id)
+                            .bind(*at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                };
+                timed(self.timeout, work).await
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abilities() {
+        assert_eq!(
+            abilities_to_scopes(Some(r#"["*"]"#)),
+            ScopeSet::parse("*").unwrap()
+        );
+        assert_eq!(
+            abilities_to_scopes(Some(r#"["server:update","edit posts","vps:read"]"#)),
+            ScopeSet::parse("server:update vps:read").unwrap()
+        );
+        assert!(abilities_to_scopes(None).is_empty());
+        assert!(abilities_to_scopes(Some("not json")).is_empty());
+        assert!(abilities_to_scopes(Some(r#"{"a":1}"#)).is_empty());
+    }
+
+    #[test]
+    fn owners_split_at_the_last_colon() {
+        let owner = Owner::new("App\\Models\\User:42").unwrap();
+        assert_eq!(tokenable(&owner), Some(("App\\Models\\User", "42")));
+        assert_eq!(tokenable(&Owner::new("nocolon").unwrap()), None);
+    }
+}
