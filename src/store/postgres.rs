@@ -299,49 +299,41 @@ fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
 }
 
 impl TokenStore for PostgresStore {
-    fn insert(
-        &self,
-        record: TokenRecord,
-        hash: SecretHash,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let query = sqlx::query(self.queries.insert.clone())
-                .bind(record.id.as_str())
-                .bind(hash.as_bytes().as_slice())
-                .bind(&record.name)
-                .bind(record.owner.as_str())
-                .bind(record.scopes.to_string())
-                .bind(serde_json::Value::Object(record.metadata.clone()))
-                .bind(record.created_at)
-                .bind(record.last_used_at)
-                .bind(record.expires_at)
-                .bind(record.revoked_at)
-                .bind(&self.queries.channel);
-            timed(self.timeout, query.execute(&self.pool)).await?;
-            Ok(())
-        }
+    async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        let query = sqlx::query(self.queries.insert.clone())
+            .bind(record.id.as_str())
+            .bind(hash.as_bytes().as_slice())
+            .bind(&record.name)
+            .bind(record.owner.as_str())
+            .bind(record.scopes.to_string())
+            .bind(serde_json::Value::Object(record.metadata.clone()))
+            .bind(record.created_at)
+            .bind(record.last_used_at)
+            .bind(record.expires_at)
+            .bind(record.revoked_at)
+            .bind(&self.queries.channel);
+        timed(self.timeout, query.execute(&self.pool)).await?;
+        Ok(())
     }
 
-    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
-        async move {
-            // Skips sequence values taken by ids inserted explicitly.
-            for _ in 0..1000 {
-                let row = timed(
-                    self.timeout,
-                    sqlx::query(self.queries.next_id.clone()).fetch_optional(&self.pool),
-                )
-                .await?;
-                if let Some(row) = row {
-                    let n: i64 = row.try_get("n").map_err(sql::map_err)?;
-                    let n = u64::try_from(n).map_err(StoreError::corrupt)?;
-                    return Ok(TokenId::from_u64(n));
-                }
+    async fn next_id(&self) -> Result<TokenId, StoreError> {
+        // Skips sequence values taken by ids inserted explicitly.
+        for _ in 0..1000 {
+            let row = timed(
+                self.timeout,
+                sqlx::query(self.queries.next_id.clone()).fetch_optional(&self.pool),
+            )
+            .await?;
+            if let Some(row) = row {
+                let n: i64 = row.try_get("n").map_err(sql::map_err)?;
+                let n = u64::try_from(n).map_err(StoreError::corrupt)?;
+                return Ok(TokenId::from_u64(n));
             }
-            Err(StoreError::new(
-                super::StoreErrorKind::Conflict,
-                "1000 consecutive sequence values were already taken",
-            ))
         }
+        Err(StoreError::new(
+            super::StoreErrorKind::Conflict,
+            "1000 consecutive sequence values were already taken",
+        ))
     }
 
     fn get(

@@ -317,82 +317,74 @@ fn laravel_time(at: DateTime<Utc>) -> NaiveDateTime {
 use chrono::Timelike;
 
 impl TokenStore for SanctumStore {
-    fn insert(
-        &self,
-        record: TokenRecord,
-        hash: SecretHash,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let id = record
-                .id
-                .as_u64()
-                .and_then(|n| i64::try_from(n).ok())
-                .ok_or(StoreError::new(
-                    StoreErrorKind::Unsupported,
-                    "Sanctum token ids are numbers",
-                ))?;
-            let (kind, owner_id) = tokenable(&record.owner).ok_or(StoreError::new(
+    async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        let id = record
+            .id
+            .as_u64()
+            .and_then(|n| i64::try_from(n).ok())
+            .ok_or(StoreError::new(
                 StoreErrorKind::Unsupported,
-                "a Sanctum owner is `tokenable_type:tokenable_id`",
+                "Sanctum token ids are numbers",
             ))?;
-            if record.revoked_at.is_some() {
-                return Err(StoreError::unsupported(
-                    "Sanctum has no revoked tokens, only deleted ones",
-                ));
-            }
-            let abilities: Vec<&str> = record.scopes.iter().map(Scope::as_str).collect();
-            let abilities = serde_json::to_string(&abilities).map_err(StoreError::corrupt)?;
-            let created = laravel_time(record.created_at);
-            let expires = record.expires_at.map(laravel_time);
-            let hex = hash.to_hex();
-            on_pool!(self, pool => {
-                let query = sqlx::query(self.queries.insert.clone()).bind(id).bind(kind);
-                // A numeric tokenable id goes in as a number, for Laravel's bigint column.
-                let query = match owner_id.parse::<i64>() {
-                    Ok(n) => query.bind(n),
-                    Err(_) => query.bind(owner_id),
-                };
-                let query = query
-                    .bind(&record.name)
-                    .bind(&hex)
-                    .bind(&abilities)
-                    .bind(expires)
-                    .bind(created);
-                timed(self.timeout, query.execute(pool)).await?;
-                Ok(())
-            })
+        let (kind, owner_id) = tokenable(&record.owner).ok_or(StoreError::new(
+            StoreErrorKind::Unsupported,
+            "a Sanctum owner is `tokenable_type:tokenable_id`",
+        ))?;
+        if record.revoked_at.is_some() {
+            return Err(StoreError::unsupported(
+                "Sanctum has no revoked tokens, only deleted ones",
+            ));
         }
+        let abilities: Vec<&str> = record.scopes.iter().map(Scope::as_str).collect();
+        let abilities = serde_json::to_string(&abilities).map_err(StoreError::corrupt)?;
+        let created = laravel_time(record.created_at);
+        let expires = record.expires_at.map(laravel_time);
+        let hex = hash.to_hex();
+        on_pool!(self, pool => {
+            let query = sqlx::query(self.queries.insert.clone()).bind(id).bind(kind);
+            // A numeric tokenable id goes in as a number, for Laravel's bigint column.
+            let query = match owner_id.parse::<i64>() {
+                Ok(n) => query.bind(n),
+                Err(_) => query.bind(owner_id),
+            };
+            let query = query
+                .bind(&record.name)
+                .bind(&hex)
+                .bind(&abilities)
+                .bind(expires)
+                .bind(created);
+            timed(self.timeout, query.execute(pool)).await?;
+            Ok(())
+        })
     }
 
-    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
-        async move {
-            let n: i64 = match &self.backend {
-                #[cfg(feature = "postgres")]
-                Backend::Postgres(pool) => {
-                    let query = sqlx::query(self.queries.next_id_postgres.clone());
-                    let row = timed(self.timeout, query.fetch_one(pool)).await?;
-                    row.try_get("n").map_err(sql::map_err)?
-                }
-                #[cfg(feature = "sqlite")]
-                Backend::Sqlite(pool) => {
-                    let work = async {
-                        let mut tx = pool.begin().await?;
-                        sqlx::query(self.queries.next_id_sqlite_seed.clone())
-                            .execute(&mut *tx)
-                            .await?;
-                        let row = sqlx::query(self.queries.next_id_sqlite.clone())
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        tx.commit().await?;
-                        row.try_get::<i64, _>("n")
-                    };
-                    timed(self.timeout, work).await?
-                }
-            };
-            Ok(TokenId::from_u64(
-                u64::try_from(n).map_err(StoreError::corrupt)?,
-            ))
-        }
+    async fn next_id(&self) -> Result<TokenId, StoreError> {
+        let n: i64 = match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                let query = sqlx::query(self.queries.next_id_postgres.clone());
+                let row = timed(self.timeout, query.fetch_one(pool)).await?;
+                row.try_get("n").map_err(sql::map_err)?
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => {
+                let work = async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(self.queries.next_id_sqlite_seed.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                    let row = sqlx::query(self.queries.next_id_sqlite.clone())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    row.try_get::<i64, _>("n")
+                };
+                timed(self.timeout, work).await?
+            }
+        };
+        Ok(TokenId::from_u64(
+            u64::try_from(n).map_err(StoreError::corrupt)?,
+        ))
     }
 
     fn get(

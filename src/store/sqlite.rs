@@ -238,49 +238,41 @@ fn decode(row: &SqliteRow) -> Result<StoredToken, StoreError> {
 }
 
 impl TokenStore for SqliteStore {
-    fn insert(
-        &self,
-        record: TokenRecord,
-        hash: SecretHash,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            let metadata = serde_json::to_string(&record.metadata).map_err(StoreError::corrupt)?;
-            let query = sqlx::query(self.queries.insert.clone())
-                .bind(record.id.as_str())
-                .bind(hash.as_bytes().as_slice())
-                .bind(&record.name)
-                .bind(record.owner.as_str())
-                .bind(record.scopes.to_string())
-                .bind(metadata)
-                .bind(micros(record.created_at))
-                .bind(record.last_used_at.map(micros))
-                .bind(record.expires_at.map(micros))
-                .bind(record.revoked_at.map(micros));
-            timed(self.timeout, query.execute(&self.pool)).await?;
-            Ok(())
-        }
+    async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        let metadata = serde_json::to_string(&record.metadata).map_err(StoreError::corrupt)?;
+        let query = sqlx::query(self.queries.insert.clone())
+            .bind(record.id.as_str())
+            .bind(hash.as_bytes().as_slice())
+            .bind(&record.name)
+            .bind(record.owner.as_str())
+            .bind(record.scopes.to_string())
+            .bind(metadata)
+            .bind(micros(record.created_at))
+            .bind(record.last_used_at.map(micros))
+            .bind(record.expires_at.map(micros))
+            .bind(record.revoked_at.map(micros));
+        timed(self.timeout, query.execute(&self.pool)).await?;
+        Ok(())
     }
 
-    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
-        async move {
-            // Skips values taken by ids inserted explicitly.
-            for _ in 0..1000 {
-                let row = timed(
-                    self.timeout,
-                    sqlx::query(self.queries.next_id.clone()).fetch_one(&self.pool),
-                )
-                .await?;
-                let n: i64 = row.try_get("value").map_err(sql::map_err)?;
-                let id = TokenId::from_u64(u64::try_from(n).map_err(StoreError::corrupt)?);
-                if self.get(&id).await?.is_none() {
-                    return Ok(id);
-                }
+    async fn next_id(&self) -> Result<TokenId, StoreError> {
+        // Skips values taken by ids inserted explicitly.
+        for _ in 0..1000 {
+            let row = timed(
+                self.timeout,
+                sqlx::query(self.queries.next_id.clone()).fetch_one(&self.pool),
+            )
+            .await?;
+            let n: i64 = row.try_get("value").map_err(sql::map_err)?;
+            let id = TokenId::from_u64(u64::try_from(n).map_err(StoreError::corrupt)?);
+            if self.get(&id).await?.is_none() {
+                return Ok(id);
             }
-            Err(StoreError::new(
-                super::StoreErrorKind::Conflict,
-                "1000 consecutive sequence values were already taken",
-            ))
         }
+        Err(StoreError::new(
+            super::StoreErrorKind::Conflict,
+            "1000 consecutive sequence values were already taken",
+        ))
     }
 
     fn get(
