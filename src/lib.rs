@@ -37,5 +37,8 @@ pub use scope::{InvalidScope, Scope, ScopePolicy, ScopeRequirement, ScopeSet};
 pub use secret::{
     MIN_PEPPER_LEN, PepperTooShort, RandomnessUnavailable, Secret, SecretHash, SecretHasher,
 };
-pub use store::{MemoryStore, StoreError, StoreErrorKind, StoredToken, TokenStore};
+pub use store::{
+    CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, StoreError, StoreErrorKind,
+    StoredToken, TokenStore,
+};
 pub use verifier::{Principal, Verifier, VerifierBuilder};
