@@ -43,5 +43,8 @@ pub use store::PostgresStore;
 pub use store::SanctumStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
-pub use store::{MemoryStore, StoreChange, StoreError, StoreErrorKind, StoredToken, TokenStore};
+pub use store::{
+    CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, StoreChange, StoreError,
+    StoreErrorKind, StoredToken, TokenStore,
+};
 pub use verifier::{Principal, Verifier, VerifierBuilder};

@@ -6,7 +6,8 @@
 //! generic over its store and a verification costs no boxed future and no virtual call. The
 //! cost is that `TokenStore` is not object-safe; an application that must choose its store at
 //! run time wraps the choices in an enum that implements `TokenStore`. Stores wrap stores (a
-//! cache over a database) by holding the inner store as a type parameter.
+//! cache over a database) by holding the inner store as a type parameter: [`CachedStore`] wraps
+//! any store this way.
 //!
 //! # Contract
 //!
@@ -18,6 +19,7 @@
 //! - `record_last_used` moves `last_used_at` forward only.
 //! - A store never sees a plaintext secret; it stores the [`SecretHash`] it is given.
 
+mod cache;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -35,6 +37,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+pub use cache::{CacheInvalidator, CachedStore, CachedStoreBuilder};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
