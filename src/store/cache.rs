@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use quick_cache::UnitWeighter;
 use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction};
 
-use super::{StoreError, StoredToken, TokenStore};
+use super::{StoreChange, StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};
 use crate::secret::SecretHash;
@@ -460,6 +460,28 @@ impl<S: TokenStore> CachedStoreBuilder<S> {
 }
 
 impl CacheInvalidator {
+    /// Applies a change reported by a store's change feed: drops what is cached about that
+    /// token, or everything when changes may have been missed.
+    ///
+    /// ```
+    /// use apitoken::{CachedStore, MemoryStore, StoreChange, TokenId, TokenStore};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = CachedStore::new(MemoryStore::new());
+    /// store.get(&TokenId::from_u64(1)).await?;
+    /// store.invalidator().apply(&StoreChange::Token(TokenId::from_u64(1)));
+    /// assert!(store.is_empty());
+    /// # Ok::<(), apitoken::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn apply(&self, change: &StoreChange) {
+        match change {
+            StoreChange::Token(id) => self.invalidate(id),
+            // `Unknown`, and any kind of change added later: trust nothing cached.
+            _ => self.invalidate_all(),
+        }
+    }
+
     /// Drops every cached answer about the token `id`: its record, a cached miss for the id,
     /// and with them every by-hash view of the record. Call it when a token is revoked, issued
     /// or changed elsewhere.

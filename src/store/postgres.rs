@@ -258,6 +258,30 @@ impl PostgresStore {
     }
 }
 
+impl super::CachedStore<PostgresStore> {
+    /// Keeps this cache in step with every replica: listens for the changes any
+    /// `PostgresStore` on the same database and schema makes (issue, revoke) and drops the
+    /// affected entries, or all of them after a reconnect. A revoke on one replica then takes
+    /// effect on the others within the notification's delivery time, not the cache's TTL.
+    ///
+    /// ```no_run
+    /// use apitoken::{CachedStore, PostgresStore, Verifier};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = CachedStore::new(PostgresStore::connect("postgres://postgres@127.0.0.1/app")?);
+    /// let _listener = store.spawn_change_listener();
+    /// let verifier = Verifier::builder(store).build();
+    /// # let _ = verifier;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn_change_listener(&self) -> tokio::task::JoinHandle<()> {
+        let invalidator = self.invalidator();
+        self.inner()
+            .spawn_change_listener(move |change| invalidator.apply(&change))
+    }
+}
+
 /// Listens until the connection is lost; returns `Ok` when it is, `Err` if it cannot connect.
 async fn listen<F: Fn(StoreChange)>(
     pool: &PgPool,
