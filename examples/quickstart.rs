@@ -244,9 +244,14 @@ async fn create_token<S: TokenStore>(
     if principal.require(&requested).is_err() {
         return forbidden();
     }
+    // Nor can it outlive itself: a token that expires cannot mint one that does not.
+    let expires_at = match (body.expires_at, principal.expires_at()) {
+        (Some(wanted), Some(limit)) => Some(wanted.min(limit)),
+        (wanted, limit) => wanted.or(limit),
+    };
     let mut new =
         NewToken::new(body.name, principal.owner().clone()).scope_set(requested.scopes().clone());
-    if let Some(at) = body.expires_at {
+    if let Some(at) = expires_at {
         new = new.expires_at(at);
     }
     match state.verifier.issuer().issue(new).await {
