@@ -31,6 +31,9 @@ async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let verifier = Verifier::builder(MemoryStore::new()).build();
+    // Writes last-use times once a minute; dropping the handle would stop it. This server
+    // runs until killed, so it never calls `shutdown` (which flushes what remains).
+    let _flusher = verifier.spawn_last_used_flusher();
     let issued = verifier
         .issuer()
         .issue(NewToken::new("hyper example", Owner::new("team-1")?))

@@ -1,5 +1,5 @@
-//! Issue, verify, check scopes, revoke; then parse the token of every seed format. No HTTP:
-//! the library alone.
+//! Issue, verify, check scopes, record last use, revoke; then parse the token of every seed
+//! format. No HTTP: the library alone.
 //!
 //! ```sh
 //! cargo run --example library
@@ -36,6 +36,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         principal.name(),
         principal.owner(),
         principal.scopes()
+    );
+
+    // 2b. Last use is noted in memory and written in batches, never on the request path. A
+    // service spawns `verifier.spawn_last_used_flusher()`; here we flush by hand.
+    let written = verifier.flush_last_used().await?;
+    let stored = verifier.store().get(&issued.record.id).await?;
+    println!(
+        "flushed last use of {written} token(s): last used at {:?}",
+        stored.and_then(|s| s.record.last_used_at)
     );
 
     // 3. Least privilege: the same token cannot write.

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use apitoken::middleware::{AuthLayer, Credentials, RequireScopesLayer};
 use apitoken::{
@@ -42,7 +43,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = parse_addr(std::env::args().skip(1))?;
     let verifier = Verifier::builder(apitoken::MemoryStore::new())
         .format(token_format())
+        // Short, so the token list shows a use a second later; the default is 60 s.
+        .last_used_flush_interval(Duration::from_secs(1))
         .build();
+    // Writes last-use times in the background, off the request path.
+    let flusher = verifier.spawn_last_used_flusher();
 
     let bootstrap = issue_bootstrap_token(&verifier).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -54,6 +59,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    // Stops the flusher and writes what is still buffered.
+    flusher.shutdown().await?;
     Ok(())
 }
 

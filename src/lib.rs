@@ -17,6 +17,7 @@ mod error;
 pub mod format;
 mod id;
 mod issuer;
+pub mod last_used;
 pub mod middleware;
 mod record;
 pub mod scope;
@@ -32,6 +33,8 @@ pub use format::{
 };
 pub use id::{InvalidTokenId, MAX_ID_LEN, TokenId};
 pub use issuer::{IssueError, IssuedToken, Issuer, MAX_NAME_LEN, NewToken};
+#[cfg(feature = "tokio")]
+pub use last_used::LastUsedFlusher;
 pub use record::{InvalidOwner, MAX_OWNER_LEN, Metadata, Owner, TokenRecord};
 pub use scope::{InvalidScope, Scope, ScopePolicy, ScopeRequirement, ScopeSet};
 pub use secret::{

@@ -114,7 +114,8 @@ pub struct TokenRecord {
     pub scopes: ScopeSet,
     /// When it was issued. A global maximum lifetime counts from here.
     pub created_at: DateTime<Utc>,
-    /// When it last verified successfully, to the verifier's last-used granularity.
+    /// When it last verified successfully, as of the verifier's last flush of buffered
+    /// last-use times (see [`last_used`](crate::last_used)).
     pub last_used_at: Option<DateTime<Utc>>,
     /// When it stops working; `None` never expires by itself (as DCT's keys). A token is
     /// expired from this instant on: `expires_at == now` is expired.

@@ -11,15 +11,18 @@
 //! 5. **Revoked?** then **expired?** (`expires_at <= now`, and the optional maximum lifetime
 //!    counted from `created_at`).
 //! 6. **Scopes**: the [`ScopePolicy`] checks the [`ScopeRequirement`].
-//! 7. **Last used**: recorded when the stored time is older than the granularity (one minute by
-//!    default), so a hot token costs one store write per minute, not one per request. A
-//!    failure to record it is logged and does not refuse the request.
+//! 7. **Last used**: noted in memory, never written on the request path. The notes are
+//!    written in one batch per flush interval (one minute by default), by
+//!    [`Verifier::flush_last_used`] or the task [`Verifier::spawn_last_used_flusher`] starts,
+//!    so a hot token costs one store write per interval, not one per request; see
+//!    [`last_used`](crate::last_used).
 //!
 //! The precise reason for a refusal is logged with `tracing` at `debug` level (token id and
 //! reason, never the secret) and kept in the [`AuthError`].
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use subtle::ConstantTimeEq;
@@ -29,6 +32,7 @@ use crate::error::{AuthError, RejectReason};
 use crate::format::{FormatError, ParsedToken, TokenFormat};
 use crate::id::TokenId;
 use crate::issuer::Issuer;
+use crate::last_used::{DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_PENDING, LastUsedBuffer};
 use crate::record::{Metadata, Owner, TokenRecord};
 use crate::scope::{ScopePolicy, ScopeRequirement, ScopeSet};
 use crate::secret::{SecretHash, SecretHasher};
@@ -70,7 +74,8 @@ pub(crate) struct Inner<S> {
     pub(crate) clock: Arc<dyn Clock>,
     policy: Arc<ScopePolicy>,
     max_lifetime: Option<TimeDelta>,
-    last_used_granularity: Option<TimeDelta>,
+    /// `None` when last use is not tracked.
+    last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
     dummy_hash: SecretHash,
 }
@@ -90,7 +95,7 @@ impl<S> fmt::Debug for Verifier<S> {
             .field("hasher", &self.inner.hasher)
             .field("policy", &self.inner.policy)
             .field("max_lifetime", &self.inner.max_lifetime)
-            .field("last_used_granularity", &self.inner.last_used_granularity)
+            .field("last_used", &self.inner.last_used)
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +110,9 @@ impl<S: TokenStore> Verifier<S> {
             clock: Arc::new(SystemClock),
             policy: ScopePolicy::strict(),
             max_lifetime: None,
-            last_used_granularity: Some(TimeDelta::minutes(1)),
+            last_used: true,
+            last_used_flush_interval: DEFAULT_FLUSH_INTERVAL,
+            last_used_max_pending: DEFAULT_MAX_PENDING,
         }
     }
 
@@ -187,11 +194,9 @@ impl<S: TokenStore> Verifier<S> {
             return Err(AuthError::insufficient_scope(missing, record.id));
         }
 
-        if let Some(every) = inner.last_used_granularity
-            && record.last_used_at.is_none_or(|last| now - last >= every)
-            && let Err(err) = inner.store.record_last_used(&record.id, now).await
-        {
-            tracing::warn!(token_id = %record.id, error = %err, "could not record last use");
+        if let Some(last_used) = &inner.last_used {
+            // Memory only: written later by `flush_last_used`, never on this path.
+            last_used.note(record.id, now);
         }
 
         Ok(Principal {
@@ -228,6 +233,10 @@ impl<S: TokenStore> Verifier<S> {
         &self.inner.store
     }
 
+    pub(crate) fn last_used_buffer(&self) -> Option<&LastUsedBuffer> {
+        self.inner.last_used.as_ref()
+    }
+
     /// The current time by the verifier's clock; use it for store calls such as
     /// [`TokenStore::revoke`] so tests that move the clock see consistent times.
     pub fn now(&self) -> DateTime<Utc> {
@@ -261,7 +270,9 @@ pub struct VerifierBuilder<S> {
     clock: Arc<dyn Clock>,
     policy: ScopePolicy,
     max_lifetime: Option<TimeDelta>,
-    last_used_granularity: Option<TimeDelta>,
+    last_used: bool,
+    last_used_flush_interval: Duration,
+    last_used_max_pending: usize,
 }
 
 impl<S> fmt::Debug for VerifierBuilder<S> {
@@ -270,6 +281,10 @@ impl<S> fmt::Debug for VerifierBuilder<S> {
             .field("formats", &self.formats)
             .field("hasher", &self.hasher)
             .field("policy", &self.policy)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("last_used", &self.last_used)
+            .field("last_used_flush_interval", &self.last_used_flush_interval)
+            .field("last_used_max_pending", &self.last_used_max_pending)
             .finish_non_exhaustive()
     }
 }
@@ -311,16 +326,56 @@ impl<S: TokenStore> VerifierBuilder<S> {
         self
     }
 
-    /// Records last use when the stored time is at least `granularity` old. Default: one
-    /// minute. Zero records every verification, which costs a store write each time.
-    pub fn last_used_granularity(mut self, granularity: TimeDelta) -> Self {
-        self.last_used_granularity = Some(granularity);
+    /// How often buffered last-use times are written to the store by the background flusher
+    /// (feature `tokio`; see [`last_used`](crate::last_used)). Default: 60 seconds
+    /// ([`DEFAULT_FLUSH_INTERVAL`]); at least one millisecond (shorter is raised to it).
+    ///
+    /// A longer interval means fewer writes, staler `last_used_at` values and more lost on a
+    /// crash: at most one interval's worth.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new())
+    ///     .last_used_flush_interval(Duration::from_secs(300))
+    ///     .build();
+    /// assert_eq!(verifier.last_used_flush_interval(), Some(Duration::from_secs(300)));
+    /// ```
+    pub fn last_used_flush_interval(mut self, every: Duration) -> Self {
+        self.last_used_flush_interval = every;
         self
     }
 
-    /// Never records last use.
+    /// How many distinct tokens may have a last-use time waiting between two flushes. Default:
+    /// 100,000 ([`DEFAULT_MAX_PENDING`]), about 8 MB. When the buffer is full, verifications of
+    /// further tokens still succeed but their last use is not recorded until the next flush
+    /// makes room ([`Verifier::last_used_dropped`] counts them). Zero records nothing.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new())
+    ///     .last_used_max_pending(1_000_000)
+    ///     .build();
+    /// ```
+    pub fn last_used_max_pending(mut self, max: usize) -> Self {
+        self.last_used_max_pending = max;
+        self
+    }
+
+    /// Never records last use, whatever the other last-used settings: no buffer, no
+    /// flushes, and the background flusher spawns no task.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).disable_last_used().build();
+    /// assert_eq!(verifier.last_used_pending(), 0);
+    /// assert_eq!(verifier.last_used_flush_interval(), None);
+    /// ```
     pub fn disable_last_used(mut self) -> Self {
-        self.last_used_granularity = None;
+        self.last_used = false;
         self
     }
 
@@ -341,7 +396,9 @@ impl<S: TokenStore> VerifierBuilder<S> {
                 clock: self.clock,
                 policy: Arc::new(self.policy),
                 max_lifetime: self.max_lifetime,
-                last_used_granularity: self.last_used_granularity,
+                last_used: self.last_used.then(|| {
+                    LastUsedBuffer::new(self.last_used_flush_interval, self.last_used_max_pending)
+                }),
                 dummy_hash,
             }),
         }
@@ -405,8 +462,9 @@ impl Principal {
         self.record.expires_at
     }
 
-    /// The whole record, as the store returned it before this verification (its
-    /// `last_used_at` does not include this use).
+    /// The whole record, as the store returned it before this verification: its
+    /// `last_used_at` does not include this use, and lags by up to one flush interval (see
+    /// [`last_used`](crate::last_used)).
     pub fn record(&self) -> &TokenRecord {
         &self.record
     }

@@ -4,11 +4,13 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use apitoken::{
     AuthErrorKind, FormatError, IdKind, IssueError, IssuedToken, ManualClock, MemoryStore,
     NewToken, Owner, RejectReason, ScopeRequirement, ScopeSet, SecretHash, SecretHasher,
-    StoreError, StoredToken, TokenFormat, TokenId, TokenRecord, TokenStore, Verifier,
+    StoreError, StoreErrorKind, StoredToken, TokenFormat, TokenId, TokenRecord, TokenStore,
+    Verifier,
 };
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
@@ -28,9 +30,16 @@ struct CountingStore {
     inner: MemoryStore,
     gets: AtomicUsize,
     finds: AtomicUsize,
+    /// Calls to `record_last_used` (one token each).
     last_used: AtomicUsize,
+    /// Calls to `record_last_used_batch`, failed ones included, and the entries they carried.
+    batches: AtomicUsize,
+    batch_entries: AtomicUsize,
     fail_lookups: AtomicBool,
-    fail_last_used: AtomicBool,
+    /// How many of the next `record_last_used_batch` calls fail.
+    fail_batches: AtomicUsize,
+    /// `record_last_used_batch` never completes while set.
+    hang_batches: AtomicBool,
 }
 
 impl CountingStore {
@@ -38,8 +47,17 @@ impl CountingStore {
         self.gets.load(Ordering::SeqCst) + self.finds.load(Ordering::SeqCst)
     }
 
-    fn last_used_calls(&self) -> usize {
-        self.last_used.load(Ordering::SeqCst)
+    /// Every last-used write: single calls and batches.
+    fn last_used_writes(&self) -> usize {
+        self.last_used.load(Ordering::SeqCst) + self.batches()
+    }
+
+    fn batches(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+
+    fn batch_entries(&self) -> usize {
+        self.batch_entries.load(Ordering::SeqCst)
     }
 
     fn down() -> StoreError {
@@ -104,10 +122,27 @@ impl TokenStore for CountingStore {
 
     async fn record_last_used(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.last_used.fetch_add(1, Ordering::SeqCst);
-        if self.fail_last_used.load(Ordering::SeqCst) {
+        self.inner.record_last_used(id, at).await
+    }
+
+    async fn record_last_used_batch(
+        &self,
+        batch: &[(TokenId, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.batch_entries.fetch_add(batch.len(), Ordering::SeqCst);
+        if self.hang_batches.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let fail = self
+            .fail_batches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
             return Err(Self::down());
         }
-        self.inner.record_last_used(id, at).await
+        // MemoryStore keeps the default: one `record_last_used` per entry, not counted above.
+        self.inner.record_last_used_batch(batch).await
     }
 }
 
@@ -303,7 +338,7 @@ async fn bad_checksum_and_malformed_tokens_never_reach_the_store() {
         );
     }
     assert_eq!(verifier.store().lookups(), 0);
-    assert_eq!(verifier.store().last_used_calls(), 0);
+    assert_eq!(verifier.last_used_pending(), 0);
 }
 
 #[tokio::test]
@@ -601,7 +636,7 @@ async fn an_unavailable_store_fails_closed() {
     assert_eq!(err.to_string(), "token store unavailable");
     assert_eq!(err.reason(), None);
     assert!(std::error::Error::source(&err).is_some());
-    assert_eq!(verifier.store().last_used_calls(), 0);
+    assert_eq!(verifier.last_used_pending(), 0);
 
     // An unknown id is not "unknown" when the store could not answer.
     let made_up = TokenFormat::canonical()
@@ -662,7 +697,7 @@ async fn stored_last_used(
 }
 
 #[tokio::test]
-async fn last_use_is_recorded_once_per_granularity() {
+async fn last_use_is_noted_in_memory_and_written_by_a_flush() {
     let (verifier, clock) = clocked(CountingStore::default());
     let issued = issue(&verifier, "team-1", &[]).await;
     let token = issued.token.expose_secret();
@@ -670,67 +705,161 @@ async fn last_use_is_recorded_once_per_granularity() {
     assert_eq!(stored_last_used(&verifier, &id).await, None);
 
     let principal = verifier.authenticate(token).await.unwrap();
-    assert_eq!(verifier.store().last_used_calls(), 1);
-    assert_eq!(stored_last_used(&verifier, &id).await, Some(t0()));
     // The principal holds the record as it was before this use.
     assert_eq!(principal.record().last_used_at, None);
+    // Noted, not written.
+    assert_eq!(verifier.last_used_pending(), 1);
+    assert_eq!(verifier.store().last_used_writes(), 0);
+    assert_eq!(stored_last_used(&verifier, &id).await, None);
 
-    // Within the default granularity of one minute: not recorded again.
-    for seconds in [0, 1, 30, 59] {
-        clock.set(t0() + TimeDelta::seconds(seconds));
-        verifier.authenticate(token).await.unwrap();
-    }
-    assert_eq!(verifier.store().last_used_calls(), 1);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    assert_eq!(verifier.store().batches(), 1);
+    assert_eq!(verifier.last_used_pending(), 0);
     assert_eq!(stored_last_used(&verifier, &id).await, Some(t0()));
+    // Nothing new: no store call at all.
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 0);
+    assert_eq!(verifier.store().batches(), 1);
 
-    // Past it: recorded again.
+    // The next verification sees the flushed time.
     clock.set(t0() + TimeDelta::seconds(61));
     let principal = verifier.authenticate(token).await.unwrap();
     assert_eq!(principal.record().last_used_at, Some(t0()));
-    assert_eq!(verifier.store().last_used_calls(), 2);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
     assert_eq!(
         stored_last_used(&verifier, &id).await,
         Some(t0() + TimeDelta::seconds(61))
     );
 
-    // A refused verification records nothing.
+    // A refused verification notes nothing.
     clock.advance(TimeDelta::hours(1));
     verifier
         .verify(token, &all(&["vps:write"]))
         .await
         .unwrap_err();
-    assert_eq!(verifier.store().last_used_calls(), 2);
+    verifier
+        .authenticate(&change_at(token, token.len() - 10))
+        .await
+        .unwrap_err();
+    assert_eq!(verifier.last_used_pending(), 0);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 0);
+    assert_eq!(verifier.store().batches(), 2);
+    // The verifier never writes one token at a time.
+    assert_eq!(verifier.store().last_used.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
-async fn last_use_granularity_is_configurable() {
-    let clock = Arc::new(ManualClock::new(t0()));
-    let verifier = Verifier::builder(CountingStore::default())
-        .clock(clock.clone())
-        .last_used_granularity(TimeDelta::hours(1))
-        .build();
+async fn ten_thousand_verifications_of_one_token_cost_one_write() {
+    let (verifier, clock) = clocked(CountingStore::default());
     let issued = issue(&verifier, "team-1", &[]).await;
     let token = issued.token.expose_secret();
-    verifier.authenticate(token).await.unwrap();
-    clock.advance(TimeDelta::minutes(59));
-    verifier.authenticate(token).await.unwrap();
-    assert_eq!(verifier.store().last_used_calls(), 1);
-    clock.advance(TimeDelta::minutes(2));
-    verifier.authenticate(token).await.unwrap();
-    assert_eq!(verifier.store().last_used_calls(), 2);
-
-    // Zero records every verification.
-    let verifier = Verifier::builder(CountingStore::default())
-        .last_used_granularity(TimeDelta::zero())
-        .build();
-    let issued = issue(&verifier, "team-1", &[]).await;
-    for _ in 0..3 {
-        verifier
-            .authenticate(issued.token.expose_secret())
-            .await
-            .unwrap();
+    for _ in 0..10_000 {
+        verifier.authenticate(token).await.unwrap();
+        clock.advance(TimeDelta::milliseconds(1));
     }
-    assert_eq!(verifier.store().last_used_calls(), 3);
+    assert_eq!(verifier.store().last_used_writes(), 0);
+    assert_eq!(verifier.last_used_pending(), 1);
+
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    assert_eq!(verifier.store().batches(), 1);
+    assert_eq!(verifier.store().batch_entries(), 1);
+    assert_eq!(verifier.store().last_used.load(Ordering::SeqCst), 0);
+    // The latest of the 10,000 times.
+    assert_eq!(
+        stored_last_used(&verifier, &issued.record.id).await,
+        Some(t0() + TimeDelta::milliseconds(9_999))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_verifications_of_one_token_make_one_entry() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    let token = issued.token.expose_secret().to_owned();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let verifier = verifier.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                for _ in 0..1_000 {
+                    verifier.authenticate(&token).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(verifier.store().last_used_writes(), 0);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    assert_eq!(verifier.store().batch_entries(), 1);
+}
+
+#[tokio::test]
+async fn last_use_only_moves_forward() {
+    let (verifier, clock) = clocked(CountingStore::default());
+    let a = issue(&verifier, "team-1", &[]).await;
+    let b = issue(&verifier, "team-1", &[]).await;
+
+    // In the buffer: an older note does not replace a newer one.
+    clock.set(t0() + TimeDelta::seconds(10));
+    verifier
+        .authenticate(a.token.expose_secret())
+        .await
+        .unwrap();
+    clock.set(t0() + TimeDelta::seconds(5));
+    verifier
+        .authenticate(a.token.expose_secret())
+        .await
+        .unwrap();
+
+    // In the store: a later time written meanwhile (by another instance) is kept.
+    let later = t0() + TimeDelta::hours(1);
+    verifier
+        .store()
+        .inner
+        .record_last_used(&b.record.id, later)
+        .await
+        .unwrap();
+    verifier
+        .authenticate(b.token.expose_secret())
+        .await
+        .unwrap();
+
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 2);
+    assert_eq!(
+        stored_last_used(&verifier, &a.record.id).await,
+        Some(t0() + TimeDelta::seconds(10))
+    );
+    assert_eq!(stored_last_used(&verifier, &b.record.id).await, Some(later));
+}
+
+#[tokio::test]
+async fn several_tokens_are_written_in_one_batch() {
+    let (verifier, clock) = clocked(CountingStore::default());
+    let mut issued = Vec::new();
+    for team in ["team-1", "team-2", "team-3"] {
+        issued.push(issue(&verifier, team, &[]).await);
+    }
+    for (n, token) in issued.iter().enumerate() {
+        for _ in 0..=n {
+            verifier
+                .authenticate(token.token.expose_secret())
+                .await
+                .unwrap();
+            clock.advance(TimeDelta::seconds(1));
+        }
+    }
+    assert_eq!(verifier.last_used_pending(), 3);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 3);
+    assert_eq!(verifier.store().batches(), 1);
+    assert_eq!(verifier.store().batch_entries(), 3);
+    // Token n was last used after 0+1+…+n earlier verifications, one second apart.
+    for (n, seconds) in [0, 2, 5].into_iter().enumerate() {
+        assert_eq!(
+            stored_last_used(&verifier, &issued[n].record.id).await,
+            Some(t0() + TimeDelta::seconds(seconds))
+        );
+    }
 }
 
 #[tokio::test]
@@ -748,25 +877,250 @@ async fn disable_last_used_records_nothing() {
             .unwrap();
         clock.advance(TimeDelta::hours(2));
     }
-    assert_eq!(verifier.store().last_used_calls(), 0);
+    assert_eq!(verifier.last_used_pending(), 0);
+    assert_eq!(verifier.last_used_flush_interval(), None);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 0);
+    let flusher = verifier.spawn_last_used_flusher();
+    assert_eq!(flusher.interval(), None);
+    assert_eq!(flusher.shutdown().await.unwrap(), 0);
+    assert_eq!(verifier.store().last_used_writes(), 0);
     assert_eq!(stored_last_used(&verifier, &issued.record.id).await, None);
 }
 
 #[tokio::test]
-async fn a_failing_last_used_write_does_not_refuse_the_request() {
-    let verifier = counting_verifier();
-    verifier
-        .store()
-        .fail_last_used
-        .store(true, Ordering::SeqCst);
+async fn a_failing_flush_keeps_the_times_for_the_next_flush() {
+    let (verifier, clock) = clocked(CountingStore::default());
     let issued = issue(&verifier, "team-1", &["vps:read"]).await;
-    let principal = verifier
-        .verify(issued.token.expose_secret(), &all(&["vps:read"]))
+    let token = issued.token.expose_secret();
+    let id = issued.record.id;
+    verifier.store().fail_batches.store(1, Ordering::SeqCst);
+
+    // The request never sees the store's last-used trouble.
+    verifier.verify(token, &all(&["vps:read"])).await.unwrap();
+    let err = verifier.flush_last_used().await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+    assert_eq!(verifier.last_used_pending(), 1);
+    assert_eq!(stored_last_used(&verifier, &id).await, None);
+
+    // Nothing new happened: the next flush writes the kept time.
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    assert_eq!(stored_last_used(&verifier, &id).await, Some(t0()));
+
+    // Fail again, and use the token again before the retry: the later time wins.
+    verifier.store().fail_batches.store(1, Ordering::SeqCst);
+    clock.advance(TimeDelta::seconds(30));
+    verifier.authenticate(token).await.unwrap();
+    verifier.flush_last_used().await.unwrap_err();
+    clock.advance(TimeDelta::seconds(30));
+    verifier.authenticate(token).await.unwrap();
+    assert_eq!(verifier.last_used_pending(), 1);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    assert_eq!(
+        stored_last_used(&verifier, &id).await,
+        Some(t0() + TimeDelta::seconds(60))
+    );
+    assert_eq!(verifier.store().batches(), 4);
+    assert_eq!(verifier.last_used_dropped(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_flush_keeps_the_times_and_never_holds_up_verification() {
+    let verifier = counting_verifier();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    let token = issued.token.expose_secret();
+    verifier.authenticate(token).await.unwrap();
+
+    verifier.store().hang_batches.store(true, Ordering::SeqCst);
+    let hanging = tokio::spawn({
+        let verifier = verifier.clone();
+        async move { verifier.flush_last_used().await }
+    });
+    while verifier.store().batches() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(verifier.last_used_pending(), 0); // drained, being written
+
+    // Verifications go on while the write hangs.
+    for _ in 0..3 {
+        verifier.authenticate(token).await.unwrap();
+    }
+    hanging.abort();
+    assert!(hanging.await.unwrap_err().is_cancelled());
+    assert_eq!(verifier.last_used_pending(), 1);
+
+    verifier.store().hang_batches.store(false, Ordering::SeqCst);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    assert!(
+        stored_last_used(&verifier, &issued.record.id)
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn the_buffer_is_bounded() {
+    let (verifier, clock) = {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let verifier = Verifier::builder(CountingStore::default())
+            .clock(clock.clone())
+            .last_used_max_pending(2)
+            .build();
+        (verifier, clock)
+    };
+    let mut issued = Vec::new();
+    for _ in 0..5 {
+        issued.push(issue(&verifier, "team-1", &[]).await);
+    }
+    // Every verification succeeds; only two distinct tokens are kept.
+    for token in &issued {
+        verifier
+            .authenticate(token.token.expose_secret())
+            .await
+            .unwrap();
+    }
+    assert_eq!(verifier.last_used_pending(), 2);
+    assert_eq!(verifier.last_used_dropped(), 3);
+    // A kept token still moves forward when the buffer is full.
+    clock.advance(TimeDelta::seconds(5));
+    verifier
+        .authenticate(issued[0].token.expose_secret())
         .await
         .unwrap();
-    assert_eq!(principal.token_id(), &issued.record.id);
-    assert_eq!(verifier.store().last_used_calls(), 1);
+    assert_eq!(verifier.last_used_dropped(), 3);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 2);
+    assert_eq!(
+        stored_last_used(&verifier, &issued[0].record.id).await,
+        Some(t0() + TimeDelta::seconds(5))
+    );
+    // The flush made room.
+    verifier
+        .authenticate(issued[4].token.expose_secret())
+        .await
+        .unwrap();
+    assert_eq!(verifier.last_used_pending(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_flusher_writes_every_interval_and_on_shutdown() {
+    let verifier = counting_verifier();
+    let flusher = verifier.spawn_last_used_flusher();
+    assert_eq!(flusher.interval(), Some(Duration::from_secs(60)));
+    let issued = issue(&verifier, "team-1", &[]).await;
+    let token = issued.token.expose_secret();
+    let id = issued.record.id;
+
+    // An idle flusher makes no store call.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(verifier.store().batches(), 0);
+
+    // Used at 61 s; the tick at 120 s writes it, with no explicit flush call.
+    for _ in 0..100 {
+        verifier.authenticate(token).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(58)).await; // 119 s
+    assert_eq!(verifier.store().batches(), 0);
+    assert_eq!(stored_last_used(&verifier, &id).await, None);
+    tokio::time::sleep(Duration::from_secs(2)).await; // 121 s
+    assert_eq!(verifier.store().batches(), 1);
+    assert_eq!(verifier.store().batch_entries(), 1);
+    assert!(stored_last_used(&verifier, &id).await.is_some());
+    assert_eq!(verifier.last_used_pending(), 0);
+
+    // Shutdown flushes what the next tick would have written.
+    verifier.authenticate(token).await.unwrap();
+    assert_eq!(flusher.shutdown().await.unwrap(), 1);
+    assert_eq!(verifier.store().batches(), 2);
+    assert_eq!(verifier.last_used_pending(), 0);
+
+    // The task is gone.
+    verifier.authenticate(token).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(verifier.store().batches(), 2);
+    assert_eq!(verifier.store().last_used.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_flush_interval_is_configurable() {
+    let verifier = Verifier::builder(CountingStore::default())
+        .last_used_flush_interval(Duration::from_secs(10))
+        .build();
+    assert_eq!(
+        verifier.last_used_flush_interval(),
+        Some(Duration::from_secs(10))
+    );
+    let flusher = verifier.spawn_last_used_flusher();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    // Ticks at 10, 20, 30 s; each round uses the token at 5, 15, 25 s and looks 10 s later.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for round in 1..=3 {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(verifier.store().batches(), round);
+    }
+    assert_eq!(flusher.shutdown().await.unwrap(), 0);
+    assert_eq!(verifier.store().batches(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_flusher_retries_a_failed_flush_on_the_next_tick() {
+    let verifier = counting_verifier();
+    let flusher = verifier.spawn_last_used_flusher();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    verifier.store().fail_batches.store(1, Ordering::SeqCst);
+    verifier
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(verifier.store().batches(), 1);
+    assert_eq!(verifier.last_used_pending(), 1);
     assert_eq!(stored_last_used(&verifier, &issued.record.id).await, None);
+
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(verifier.store().batches(), 2);
+    assert_eq!(verifier.last_used_pending(), 0);
+    assert!(
+        stored_last_used(&verifier, &issued.record.id)
+            .await
+            .is_some()
+    );
+    assert_eq!(flusher.shutdown().await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_final_flush_is_reported_and_kept() {
+    let verifier = counting_verifier();
+    let flusher = verifier.spawn_last_used_flusher();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    verifier
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap();
+    verifier.store().fail_batches.store(1, Ordering::SeqCst);
+    let err = flusher.shutdown().await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+    assert_eq!(verifier.last_used_pending(), 1);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_flusher_stops_it_and_keeps_the_times() {
+    let verifier = counting_verifier();
+    let flusher = verifier.spawn_last_used_flusher();
+    let issued = issue(&verifier, "team-1", &[]).await;
+    verifier
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap();
+    drop(flusher);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(verifier.store().batches(), 0);
+    assert_eq!(verifier.last_used_pending(), 1);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

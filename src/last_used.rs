@@ -1,0 +1,776 @@
+//! Last-use tracking off the request path: times are gathered in memory and written to the
+//! store in batches.
+//!
+//! # The guarantee
+//!
+//! - **No write on the request path.** A successful verification notes `(token id, now)` in an
+//!   in-memory buffer: one short-held lock on one of 32 shards, chosen by a hash of the id, and
+//!   no I/O. A verification never waits on a last-used write, and a failing store cannot slow
+//!   it down or refuse it.
+//! - **One batch per interval.** [`Verifier::flush_last_used`] drains the buffer and writes it
+//!   with one [`TokenStore::record_last_used_batch`] call. The buffer keeps one entry per token,
+//!   so 10,000 verifications of one token between two flushes cost one entry in one batch, not
+//!   10,000 writes. The batch is sorted by id and holds each id once, so two instances that
+//!   flush at the same moment update rows in the same order (Sanctum's last-used writes
+//!   deadlock on exactly this, laravel/sanctum #207 and #574).
+//! - **Forward only.** The buffer keeps the latest time per id, and the store contract
+//!   ([`TokenStore::record_last_used`]) never moves `last_used_at` backwards, so an older time
+//!   never replaces a newer one, whether it comes from another instance or from a retry.
+//! - **Retried after failure.** If the batch write fails, its entries go back into the buffer
+//!   (keeping the later time where the id was noted again meanwhile) and the next flush writes
+//!   them. The same happens if the flush is cancelled half-way (its future dropped, its task
+//!   aborted).
+//! - **Flushed on shutdown.** [`LastUsedFlusher::shutdown`] (feature `tokio`) stops the
+//!   background task and flushes what remains.
+//!
+//! # The bounds
+//!
+//! - **A crash loses at most one interval** of last-use times (default
+//!   [`DEFAULT_FLUSH_INTERVAL`], 60 s), plus whatever failed flushes kept buffered. The
+//!   authentication itself is never affected: last use is informational.
+//! - **Stored values lag by up to one interval**: `last_used_at` in the store, and so in
+//!   [`Principal::record`](crate::Principal::record) (which is the record as the store
+//!   returned it, before this verification), is about one interval behind at most while a
+//!   flusher runs and the store accepts its writes.
+//! - **Memory is bounded**: at most [`DEFAULT_MAX_PENDING`] distinct ids (100,000, about 8 MB;
+//!   [`VerifierBuilder::last_used_max_pending`](crate::VerifierBuilder::last_used_max_pending)
+//!   changes it) wait between two flushes. When the buffer is full, a note for an id already in
+//!   it still moves that id's time forward, but a note for a new id is dropped and counted
+//!   ([`Verifier::last_used_dropped`]); one `tracing` warning per flush says so. The buffer
+//!   never flushes early on its own: a flood of distinct tokens cannot turn into a flood of
+//!   writes either.
+//!
+//! # Who flushes
+//!
+//! The verifier never writes last use by itself. The application either
+//!
+//! - spawns the background flusher once, with [`Verifier::spawn_last_used_flusher`] (feature
+//!   `tokio`), and calls [`LastUsedFlusher::shutdown`] when it stops serving; or
+//! - calls [`Verifier::flush_last_used`] on its own schedule (a cron-like job, the end of a
+//!   batch run, a test).
+//!
+//! Without either, times stay in the buffer until it is full and are lost when the process
+//! exits. This is a deliberate choice: flushing inline, from the verification that happens to
+//! find the buffer old, would put a store write back on the request path of that one request.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use apitoken::{MemoryStore, NewToken, Owner, TokenStore, Verifier};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let verifier = Verifier::builder(MemoryStore::new())
+//!     .last_used_flush_interval(Duration::from_secs(60)) // the default
+//!     .build();
+//! // Once, when the service starts:
+//! let flusher = verifier.spawn_last_used_flusher();
+//!
+//! let issued = verifier.issuer().issue(NewToken::new("CI", Owner::new("team-1")?)).await?;
+//! for _ in 0..1_000 {
+//!     verifier.authenticate(issued.token.expose_secret()).await?;
+//! }
+//! // Noted in memory; nothing written yet.
+//! assert_eq!(verifier.last_used_pending(), 1);
+//! let stored = verifier.store().get(&issued.record.id).await?.unwrap();
+//! assert_eq!(stored.record.last_used_at, None);
+//!
+//! // When the service stops: one batch with one entry.
+//! assert_eq!(flusher.shutdown().await?, 1);
+//! let stored = verifier.store().get(&issued.record.id).await?.unwrap();
+//! assert!(stored.record.last_used_at.is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+// Without the `tokio` feature the flusher does not exist: its links point to this page.
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "\n[`LastUsedFlusher::shutdown`]: #who-flushes\n\
+           [`Verifier::spawn_last_used_flusher`]: #who-flushes"
+)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::id::TokenId;
+use crate::store::{StoreError, TokenStore};
+use crate::verifier::Verifier;
+
+/// How often buffered last-use times are written, unless
+/// [`VerifierBuilder::last_used_flush_interval`](crate::VerifierBuilder::last_used_flush_interval)
+/// says otherwise: once a minute, as Unkey syncs its usage.
+///
+/// ```
+/// assert_eq!(apitoken::last_used::DEFAULT_FLUSH_INTERVAL.as_secs(), 60);
+/// ```
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The shortest flush interval; shorter ones are raised to it.
+///
+/// ```
+/// assert_eq!(apitoken::last_used::MIN_FLUSH_INTERVAL.as_millis(), 1);
+/// ```
+pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How many distinct token ids may wait between two flushes, unless
+/// [`VerifierBuilder::last_used_max_pending`](crate::VerifierBuilder::last_used_max_pending)
+/// says otherwise. An entry is 56 bytes plus the hash table's slack, so a full buffer takes
+/// about 8 MB (its tables keep that capacity after a flush), and a flush briefly holds a
+/// 5.6 MB batch beside it.
+///
+/// ```
+/// assert_eq!(apitoken::last_used::DEFAULT_MAX_PENDING, 100_000);
+/// ```
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
+/// Shards of the buffer. Notes for ids on different shards never touch the same lock.
+const SHARDS: usize = 32;
+
+type Shard = Mutex<HashMap<TokenId, DateTime<Utc>>>;
+
+/// The last-use times noted since the last flush: the latest per id, in sharded maps.
+pub(crate) struct LastUsedBuffer {
+    hasher: RandomState,
+    shards: Box<[Shard]>,
+    flush_interval: Duration,
+    max_pending: usize,
+    /// Entries in all shards. Changed only under the lock of the shard that gains or loses
+    /// the entries, and never above `max_pending`.
+    pending: AtomicUsize,
+    /// Notes and retried entries dropped because the buffer was full, ever.
+    dropped: AtomicU64,
+    /// The same since the last drain, so a full buffer is logged once per flush.
+    dropped_since_drain: AtomicU64,
+}
+
+impl LastUsedBuffer {
+    pub(crate) fn new(flush_interval: Duration, max_pending: usize) -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            flush_interval: flush_interval.max(MIN_FLUSH_INTERVAL),
+            max_pending,
+            pending: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            dropped_since_drain: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn flush_interval(&self) -> Duration {
+        self.flush_interval
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Notes that `id` was used at `at`, keeping the later time if `id` is already noted. No
+    /// I/O; drops the note if `id` is new and the buffer is full.
+    pub(crate) fn note(&self, id: TokenId, at: DateTime<Utc>) {
+        let mut shard = lock(self.shard(&id));
+        if let Some(noted) = shard.get_mut(&id) {
+            if at > *noted {
+                *noted = at;
+            }
+        } else if self.reserve() {
+            shard.insert(id, at);
+        } else {
+            drop(shard);
+            self.count_dropped(1);
+        }
+    }
+
+    /// Takes every entry out of the buffer, sorted by id. The entries go back into the buffer
+    /// unless the returned batch is marked [`written`](Draining::written).
+    pub(crate) fn drain(&self) -> Draining<'_> {
+        let mut batch = Vec::with_capacity(self.pending());
+        for shard in &*self.shards {
+            let mut shard = lock(shard);
+            let taken = shard.len();
+            batch.extend(shard.drain());
+            self.pending.fetch_sub(taken, Ordering::AcqRel);
+        }
+        self.dropped_since_drain.store(0, Ordering::Relaxed);
+        batch.sort_unstable_by_key(|(id, _)| *id);
+        Draining {
+            buffer: self,
+            batch,
+            written: false,
+        }
+    }
+
+    /// Puts entries back after a failed write: the later time wins where the id was noted
+    /// again meanwhile; new ids take free room and are dropped (and counted) beyond it.
+    fn restore(&self, batch: Vec<(TokenId, DateTime<Utc>)>) {
+        let mut lost = 0;
+        for (id, at) in batch {
+            let mut shard = lock(self.shard(&id));
+            if let Some(noted) = shard.get_mut(&id) {
+                if at > *noted {
+                    *noted = at;
+                }
+            } else if self.reserve() {
+                shard.insert(id, at);
+            } else {
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            self.count_dropped(lost);
+        }
+    }
+
+    fn shard(&self, id: &TokenId) -> &Shard {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    }
+
+    /// Takes room for one more entry, if there is any.
+    fn reserve(&self) -> bool {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        if self.dropped_since_drain.fetch_add(n, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                max_pending = self.max_pending,
+                "last-used buffer full: last use of further tokens is not recorded until the \
+                 next flush (is a flusher running? see Verifier::spawn_last_used_flusher)"
+            );
+        }
+    }
+}
+
+impl fmt::Debug for LastUsedBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LastUsedBuffer")
+            .field("flush_interval", &self.flush_interval)
+            .field("max_pending", &self.max_pending)
+            .field("pending", &self.pending())
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LastUsedBuffer {
+    fn drop(&mut self) {
+        let pending = self.pending();
+        if pending > 0 {
+            tracing::warn!(
+                pending,
+                "verifier dropped with last-use times that were never flushed"
+            );
+        }
+    }
+}
+
+/// A drained batch. Dropped without [`written`](Self::written), it puts its entries back, so
+/// a failed or cancelled write loses nothing.
+pub(crate) struct Draining<'a> {
+    buffer: &'a LastUsedBuffer,
+    batch: Vec<(TokenId, DateTime<Utc>)>,
+    written: bool,
+}
+
+impl Draining<'_> {
+    pub(crate) fn batch(&self) -> &[(TokenId, DateTime<Utc>)] {
+        &self.batch
+    }
+
+    /// Marks the batch as stored; returns how many ids it held.
+    pub(crate) fn written(mut self) -> usize {
+        self.written = true;
+        self.batch.len()
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        if !self.written && !self.batch.is_empty() {
+            self.buffer.restore(std::mem::take(&mut self.batch));
+        }
+    }
+}
+
+// A panic while a shard is locked cannot leave its map half-changed (every change is one
+// insert, one assignment or one drain), so a poisoned lock is still safe to use.
+fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<TokenId, DateTime<Utc>>> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S: TokenStore> Verifier<S> {
+    /// Writes the last-use times noted since the previous flush, with one
+    /// [`TokenStore::record_last_used_batch`] call, and returns how many tokens it wrote.
+    ///
+    /// An empty buffer makes no store call and returns `Ok(0)`, as does a verifier built with
+    /// [`disable_last_used`](crate::VerifierBuilder::disable_last_used). If the store fails,
+    /// the entries go back into the buffer for the next flush and the error is returned; the
+    /// same if this future is dropped before it completes. Flushes may run concurrently (each
+    /// takes its own entries). See the [module documentation](self) for the guarantees.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, TokenStore, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let issued = verifier.issuer().issue(NewToken::new("CI", Owner::new("team-1")?)).await?;
+    /// let principal = verifier.authenticate(issued.token.expose_secret()).await?;
+    /// // The principal holds the record as it was before this use.
+    /// assert_eq!(principal.record().last_used_at, None);
+    ///
+    /// assert_eq!(verifier.flush_last_used().await?, 1);
+    /// let stored = verifier.store().get(&issued.record.id).await?.unwrap();
+    /// assert!(stored.record.last_used_at.is_some());
+    /// assert_eq!(verifier.flush_last_used().await?, 0); // nothing new
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn flush_last_used(&self) -> Result<usize, StoreError> {
+        let Some(buffer) = self.last_used_buffer() else {
+            return Ok(0);
+        };
+        let draining = buffer.drain();
+        if draining.batch().is_empty() {
+            return Ok(0);
+        }
+        // On error (or cancellation) `draining` is dropped here and restores its entries.
+        self.store()
+            .record_last_used_batch(draining.batch())
+            .await?;
+        let written = draining.written();
+        tracing::debug!(written, "flushed last-use times");
+        Ok(written)
+    }
+
+    /// The configured [flush interval](crate::VerifierBuilder::last_used_flush_interval), for
+    /// an application that schedules [`flush_last_used`](Self::flush_last_used) itself (the
+    /// tokio flusher uses it on its own); `None` if last use is not tracked.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// assert_eq!(verifier.last_used_flush_interval(), Some(Duration::from_secs(60)));
+    /// let verifier = Verifier::builder(MemoryStore::new()).disable_last_used().build();
+    /// assert_eq!(verifier.last_used_flush_interval(), None);
+    /// ```
+    pub fn last_used_flush_interval(&self) -> Option<Duration> {
+        self.last_used_buffer().map(LastUsedBuffer::flush_interval)
+    }
+
+    /// How many tokens have a last-use time waiting for the next flush.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let issued = verifier.issuer().issue(NewToken::new("CI", Owner::new("team-1")?)).await?;
+    /// verifier.authenticate(issued.token.expose_secret()).await?;
+    /// verifier.authenticate(issued.token.expose_secret()).await?;
+    /// assert_eq!(verifier.last_used_pending(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn last_used_pending(&self) -> usize {
+        self.last_used_buffer().map_or(0, LastUsedBuffer::pending)
+    }
+
+    /// How many last-use notes were dropped, since the verifier was built, because the buffer
+    /// already held [`last_used_max_pending`](crate::VerifierBuilder::last_used_max_pending)
+    /// other tokens. Worth exporting as a metric: a rising count means flushes are too rare,
+    /// failing, or not happening at all.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).last_used_max_pending(1).build();
+    /// let owner = Owner::new("team-1")?;
+    /// let a = verifier.issuer().issue(NewToken::new("a", owner.clone())).await?;
+    /// let b = verifier.issuer().issue(NewToken::new("b", owner)).await?;
+    /// verifier.authenticate(a.token.expose_secret()).await?;
+    /// verifier.authenticate(b.token.expose_secret()).await?; // still verified
+    /// assert_eq!(verifier.last_used_dropped(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn last_used_dropped(&self) -> u64 {
+        self.last_used_buffer().map_or(0, LastUsedBuffer::dropped)
+    }
+}
+
+#[cfg(feature = "tokio")]
+pub use flusher::LastUsedFlusher;
+
+#[cfg(feature = "tokio")]
+mod flusher {
+    use std::fmt;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tokio::time::Instant;
+
+    use crate::store::{StoreError, TokenStore};
+    use crate::verifier::Verifier;
+
+    type FinalFlush = Box<
+        dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + Send>>
+            + Send
+            + Sync,
+    >;
+
+    /// The background task that flushes a verifier's last-use times every interval. Made by
+    /// [`Verifier::spawn_last_used_flusher`].
+    ///
+    /// Call [`shutdown`](Self::shutdown) when the service stops: it stops the task and flushes
+    /// what remains. Dropping the handle instead aborts the task **without** a final flush (a
+    /// flush cannot be awaited in `Drop`); the times stay in the verifier's buffer, where a
+    /// later [`Verifier::flush_last_used`] or a new flusher finds them. A flush that the abort
+    /// interrupts puts its entries back.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let flusher = verifier.spawn_last_used_flusher();
+    /// // … serve requests …
+    /// let written = flusher.shutdown().await?;
+    /// assert_eq!(written, 0);
+    /// # Ok::<(), apitoken::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    #[must_use = "dropping the flusher stops it at once; keep it, and call `shutdown` when the \
+                  service stops"]
+    pub struct LastUsedFlusher {
+        interval: Option<Duration>,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<()>>,
+        final_flush: Option<FinalFlush>,
+    }
+
+    impl LastUsedFlusher {
+        /// Stops the task (after the flush it may be running, which is not interrupted) and
+        /// flushes what remains, returning the result of that final flush: how many tokens it
+        /// wrote, or the store's error (the times then stay in the verifier's buffer).
+        ///
+        /// If the final write hangs, so does this; wrap it in a timeout if the store may.
+        ///
+        /// ```
+        /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+        ///
+        /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+        /// let verifier = Verifier::builder(MemoryStore::new()).build();
+        /// let flusher = verifier.spawn_last_used_flusher();
+        /// let issued = verifier.issuer().issue(NewToken::new("CI", Owner::new("team-1")?)).await?;
+        /// verifier.authenticate(issued.token.expose_secret()).await?;
+        /// assert_eq!(flusher.shutdown().await?, 1);
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// # }).unwrap();
+        /// ```
+        pub async fn shutdown(mut self) -> Result<usize, StoreError> {
+            if let Some(stop) = self.stop.take() {
+                // The task may have ended already; then there is nobody to tell.
+                let _ = stop.send(());
+            }
+            if let Some(task) = self.task.take()
+                && let Err(err) = task.await
+                && err.is_panic()
+            {
+                std::panic::resume_unwind(err.into_panic());
+            }
+            match self.final_flush.take() {
+                Some(flush) => flush().await,
+                None => Ok(0),
+            }
+        }
+
+        /// How often the task flushes; `None` if the verifier does not track last use (then
+        /// no task runs).
+        ///
+        /// ```
+        /// use std::time::Duration;
+        /// use apitoken::{MemoryStore, Verifier};
+        ///
+        /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+        /// let verifier = Verifier::builder(MemoryStore::new())
+        ///     .last_used_flush_interval(Duration::from_secs(10))
+        ///     .build();
+        /// let flusher = verifier.spawn_last_used_flusher();
+        /// assert_eq!(flusher.interval(), Some(Duration::from_secs(10)));
+        /// # flusher.shutdown().await.unwrap();
+        /// # });
+        /// ```
+        pub fn interval(&self) -> Option<Duration> {
+            self.interval
+        }
+    }
+
+    impl Drop for LastUsedFlusher {
+        fn drop(&mut self) {
+            if let Some(task) = &self.task {
+                task.abort();
+            }
+        }
+    }
+
+    impl fmt::Debug for LastUsedFlusher {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("LastUsedFlusher")
+                .field("interval", &self.interval)
+                .field("running", &self.task.as_ref().map(|t| !t.is_finished()))
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl<S: TokenStore + 'static> Verifier<S> {
+        /// Spawns a tokio task that calls [`flush_last_used`](Self::flush_last_used) every
+        /// [flush interval](crate::VerifierBuilder::last_used_flush_interval), first one
+        /// interval from now. A failed flush is logged with `tracing::warn!` (the store's
+        /// error; no token, no secret) and its times are retried on the next tick. A flush
+        /// that takes longer than the interval delays the next one instead of queueing more.
+        ///
+        /// Spawn one per verifier (clones share the buffer, so one is enough); keep the handle
+        /// and call [`LastUsedFlusher::shutdown`] when the service stops. A verifier built with
+        /// [`disable_last_used`](crate::VerifierBuilder::disable_last_used) spawns nothing.
+        ///
+        /// # Panics
+        ///
+        /// Outside a tokio runtime, as [`tokio::spawn`] does.
+        ///
+        /// ```
+        /// use apitoken::{MemoryStore, Verifier};
+        ///
+        /// #[tokio::main]
+        /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        ///     let verifier = Verifier::builder(MemoryStore::new()).build();
+        ///     let flusher = verifier.spawn_last_used_flusher();
+        ///     // Serve until told to stop, e.g. axum::serve(…).with_graceful_shutdown(…).await?
+        ///     flusher.shutdown().await?;
+        ///     Ok(())
+        /// }
+        /// ```
+        pub fn spawn_last_used_flusher(&self) -> LastUsedFlusher {
+            let Some(every) = self.last_used_flush_interval() else {
+                return LastUsedFlusher {
+                    interval: None,
+                    stop: None,
+                    task: None,
+                    final_flush: None,
+                };
+            };
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(run(self.clone(), every, stopped));
+            let verifier = self.clone();
+            LastUsedFlusher {
+                interval: Some(every),
+                stop: Some(stop),
+                task: Some(task),
+                final_flush: Some(Box::new(move || {
+                    Box::pin(async move { verifier.flush_last_used().await })
+                })),
+            }
+        }
+    }
+
+    /// Flushes every `every` until told to stop (or until the handle's sender is gone).
+    async fn run<S: TokenStore>(
+        verifier: Verifier<S>,
+        every: Duration,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        let mut next = Instant::now() + every;
+        loop {
+            if tokio::time::timeout_at(next, &mut stopped).await.is_ok() {
+                return;
+            }
+            if let Err(err) = verifier.flush_last_used().await {
+                tracing::warn!(
+                    error = ?err,
+                    pending = verifier.last_used_pending(),
+                    "could not flush last-use times; they are kept for the next flush"
+                );
+            }
+            next += every;
+            let now = Instant::now();
+            if next <= now {
+                next = now + every;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_767_225_600, 0).unwrap()
+    }
+
+    fn id(n: u64) -> TokenId {
+        TokenId::from_u64(n)
+    }
+
+    fn buffer(max_pending: usize) -> LastUsedBuffer {
+        LastUsedBuffer::new(DEFAULT_FLUSH_INTERVAL, max_pending)
+    }
+
+    #[test]
+    fn keeps_the_latest_time_per_id() {
+        let buffer = buffer(10);
+        buffer.note(id(1), t0());
+        buffer.note(id(1), t0() + TimeDelta::seconds(5));
+        buffer.note(id(1), t0() + TimeDelta::seconds(2)); // older: ignored
+        buffer.note(id(2), t0());
+        assert_eq!(buffer.pending(), 2);
+        let drained = buffer.drain();
+        assert_eq!(
+            drained.batch(),
+            [(id(1), t0() + TimeDelta::seconds(5)), (id(2), t0()),]
+        );
+        assert_eq!(drained.written(), 2);
+        assert_eq!(buffer.pending(), 0);
+        assert!(buffer.drain().batch().is_empty());
+    }
+
+    #[test]
+    fn drain_is_sorted_by_id() {
+        let buffer = buffer(1_000);
+        for n in (0..500).rev() {
+            buffer.note(id(n), t0());
+        }
+        let drained = buffer.drain();
+        let ids: Vec<u64> = drained
+            .batch()
+            .iter()
+            .map(|(id, _)| id.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (0..500).collect::<Vec<_>>());
+        drained.written();
+    }
+
+    #[test]
+    fn an_unwritten_batch_goes_back_and_the_later_time_wins() {
+        let buffer = buffer(10);
+        buffer.note(id(1), t0() + TimeDelta::seconds(10));
+        buffer.note(id(2), t0() + TimeDelta::seconds(10));
+        let drained = buffer.drain();
+        // Meanwhile: id 1 noted again later, id 2 noted again earlier, id 3 new.
+        buffer.note(id(1), t0() + TimeDelta::seconds(20));
+        buffer.note(id(2), t0() + TimeDelta::seconds(1));
+        buffer.note(id(3), t0());
+        drop(drained); // the write failed
+        assert_eq!(buffer.pending(), 3);
+        let again = buffer.drain();
+        assert_eq!(
+            again.batch(),
+            [
+                (id(1), t0() + TimeDelta::seconds(20)),
+                (id(2), t0() + TimeDelta::seconds(10)),
+                (id(3), t0()),
+            ]
+        );
+        again.written();
+        assert_eq!(buffer.dropped(), 0);
+    }
+
+    #[test]
+    fn new_ids_beyond_the_bound_are_dropped_and_counted() {
+        let buffer = buffer(3);
+        for n in 0..10 {
+            buffer.note(id(n), t0());
+        }
+        assert_eq!(buffer.pending(), 3);
+        assert_eq!(buffer.dropped(), 7);
+        // A buffered id still moves forward when the buffer is full.
+        let kept = buffer.drain();
+        let kept_ids: Vec<TokenId> = kept.batch().iter().map(|(id, _)| *id).collect();
+        drop(kept);
+        buffer.note(kept_ids[0], t0() + TimeDelta::seconds(1));
+        assert_eq!(buffer.dropped(), 7);
+        let drained = buffer.drain();
+        assert!(
+            drained
+                .batch()
+                .contains(&(kept_ids[0], t0() + TimeDelta::seconds(1)))
+        );
+        // After a flush there is room again.
+        drained.written();
+        buffer.note(id(99), t0());
+        assert_eq!(buffer.pending(), 1);
+    }
+
+    #[test]
+    fn retried_entries_respect_the_bound() {
+        let buffer = buffer(2);
+        buffer.note(id(1), t0());
+        buffer.note(id(2), t0());
+        let failed = buffer.drain();
+        buffer.note(id(3), t0());
+        buffer.note(id(4), t0());
+        drop(failed); // no room for ids 1 and 2
+        assert_eq!(buffer.pending(), 2);
+        assert_eq!(buffer.dropped(), 2);
+    }
+
+    #[test]
+    fn zero_max_pending_buffers_nothing() {
+        let buffer = buffer(0);
+        buffer.note(id(1), t0());
+        assert_eq!(buffer.pending(), 0);
+        assert_eq!(buffer.dropped(), 1);
+    }
+
+    #[test]
+    fn concurrent_notes_of_many_ids_never_exceed_the_bound() {
+        let buffer = buffer(1_000);
+        std::thread::scope(|s| {
+            for thread in 0..4u64 {
+                let buffer = &buffer;
+                s.spawn(move || {
+                    for n in 0..1_000 {
+                        buffer.note(id(thread * 1_000 + n), t0());
+                    }
+                });
+            }
+        });
+        assert_eq!(buffer.pending(), 1_000);
+        assert_eq!(buffer.dropped(), 3_000);
+        let drained = buffer.drain();
+        assert_eq!(drained.batch().len(), 1_000);
+        drained.written();
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn the_flusher_handle_can_live_in_shared_state() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<LastUsedFlusher>();
+    }
+
+    #[test]
+    fn intervals_below_the_minimum_are_raised() {
+        let buffer = LastUsedBuffer::new(Duration::ZERO, 1);
+        assert_eq!(buffer.flush_interval(), MIN_FLUSH_INTERVAL);
+    }
+}
