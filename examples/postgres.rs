@@ -32,6 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .format(quickstart::token_format())
         .build();
 
+    // Last use is noted in memory and written once a minute, in one statement.
+    let flusher = verifier.spawn_last_used_flusher();
+
     let bootstrap = quickstart::issue_bootstrap_token(&verifier).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("bootstrap token: {}", bootstrap.expose_secret());
@@ -43,6 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
+    // Write what is still buffered before exiting.
+    flusher.shutdown().await?;
     listener_task.abort();
     Ok(())
 }
