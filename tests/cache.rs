@@ -187,8 +187,9 @@ async fn a_hot_token_costs_one_store_lookup_per_thousand_verifications() {
         verifier.authenticate(token).await.unwrap();
     }
     assert_eq!(database.gets(), 1);
-    // The verifier's last-used granularity still works on the cached record: one write, not
-    // one per request.
+    // Last use is buffered: no write until the flush, then one.
+    assert_eq!(database.last_used_writes(), 0);
+    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
     assert_eq!(database.last_used_writes(), 1);
 
     // Without the cache, every verification is a lookup.
@@ -232,16 +233,18 @@ async fn last_use_moves_the_cached_record_forward_without_a_lookup() {
 
     let first = verifier.authenticate(token).await.unwrap();
     assert_eq!(first.record().last_used_at, None);
+    assert_eq!(database.last_used_writes(), 0);
+    verifier.flush_last_used().await.unwrap();
     assert_eq!(database.last_used_writes(), 1);
 
     clock.advance(TimeDelta::seconds(30));
     let second = verifier.authenticate(token).await.unwrap();
-    // The cached copy carries the write made by the first verification.
+    // The cached copy carries the write the flush made, without a lookup.
     assert_eq!(second.record().last_used_at, Some(t0()));
-    assert_eq!(database.last_used_writes(), 1);
 
     clock.advance(TimeDelta::seconds(31));
     verifier.authenticate(token).await.unwrap();
+    verifier.flush_last_used().await.unwrap();
     assert_eq!(database.last_used_writes(), 2);
     let third = verifier.authenticate(token).await.unwrap();
     assert_eq!(

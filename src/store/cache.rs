@@ -79,8 +79,8 @@ const DEFAULT_CAPACITY: usize = 10_000;
 /// [`record_last_used`](TokenStore::record_last_used) and
 /// [`record_last_used_batch`](TokenStore::record_last_used_batch) go to the wrapped store and
 /// do not drop any entry. After a successful write, the cached copy of the record gets the new
-/// `last_used_at` (forward only), so the verifier's last-used granularity keeps working: a hot
-/// token costs one write per granularity, not one per request. A last use recorded elsewhere
+/// `last_used_at` (forward only), so principals served from the cache show the last flushed
+/// use without another lookup. A last use recorded elsewhere
 /// (another replica) shows in the cached record only once its entry is refreshed, up to the TTL
 /// later.
 ///
