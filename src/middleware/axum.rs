@@ -2,9 +2,9 @@
 
 use std::convert::Infallible;
 
-use axum_core::body::Body;
-use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
-use axum_core::response::{IntoResponse, Response};
+use ::axum::body::Body;
+use ::axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use ::axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use super::response::{JsonResponder, Responder};

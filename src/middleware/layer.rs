@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
+use super::client::TrustedProxies;
 use super::credentials::Credentials;
 use super::response::JsonResponder;
 use super::service::Auth;
@@ -23,6 +24,7 @@ pub struct AuthLayer<S, R = JsonResponder> {
     pub(crate) required: Arc<ScopeRequirement>,
     pub(crate) responder: R,
     pub(crate) allow_anonymous: bool,
+    pub(crate) proxies: Arc<TrustedProxies>,
 }
 
 impl<S> AuthLayer<S> {
@@ -35,6 +37,7 @@ impl<S> AuthLayer<S> {
             required: Arc::new(ScopeRequirement::none()),
             responder: JsonResponder::new(),
             allow_anonymous: false,
+            proxies: Arc::new(TrustedProxies::none()),
         }
     }
 }
@@ -63,6 +66,16 @@ impl<S, R> AuthLayer<S, R> {
         self
     }
 
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the client. Default: none,
+    /// so the client is the connection's peer. The layer puts the address it settles on in the
+    /// request's extensions as [`ClientIp`](super::ClientIp) and checks it against a token's
+    /// allowlist.
+    #[must_use]
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = Arc::new(proxies);
+        self
+    }
+
     /// Answers refused requests with `responder`.
     pub fn responder<R2>(self, responder: R2) -> AuthLayer<S, R2> {
         AuthLayer {
@@ -71,6 +84,7 @@ impl<S, R> AuthLayer<S, R> {
             required: self.required,
             responder,
             allow_anonymous: self.allow_anonymous,
+            proxies: self.proxies,
         }
     }
 }
@@ -83,6 +97,7 @@ impl<S, R: Clone> Clone for AuthLayer<S, R> {
             required: Arc::clone(&self.required),
             responder: self.responder.clone(),
             allow_anonymous: self.allow_anonymous,
+            proxies: Arc::clone(&self.proxies),
         }
     }
 }
@@ -94,6 +109,7 @@ impl<S, R> fmt::Debug for AuthLayer<S, R> {
             .field("credentials", &self.credentials)
             .field("required", &self.required)
             .field("allow_anonymous", &self.allow_anonymous)
+            .field("trusted_proxies", &self.proxies)
             .finish_non_exhaustive()
     }
 }

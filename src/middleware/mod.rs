@@ -58,6 +58,7 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+mod client;
 mod credentials;
 mod future;
 mod layer;
@@ -67,6 +68,7 @@ mod service;
 
 #[cfg(feature = "axum")]
 pub use self::axum::Unauthenticated;
+pub use client::{ClientIp, PeerAddr, TrustedProxies};
 pub use credentials::{Credentials, InvalidScheme};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;

@@ -71,6 +71,10 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let credentials = &self.layer.credentials;
         mark_sensitive(&mut request, credentials);
+        let client_ip = self.layer.proxies.client_ip(&request);
+        if let Some(ip) = client_ip {
+            request.extensions_mut().insert(super::ClientIp(ip));
+        }
 
         // Header problems are answered here, without a store and without allocating a future.
         match credentials.extract(request.headers()) {

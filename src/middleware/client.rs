@@ -1,0 +1,268 @@
+//! The client's address: the connection's peer, or, behind proxies the application trusts,
+//! the address they forwarded.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::Request;
+use http::header::HeaderMap;
+use ipnet::IpNet;
+
+/// The peer address of a request's connection, for servers other than axum: insert it into
+/// each request's extensions (axum's `ConnectInfo<SocketAddr>` is read directly).
+///
+/// ```
+/// use apitoken::middleware::PeerAddr;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(PeerAddr("192.0.2.7:41000".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The client address the auth layer settled on, in the request's extensions for handlers,
+/// rate limiters and audit logs. Absent when it could not be determined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Proxies whose forwarding headers are believed.
+///
+/// With none (the default) the client is the connection's peer, and `Forwarded` /
+/// `X-Forwarded-For` are ignored: anyone can send them. With some, when the peer is one of
+/// them, the forwarded addresses are read right to left, skipping trusted proxies; the first
+/// address that is not one is the client. A hop that cannot be parsed (`unknown`, an
+/// obfuscated identifier, garbage), or a trusted peer that forwarded nothing, leaves the client
+/// unknown, so an allowlist refuses the request rather than guess.
+///
+/// ```
+/// use apitoken::middleware::{PeerAddr, TrustedProxies};
+///
+/// let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+/// let mut request = http::Request::builder()
+///     .header("x-forwarded-for", "203.0.113.9, 198.51.100.1, 10.0.0.5")
+///     .body(())
+///     .unwrap();
+/// request.extensions_mut().insert(PeerAddr("10.0.0.2:5000".parse().unwrap()));
+/// // 10.0.0.5 is trusted, 198.51.100.1 is not: that is the client. 203.0.113.9 could be forged.
+/// assert_eq!(proxies.client_ip(&request), Some("198.51.100.1".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Trust no proxy: the client is the peer.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Trust proxies in these networks.
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            nets: nets.into_iter().collect(),
+        }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address for `request`, or `None` when it cannot be determined.
+    pub fn client_ip<B>(&self, request: &Request<B>) -> Option<IpAddr> {
+        let peer = canonical(peer_addr(request)?.ip());
+        if !self.trusts(peer) {
+            return Some(peer);
+        }
+        let hops = forwarded_for(request.headers())?;
+        let mut client = None;
+        for hop in hops.iter().rev() {
+            let ip = canonical((*hop)?);
+            if !self.trusts(ip) {
+                return Some(ip);
+            }
+            client = Some(ip);
+        }
+        // Every hop was a trusted proxy: the leftmost is as far back as the chain goes.
+        client
+    }
+}
+
+fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = request
+        .extensions()
+        .get::<::axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(info.0);
+    }
+    request.extensions().get::<PeerAddr>().map(|p| p.0)
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) compare as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The forwarded chain, oldest first: RFC 7239 `Forwarded` if present, else
+/// `X-Forwarded-For`. `None` when neither is sent; an unparseable hop is `Some(None)` inside.
+fn forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+    const MAX_HOPS: usize = 32;
+    let mut hops = Vec::new();
+    let forwarded: Vec<_> = headers.get_all(http::header::FORWARDED).iter().collect();
+    if !forwarded.is_empty() {
+        for value in forwarded {
+            let Ok(text) = value.to_str() else {
+                hops.push(None);
+                continue;
+            };
+            for element in text.split(',') {
+                let node = element.split(';').find_map(|pair| {
+                    let (key, value) = pair.trim().split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then_some(value.trim())
+                });
+                hops.push(node.and_then(parse_forwarded_node));
+            }
+        }
+    } else {
+        let xff: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        if xff.is_empty() {
+            return None;
+        }
+        for value in xff {
+            let Ok(text) = value.to_str() else {
+                hops.push(None);
+                continue;
+            };
+            hops.extend(text.split(',').map(|hop| parse_bare(hop.trim())));
+        }
+    }
+    // A client can append any number of hops; only the rightmost ones matter.
+    if hops.len() > MAX_HOPS {
+        hops.drain(..hops.len() - MAX_HOPS);
+    }
+    Some(hops)
+}
+
+/// RFC 7239 node: `192.0.2.60`, `"192.0.2.60:47011"`, `"[2001:db8::1]:4711"`, `"[2001:db8::1]"`.
+fn parse_forwarded_node(value: &str) -> Option<IpAddr> {
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    parse_bare(value)
+}
+
+/// `192.0.2.60`, `192.0.2.60:47011`, or a bare IPv6 address.
+fn parse_bare(value: &str) -> Option<IpAddr> {
+    if let Ok(ip) = value.parse() {
+        return Some(ip);
+    }
+    value.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder();
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let mut request = builder.body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr(peer.parse().unwrap()));
+        request
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn untrusted_peers_are_the_client_whatever_they_forward() {
+        let none = TrustedProxies::none();
+        let r = request("203.0.113.9:1000", &[("x-forwarded-for", "10.1.1.1")]);
+        assert_eq!(none.client_ip(&r), ip("203.0.113.9"));
+        let some = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(some.client_ip(&r), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn trusted_chains_are_read_right_to_left() {
+        let p = TrustedProxies::new([
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8:f::/48".parse().unwrap(),
+        ]);
+        let r = request(
+            "10.0.0.2:1",
+            &[("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.9.9.9")],
+        );
+        assert_eq!(p.client_ip(&r), ip("2.2.2.2"));
+        let r = request(
+            "10.0.0.2:1",
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "10.3.3.3"),
+            ],
+        );
+        assert_eq!(p.client_ip(&r), ip("1.1.1.1"));
+        let r = request(
+            "[2001:db8:f::1]:443",
+            &[(
+                "forwarded",
+                r#"for="[2001:db8:cafe::17]:4711";proto=https, for=10.0.0.9"#,
+            )],
+        );
+        assert_eq!(p.client_ip(&r), ip("2001:db8:cafe::17"));
+        // Forwarded wins over X-Forwarded-For.
+        let r = request(
+            "10.0.0.2:1",
+            &[
+                ("forwarded", "for=192.0.2.60"),
+                ("x-forwarded-for", "6.6.6.6"),
+            ],
+        );
+        assert_eq!(p.client_ip(&r), ip("192.0.2.60"));
+        // All hops trusted: the leftmost.
+        let r = request("10.0.0.2:1", &[("x-forwarded-for", "10.7.7.7, 10.8.8.8")]);
+        assert_eq!(p.client_ip(&r), ip("10.7.7.7"));
+    }
+
+    #[test]
+    fn unknowable_clients_are_none() {
+        let p = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(p.client_ip(&request("10.0.0.2:1", &[])), None);
+        let r = request("10.0.0.2:1", &[("forwarded", "for=unknown")]);
+        assert_eq!(p.client_ip(&r), None);
+        let r = request("10.0.0.2:1", &[("x-forwarded-for", "1.1.1.1, garbage")]);
+        assert_eq!(p.client_ip(&r), None);
+        let no_peer = Request::new(());
+        assert_eq!(p.client_ip(&no_peer), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let p = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        let r = request(
+            "[::ffff:10.0.0.2]:1",
+            &[("x-forwarded-for", "::ffff:192.0.2.1")],
+        );
+        assert_eq!(p.client_ip(&r), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn long_chains_are_bounded() {
+        let p = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        let chain = vec!["10.0.0.1"; 1000].join(", ");
+        let r = request("10.0.0.2:1", &[("x-forwarded-for", &chain)]);
+        assert_eq!(p.client_ip(&r), ip("10.0.0.1"));
+    }
+}
