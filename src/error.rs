@@ -48,6 +48,11 @@ pub enum RejectReason {
     Expired,
     /// The token is older than the verifier's maximum lifetime.
     LifetimeExceeded,
+    /// The token was not used for longer than the verifier's maximum idle time.
+    Idle,
+    /// The request came from outside the token's allowed networks, or from an unknown
+    /// address while the token has an allowlist.
+    AddressNotAllowed,
 }
 
 /// Why a request was not authenticated or not authorized.

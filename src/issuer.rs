@@ -100,6 +100,7 @@ impl<S: TokenStore> Issuer<S> {
         record.scopes = new.scopes;
         record.expires_at = expires_at;
         record.metadata = new.metadata;
+        record.allowed_ips = new.allowed_ips;
         inner.store.insert(record.clone(), hash).await?;
         Ok(IssuedToken { token, record })
     }
@@ -117,6 +118,7 @@ pub struct NewToken {
     expires_at: Option<DateTime<Utc>>,
     expires_in: Option<TimeDelta>,
     metadata: Metadata,
+    allowed_ips: Vec<ipnet::IpNet>,
 }
 
 impl NewToken {
@@ -129,6 +131,7 @@ impl NewToken {
             expires_at: None,
             expires_in: None,
             metadata: Metadata::new(),
+            allowed_ips: Vec::new(),
         }
     }
 
@@ -157,6 +160,22 @@ impl NewToken {
     /// Expires `delta` after issue. Ignored if [`expires_at`](Self::expires_at) is set.
     pub fn expires_in(mut self, delta: TimeDelta) -> Self {
         self.expires_in = Some(delta);
+        self
+    }
+
+    /// Restricts the token to clients in these networks (seed 001's IP allowlisting). A
+    /// request from elsewhere is refused as an invalid token.
+    ///
+    /// ```
+    /// use apitoken::{NewToken, Owner};
+    ///
+    /// let new = NewToken::new("deploy", Owner::new("team-1")?)
+    ///     .allowed_ips(["203.0.113.0/24".parse()?, "2001:db8::/32".parse()?]);
+    /// # let _ = new;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn allowed_ips(mut self, networks: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.allowed_ips = networks.into_iter().collect();
         self
     }
 

@@ -189,6 +189,11 @@ impl LastUsedBuffer {
         }
     }
 
+    /// The noted, not yet written, last use of `id`.
+    pub(crate) fn noted(&self, id: &TokenId) -> Option<DateTime<Utc>> {
+        lock(self.shard(id)).get(id).copied()
+    }
+
     /// Takes every entry out of the buffer, sorted by id. The entries go back into the buffer
     /// unless the returned batch is marked [`written`](Draining::written).
     pub(crate) fn drain(&self) -> Draining<'_> {

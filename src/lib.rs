@@ -12,6 +12,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod audit;
 mod clock;
 mod error;
 pub mod format;
@@ -25,6 +26,7 @@ mod secret;
 pub mod store;
 mod verifier;
 
+pub use audit::{AuditEvent, AuditOutcome, AuditSink};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthError, AuthErrorKind, RejectReason};
 pub use format::{
@@ -50,4 +52,4 @@ pub use store::{
     CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, StoreChange, StoreError,
     StoreErrorKind, StoredToken, TokenStore,
 };
-pub use verifier::{Principal, Verifier, VerifierBuilder};
+pub use verifier::{Principal, RequestInfo, Verifier, VerifierBuilder};

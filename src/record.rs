@@ -1,6 +1,9 @@
 //! Token records: what a store keeps about a token. Never the secret, nor its hash.
 
 use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -125,6 +128,11 @@ pub struct TokenRecord {
     /// Application data, returned with each verification.
     #[serde(default)]
     pub metadata: Metadata,
+    /// Networks the token may be used from (IPv4 and IPv6 CIDRs); empty means anywhere. A
+    /// request from elsewhere, or whose client address is unknown, is refused like an invalid
+    /// token.
+    #[serde(default)]
+    pub allowed_ips: Vec<IpNet>,
 }
 
 impl TokenRecord {
@@ -145,6 +153,7 @@ impl TokenRecord {
             expires_at: None,
             revoked_at: None,
             metadata: Metadata::new(),
+            allowed_ips: Vec::new(),
         }
     }
 
@@ -153,8 +162,43 @@ impl TokenRecord {
         self.revoked_at.is_some()
     }
 
+    /// Whether a request from `client` may use the token: always when `allowed_ips` is empty,
+    /// otherwise only from inside one of those networks (an unknown client never).
+    /// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+    ///
+    /// ```
+    /// use apitoken::{Owner, TokenId, TokenRecord};
+    ///
+    /// let mut record = TokenRecord::new(TokenId::from_u64(1), Owner::new("t")?, "ci", chrono::Utc::now());
+    /// assert!(record.allows(None));
+    /// record.allowed_ips = vec!["192.0.2.0/24".parse()?, "2001:db8::/32".parse()?];
+    /// assert!(record.allows(Some("192.0.2.7".parse()?)));
+    /// assert!(record.allows(Some("::ffff:192.0.2.7".parse()?)));
+    /// assert!(!record.allows(Some("198.51.100.1".parse()?)));
+    /// assert!(!record.allows(None));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn allows(&self, client: Option<IpAddr>) -> bool {
+        if self.allowed_ips.is_empty() {
+            return true;
+        }
+        let Some(ip) = client.map(canonical_ip) else {
+            return false;
+        };
+        self.allowed_ips.iter().any(|net| net.contains(&ip))
+    }
+
     /// Whether the token's own `expires_at` has been reached at `now`.
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) as the IPv4 address they carry, so one
+/// allowlist entry covers a client however its connection was accepted.
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }

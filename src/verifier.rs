@@ -8,25 +8,30 @@
 //! 3. **Look up** the record by id (or by hash, for formats without an id).
 //! 4. **Compare** the hashes in constant time. An unknown id is compared against a dummy hash,
 //!    so an unknown id and a wrong secret take the same path and the same time.
-//! 5. **Revoked?** then **expired?** (`expires_at <= now`, and the optional maximum lifetime
-//!    counted from `created_at`).
-//! 6. **Scopes**: the [`ScopePolicy`] checks the [`ScopeRequirement`].
-//! 7. **Last used**: noted in memory, never written on the request path. The notes are
+//! 5. **Revoked?** then **expired?** (`expires_at <= now`, the optional maximum lifetime
+//!    counted from `created_at`, and the optional maximum idle time counted from the last use).
+//! 6. **Client address**: a token with an allowlist is refused from anywhere else (as an
+//!    invalid token: no hint that it exists).
+//! 7. **Scopes**: the [`ScopePolicy`] checks the [`ScopeRequirement`].
+//! 8. **Last used**: noted in memory, never written on the request path. The notes are
 //!    written in one batch per flush interval (one minute by default), by
 //!    [`Verifier::flush_last_used`] or the task [`Verifier::spawn_last_used_flusher`] starts,
 //!    so a hot token costs one store write per interval, not one per request; see
 //!    [`last_used`](crate::last_used).
 //!
-//! The precise reason for a refusal is logged with `tracing` at `debug` level (token id and
-//! reason, never the secret) and kept in the [`AuthError`].
+//! Every outcome is an [`AuditEvent`]: a `tracing` event (token id, owner, client address and
+//! reason, never the secret) and a call to the configured [`AuditSink`]. The precise reason is
+//! also kept in the [`AuthError`].
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use subtle::ConstantTimeEq;
 
+use crate::audit::{self, AuditEvent, AuditOutcome, AuditSink, NoAudit};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, RejectReason};
 use crate::format::{FormatError, ParsedToken, TokenFormat};
@@ -74,6 +79,8 @@ pub(crate) struct Inner<S> {
     pub(crate) clock: Arc<dyn Clock>,
     policy: Arc<ScopePolicy>,
     max_lifetime: Option<TimeDelta>,
+    max_idle: Option<TimeDelta>,
+    audit: Arc<dyn AuditSink>,
     /// `None` when last use is not tracked.
     last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
@@ -95,6 +102,7 @@ impl<S> fmt::Debug for Verifier<S> {
             .field("hasher", &self.inner.hasher)
             .field("policy", &self.inner.policy)
             .field("max_lifetime", &self.inner.max_lifetime)
+            .field("max_idle", &self.inner.max_idle)
             .field("last_used", &self.inner.last_used)
             .finish_non_exhaustive()
     }
@@ -110,6 +118,8 @@ impl<S: TokenStore> Verifier<S> {
             clock: Arc::new(SystemClock),
             policy: ScopePolicy::strict(),
             max_lifetime: None,
+            max_idle: None,
+            audit: Arc::new(NoAudit),
             last_used: true,
             last_used_flush_interval: DEFAULT_FLUSH_INTERVAL,
             last_used_max_pending: DEFAULT_MAX_PENDING,
@@ -122,16 +132,59 @@ impl<S: TokenStore> Verifier<S> {
         token: &str,
         required: &ScopeRequirement,
     ) -> Result<Principal, AuthError> {
-        let result = self.verify_unlogged(token, required).await;
-        if let Err(err) = &result {
-            tracing::debug!(
-                kind = ?err.kind(),
-                reason = ?err.reason(),
-                token_id = ?err.token_id(),
-                "token refused"
-            );
-        }
+        self.verify_request(token, required, &RequestInfo::default())
+            .await
+    }
+
+    /// Verifies `token` for a request described by `info` (its client address, for
+    /// allowlists and audit events), and checks that it satisfies `required`. The middleware
+    /// calls this.
+    pub async fn verify_request(
+        &self,
+        token: &str,
+        required: &ScopeRequirement,
+        info: &RequestInfo,
+    ) -> Result<Principal, AuthError> {
+        let mut owner = None;
+        let result = self
+            .verify_unlogged(token, required, info, &mut owner)
+            .await;
+        let event = AuditEvent {
+            at: self.inner.clock.now(),
+            outcome: match &result {
+                Ok(_) => AuditOutcome::Accepted,
+                Err(err) => AuditOutcome::Refused {
+                    kind: err.kind(),
+                    reason: err.reason(),
+                },
+            },
+            token_id: match &result {
+                Ok(principal) => Some(*principal.token_id()),
+                Err(err) => err.token_id().copied(),
+            },
+            owner,
+            client_ip: info.client_ip,
+        };
+        audit::trace(&event);
+        self.inner.audit.record(&event);
         result
+    }
+
+    /// Reports a refusal that happened before any token reached the verifier (missing or
+    /// malformed credentials), so audit logs see every refused request.
+    pub(crate) fn audit_refusal(&self, err: &AuthError, client_ip: Option<IpAddr>) {
+        let event = AuditEvent {
+            at: self.inner.clock.now(),
+            outcome: AuditOutcome::Refused {
+                kind: err.kind(),
+                reason: err.reason(),
+            },
+            token_id: None,
+            owner: None,
+            client_ip,
+        };
+        audit::trace(&event);
+        self.inner.audit.record(&event);
     }
 
     /// Verifies `token` without a scope requirement; check scopes later with
@@ -144,6 +197,8 @@ impl<S: TokenStore> Verifier<S> {
         &self,
         token: &str,
         required: &ScopeRequirement,
+        info: &RequestInfo,
+        owner: &mut Option<Owner>,
     ) -> Result<Principal, AuthError> {
         let inner = &*self.inner;
         let parsed = self.parse(token)?;
@@ -157,6 +212,9 @@ impl<S: TokenStore> Verifier<S> {
         let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
         let secret_matches: bool = presented.ct_eq(expected).into();
         let presented_id = parsed.id().copied();
+        if let Some(stored) = &found {
+            *owner = Some(stored.record.owner.clone());
+        }
         let record = match found {
             Some(stored) if secret_matches => stored.record,
             Some(_) => {
@@ -189,6 +247,20 @@ impl<S: TokenStore> Verifier<S> {
                 .is_some_and(|end| end <= now)
         {
             return refuse(RejectReason::LifetimeExceeded);
+        }
+        if let Some(max_idle) = inner.max_idle {
+            // The last use is the later of the stored one and one noted but not yet flushed.
+            let noted = inner.last_used.as_ref().and_then(|b| b.noted(&record.id));
+            let last = record.last_used_at.max(noted).unwrap_or(record.created_at);
+            if last
+                .checked_add_signed(max_idle)
+                .is_some_and(|end| end <= now)
+            {
+                return refuse(RejectReason::Idle);
+            }
+        }
+        if !record.allows(info.client_ip) {
+            return refuse(RejectReason::AddressNotAllowed);
         }
         if let Err(missing) = inner.policy.check(&record.scopes, required) {
             return Err(AuthError::insufficient_scope(missing, record.id));
@@ -270,6 +342,8 @@ pub struct VerifierBuilder<S> {
     clock: Arc<dyn Clock>,
     policy: ScopePolicy,
     max_lifetime: Option<TimeDelta>,
+    max_idle: Option<TimeDelta>,
+    audit: Arc<dyn AuditSink>,
     last_used: bool,
     last_used_flush_interval: Duration,
     last_used_max_pending: usize,
@@ -282,6 +356,7 @@ impl<S> fmt::Debug for VerifierBuilder<S> {
             .field("hasher", &self.hasher)
             .field("policy", &self.policy)
             .field("max_lifetime", &self.max_lifetime)
+            .field("max_idle", &self.max_idle)
             .field("last_used", &self.last_used)
             .field("last_used_flush_interval", &self.last_used_flush_interval)
             .field("last_used_max_pending", &self.last_used_max_pending)
@@ -379,6 +454,35 @@ impl<S: TokenStore> VerifierBuilder<S> {
         self
     }
 
+    /// Refuses tokens not used for `idle` (counted from the last use, or from `created_at` for
+    /// a token never used), as [`RejectReason::Idle`]. Default: no limit.
+    ///
+    /// The last use is the later of the stored `last_used_at` and a use noted in this process
+    /// but not yet flushed. Uses on other replicas count once flushed, so the limit can be late
+    /// by up to one flush interval (plus a cache's TTL): choose an idle time much longer than
+    /// that (days, not minutes).
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier};
+    /// use chrono::TimeDelta;
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new())
+    ///     .max_idle(TimeDelta::days(30))
+    ///     .build();
+    /// # let _ = verifier;
+    /// ```
+    pub fn max_idle(mut self, idle: TimeDelta) -> Self {
+        self.max_idle = Some(idle);
+        self
+    }
+
+    /// Sends every [`AuditEvent`] to `sink`. Default: none (the `tracing` events are always
+    /// emitted).
+    pub fn audit(mut self, sink: impl AuditSink) -> Self {
+        self.audit = Arc::new(sink);
+        self
+    }
+
     /// The clock. Default: [`SystemClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -396,12 +500,44 @@ impl<S: TokenStore> VerifierBuilder<S> {
                 clock: self.clock,
                 policy: Arc::new(self.policy),
                 max_lifetime: self.max_lifetime,
+                max_idle: self.max_idle,
+                audit: self.audit,
                 last_used: self.last_used.then(|| {
                     LastUsedBuffer::new(self.last_used_flush_interval, self.last_used_max_pending)
                 }),
                 dummy_hash,
             }),
         }
+    }
+}
+
+/// What the verifier may know about a request besides its token.
+///
+/// ```
+/// use apitoken::RequestInfo;
+///
+/// let info = RequestInfo::new().client_ip(Some("192.0.2.7".parse().unwrap()));
+/// assert!(info.client_ip.is_some());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestInfo {
+    /// The client's address, checked against a token's allowlist and reported in audit
+    /// events. `None` when unknown: a token with an allowlist is then refused.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl RequestInfo {
+    /// Nothing known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the client address.
+    #[must_use]
+    pub fn client_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.client_ip = ip;
+        self
     }
 }
 

@@ -61,6 +61,12 @@ async fn new_record<S: TokenStore>(store: &S, t: Traits, who: u32, created: i64)
     if t.keeps_metadata {
         record.metadata.insert("env".into(), "prod".into());
     }
+    if !t.sanctum {
+        record.allowed_ips = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+    }
     record
 }
 

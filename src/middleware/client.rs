@@ -7,6 +7,8 @@ use http::Request;
 use http::header::HeaderMap;
 use ipnet::IpNet;
 
+use crate::record::canonical_ip as canonical;
+
 /// The peer address of a request's connection, for servers other than axum: insert it into
 /// each request's extensions (axum's `ConnectInfo<SocketAddr>` is read directly).
 ///
@@ -97,14 +99,6 @@ fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
         return Some(info.0);
     }
     request.extensions().get::<PeerAddr>().map(|p| p.0)
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) compare as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The forwarded chain, oldest first: RFC 7239 `Forwarded` if present, else

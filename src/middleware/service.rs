@@ -78,12 +78,16 @@ where
 
         // Header problems are answered here, without a store and without allocating a future.
         match credentials.extract(request.headers()) {
-            Err(error) => return ResponseFuture::refused(self.layer.responder.respond(&error)),
+            Err(error) => {
+                self.layer.verifier.audit_refusal(&error, client_ip);
+                return ResponseFuture::refused(self.layer.responder.respond(&error));
+            }
             Ok(None) if self.layer.allow_anonymous => {
                 return ResponseFuture::calling(self.inner.call(request));
             }
             Ok(None) => {
                 let error = AuthError::missing_credentials();
+                self.layer.verifier.audit_refusal(&error, client_ip);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(Some(_)) => {}
@@ -98,8 +102,9 @@ where
         let verify = Box::pin(async move {
             // The token borrows from the request's headers, so it is read again here rather
             // than copied out of `call`.
+            let info = crate::verifier::RequestInfo::new().client_ip(client_ip);
             let outcome = match credentials.extract(request.headers()) {
-                Ok(Some(token)) => verifier.verify(token, &required).await,
+                Ok(Some(token)) => verifier.verify_request(token, &required, &info).await,
                 Ok(None) => Err(AuthError::missing_credentials()),
                 Err(error) => Err(error),
             };

@@ -63,7 +63,8 @@ struct Queries {
     next_id: SqlStr,
 }
 
-const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, expires_at, revoked_at";
+const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
+                       expires_at, revoked_at, allowed_ips";
 
 impl Queries {
     fn new(schema: Option<String>) -> Self {
@@ -81,8 +82,8 @@ impl Queries {
         Self {
             insert: sql::text(format!(
                 "WITH inserted AS (INSERT INTO {table} ({COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id) \
-                 SELECT pg_notify($11, id) FROM inserted"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id) \
+                 SELECT pg_notify($12, id) FROM inserted"
             )),
             get: sql::text(format!("SELECT {COLUMNS} FROM {table} WHERE id = $1")),
             find_by_hash: sql::text(format!(
@@ -136,7 +137,9 @@ impl Queries {
                  created_at TIMESTAMPTZ NOT NULL, \
                  last_used_at TIMESTAMPTZ, \
                  expires_at TIMESTAMPTZ, \
-                 revoked_at TIMESTAMPTZ); \
+                 revoked_at TIMESTAMPTZ, \
+                 allowed_ips TEXT NOT NULL DEFAULT ''); \
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS allowed_ips TEXT NOT NULL DEFAULT ''; \
              CREATE INDEX IF NOT EXISTS {index} ON {table} (owner, created_at); \
              CREATE SEQUENCE IF NOT EXISTS {sequence};"
         )]
@@ -319,6 +322,8 @@ fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
     record.last_used_at = row.try_get("last_used_at").map_err(get_err)?;
     record.expires_at = row.try_get("expires_at").map_err(get_err)?;
     record.revoked_at = row.try_get("revoked_at").map_err(get_err)?;
+    let allowed: String = row.try_get("allowed_ips").map_err(get_err)?;
+    record.allowed_ips = sql::networks(&allowed)?;
     Ok(StoredToken::new(record, sql::secret_hash(&hash)?))
 }
 
@@ -335,6 +340,7 @@ impl TokenStore for PostgresStore {
             .bind(record.last_used_at)
             .bind(record.expires_at)
             .bind(record.revoked_at)
+            .bind(sql::networks_text(&record.allowed_ips))
             .bind(&self.queries.channel);
         timed(self.timeout, query.execute(&self.pool)).await?;
         Ok(())

@@ -109,6 +109,21 @@ pub(crate) fn metadata(value: serde_json::Value) -> Result<crate::record::Metada
     }
 }
 
+/// Allowed networks as stored: CIDRs separated by spaces.
+pub(crate) fn networks_text(nets: &[ipnet::IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub(crate) fn networks(text: &str) -> Result<Vec<ipnet::IpNet>, StoreError> {
+    text.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|net| net.parse().map_err(StoreError::corrupt))
+        .collect()
+}
+
 /// Keeps the latest time per id, so a batch UPDATE never meets one id twice.
 pub(crate) fn latest_per_id(batch: &[(TokenId, DateTime<Utc>)]) -> Vec<(TokenId, DateTime<Utc>)> {
     let mut latest: std::collections::HashMap<TokenId, DateTime<Utc>> =

@@ -59,7 +59,8 @@ struct Queries {
     next_id: SqlStr,
 }
 
-const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, expires_at, revoked_at";
+const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
+                       expires_at, revoked_at, allowed_ips";
 
 impl Queries {
     fn new(prefix: &str) -> Self {
@@ -77,13 +78,14 @@ impl Queries {
                      created_at INTEGER NOT NULL, \
                      last_used_at INTEGER, \
                      expires_at INTEGER, \
-                     revoked_at INTEGER); \
+                     revoked_at INTEGER, \
+                     allowed_ips TEXT NOT NULL DEFAULT ''); \
                  CREATE INDEX IF NOT EXISTS {table}_owner_idx ON {table} (owner, created_at); \
                  CREATE TABLE IF NOT EXISTS {sequence} (name TEXT NOT NULL PRIMARY KEY, value INTEGER NOT NULL); \
                  INSERT OR IGNORE INTO {sequence} (name, value) VALUES ('token_ids', 0);"
             ),
             insert: sql::text(format!(
-                "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             )),
             get: sql::text(format!("SELECT {COLUMNS} FROM {table} WHERE id = $1")),
             find_by_hash: sql::text(format!(
@@ -234,6 +236,8 @@ fn decode(row: &SqliteRow) -> Result<StoredToken, StoreError> {
     record.last_used_at = optional_time(row, "last_used_at")?;
     record.expires_at = optional_time(row, "expires_at")?;
     record.revoked_at = optional_time(row, "revoked_at")?;
+    let allowed: String = row.try_get("allowed_ips").map_err(get_err)?;
+    record.allowed_ips = sql::networks(&allowed)?;
     Ok(StoredToken::new(record, sql::secret_hash(&hash)?))
 }
 
@@ -250,7 +254,8 @@ impl TokenStore for SqliteStore {
             .bind(micros(record.created_at))
             .bind(record.last_used_at.map(micros))
             .bind(record.expires_at.map(micros))
-            .bind(record.revoked_at.map(micros));
+            .bind(record.revoked_at.map(micros))
+            .bind(sql::networks_text(&record.allowed_ips));
         timed(self.timeout, query.execute(&self.pool)).await?;
         Ok(())
     }
