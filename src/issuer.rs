@@ -6,9 +6,12 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::format::{FormatError, GenerateError};
+use crate::id::TokenId;
 use crate::record::{Metadata, Owner, TokenRecord};
 use crate::scope::{InvalidScope, ScopeSet};
+use crate::secret::SecretHash;
 use crate::secret::{RandomnessUnavailable, Secret};
+use crate::store::Retire;
 use crate::store::{StoreError, TokenStore};
 use crate::verifier::Inner;
 
@@ -61,6 +64,87 @@ impl<S: TokenStore> Issuer<S> {
         Self { inner }
     }
 
+    /// Rotates the token `old` (Stripe's "roll key", Unkey's re-roll): issues a new token with
+    /// the same name, owner, scopes, allowlist and metadata, and the same lifetime length
+    /// counted from now, and retires `old` after `grace` (zero: revoked now). Clients switch to
+    /// the new token within the grace period ("revoke old tokens after confirming new ones
+    /// work"). In the SQL stores both happen in one transaction.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+    /// use chrono::TimeDelta;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let issuer = verifier.issuer();
+    /// let old = issuer.issue(NewToken::new("ci", Owner::new("team-1")?)).await?;
+    /// let new = issuer.rotate(&old.record.id, TimeDelta::hours(24)).await?;
+    /// // Both work for a day; then only the new one.
+    /// assert!(verifier.authenticate(old.token.expose_secret()).await.is_ok());
+    /// assert!(verifier.authenticate(new.token.expose_secret()).await.is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn rotate(&self, old: &TokenId, grace: TimeDelta) -> Result<IssuedToken, IssueError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let current = inner
+            .store
+            .get(old)
+            .await?
+            .filter(|stored| !stored.record.is_revoked() && !stored.record.is_expired_at(now))
+            .ok_or(IssueError::NotFound)?;
+        let current = &current.record;
+        let (token, mut record, hash) = self
+            .mint(current.owner.clone(), current.name.clone(), now)
+            .await?;
+        record.scopes = current.scopes.clone();
+        record.metadata = current.metadata.clone();
+        record.allowed_ips = current.allowed_ips.clone();
+        record.expires_at = current
+            .expires_at
+            .and_then(|end| now.checked_add_signed(end - current.created_at));
+        let retire = if grace <= TimeDelta::zero() {
+            Retire::RevokeAt(now)
+        } else {
+            Retire::ExpireAt(
+                now.checked_add_signed(grace)
+                    .ok_or(IssueError::ExpiryOutOfRange)?,
+            )
+        };
+        if !inner
+            .store
+            .rotate(old, retire, record.clone(), hash)
+            .await?
+        {
+            return Err(IssueError::NotFound);
+        }
+        Ok(IssuedToken { token, record })
+    }
+
+    /// Allocates an id and generates a token for it: the text, a record without scopes, and
+    /// the hash to store.
+    async fn mint(
+        &self,
+        owner: Owner,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<(Secret, TokenRecord, SecretHash), IssueError> {
+        let inner = &*self.inner;
+        let format = &inner.formats[0];
+        let id = match format.random_id()? {
+            Some(id) => id,
+            None => inner.store.next_id().await?,
+        };
+        let token = format.generate(Some(&id))?;
+        // Hash exactly what the verifier will hash: parse the text just made.
+        let parsed = format
+            .parse(token.expose_secret())
+            .map_err(|e| IssueError::Generate(GenerateError::Format(e)))?;
+        let hash = inner.hasher.hash(parsed.secret().as_bytes());
+        Ok((token, TokenRecord::new(id, owner, name, now), hash))
+    }
+
     /// Issues a token: allocates an id, generates a secret, stores the record with the
     /// secret's hash, and returns the token text, once.
     pub async fn issue(&self, new: NewToken) -> Result<IssuedToken, IssueError> {
@@ -83,20 +167,7 @@ impl<S: TokenStore> Issuer<S> {
         if expires_at.is_some_and(|at| at <= now) {
             return Err(IssueError::ExpiryOutOfRange);
         }
-
-        let format = &inner.formats[0];
-        let id = match format.random_id()? {
-            Some(id) => id,
-            None => inner.store.next_id().await?,
-        };
-        let token = format.generate(Some(&id))?;
-        // Hash exactly what the verifier will hash: parse the text just made.
-        let parsed = format
-            .parse(token.expose_secret())
-            .map_err(|e| IssueError::Generate(GenerateError::Format(e)))?;
-        let hash = inner.hasher.hash(parsed.secret().as_bytes());
-
-        let mut record = TokenRecord::new(id, new.owner, new.name, now);
+        let (token, mut record, hash) = self.mint(new.owner, new.name, now).await?;
         record.scopes = new.scopes;
         record.expires_at = expires_at;
         record.metadata = new.metadata;
@@ -207,6 +278,9 @@ pub enum IssueError {
     /// The expiry is not in the future.
     #[error("the expiry must be in the future")]
     ExpiryOutOfRange,
+    /// The token to rotate does not exist, is revoked or has expired.
+    #[error("no active token with this id")]
+    NotFound,
     /// The store refused or failed.
     #[error("could not store the token")]
     Store(#[from] StoreError),

@@ -49,7 +49,7 @@ pub use store::SanctumStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, StoreChange, StoreError,
-    StoreErrorKind, StoredToken, TokenStore,
+    CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, Retire, StoreChange,
+    StoreError, StoreErrorKind, StoredToken, TokenStore,
 };
 pub use verifier::{Principal, RequestInfo, Verifier, VerifierBuilder};

@@ -757,6 +757,22 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         result
     }
 
+    /// Rotates in the wrapped store, then drops what is cached about both tokens.
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        retire: super::Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> Result<bool, StoreError> {
+        let new_id = new.id;
+        let result = self.inner.rotate(old, retire, new, hash).await;
+        self.cache.invalidate_id(old);
+        self.cache.invalidate_id(&new_id);
+        self.cache.invalidate_hash(&hash);
+        result
+    }
+
     /// Revokes in the wrapped store, then drops every cached record of the owner (one pass over
     /// the cache, no extra store call).
     async fn revoke_owner(&self, owner: &Owner, at: DateTime<Utc>) -> Result<usize, StoreError> {

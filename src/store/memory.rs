@@ -153,6 +153,18 @@ impl MemoryStore {
         })
     }
 
+    /// Takes a record out entirely (a rotation that could not retire its old token).
+    fn remove_now(&self, id: &TokenId) {
+        let mut owners = write(&self.by_owner);
+        let mut ids = write(self.id_shard(id));
+        if let Some(stored) = ids.remove(id) {
+            write(self.hash_shard(&stored.hash)).remove(&stored.hash);
+            if let Some(set) = owners.get_mut(&stored.record.owner) {
+                set.remove(id);
+            }
+        }
+    }
+
     fn owner_ids(&self, owner: &Owner) -> Vec<TokenId> {
         read(&self.by_owner)
             .get(owner)
@@ -162,6 +174,27 @@ impl MemoryStore {
 }
 
 impl TokenStore for MemoryStore {
+    fn rotate(
+        &self,
+        old: &TokenId,
+        retire: super::Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let new_id = new.id;
+        let result = self.insert_now(new, hash).map(|()| {
+            let retired = self.update(old, |record| {
+                (!record.is_revoked()).then(|| retire.apply(record))
+            });
+            if !retired {
+                // The old token was gone or revoked meanwhile: undo, so it is both or neither.
+                self.remove_now(&new_id);
+            }
+            retired
+        });
+        ready(result)
+    }
+
     fn insert(
         &self,
         record: TokenRecord,

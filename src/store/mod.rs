@@ -147,6 +147,23 @@ pub trait TokenStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Replaces the active token `old` with `new` (stored with `hash`): `new` is inserted and
+    /// `old` retired as `retire` says, both or neither. Returns `false`, storing nothing, if
+    /// `old` does not exist or is revoked. The SQL stores do it in one transaction. The
+    /// default answers [`StoreErrorKind::Unsupported`].
+    fn rotate(
+        &self,
+        old: &TokenId,
+        retire: Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (old, retire, new, hash);
+        std::future::ready(Err(StoreError::unsupported(
+            "this store does not rotate tokens",
+        )))
+    }
+
     /// [`record_last_used`](Self::record_last_used) for many tokens at once, as a buffered
     /// last-use tracker flushes them. The default makes one call per entry; SQL stores write
     /// the batch in one statement.
@@ -226,6 +243,41 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
         batch: &[(TokenId, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).record_last_used_batch(batch)
+    }
+
+    fn rotate(
+        &self,
+        old: &TokenId,
+        retire: Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).rotate(old, retire, new, hash)
+    }
+}
+
+/// How a rotated-out token stops working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retire {
+    /// Revoked at this time: no grace period.
+    RevokeAt(DateTime<Utc>),
+    /// Valid until this time (or its own earlier `expires_at`), then expired: the grace
+    /// period in which clients switch to the new token.
+    ExpireAt(DateTime<Utc>),
+}
+
+impl Retire {
+    /// `record` as retired.
+    pub fn apply(self, record: &TokenRecord) -> TokenRecord {
+        let mut retired = record.clone();
+        match self {
+            Retire::RevokeAt(at) => retired.revoked_at = Some(at),
+            Retire::ExpireAt(at) => {
+                retired.expires_at = Some(record.expires_at.map_or(at, |own| own.min(at)));
+            }
+        }
+        retired
     }
 }
 

@@ -61,6 +61,9 @@ struct Queries {
     last_used: SqlStr,
     last_used_batch: SqlStr,
     next_id: SqlStr,
+    retire_revoke: SqlStr,
+    retire_expire: SqlStr,
+    notify: SqlStr,
 }
 
 const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
@@ -113,6 +116,14 @@ impl Queries {
                 "SELECT n FROM (SELECT nextval('{sequence}') AS n) AS s \
                  WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE id = s.n::text)"
             )),
+            retire_revoke: sql::text(format!(
+                "UPDATE {table} SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id"
+            )),
+            retire_expire: sql::text(format!(
+                "UPDATE {table} SET expires_at = LEAST(COALESCE(expires_at, $2), $2) \
+                 WHERE id = $1 AND revoked_at IS NULL RETURNING id"
+            )),
+            notify: sql::text("SELECT pg_notify($1, $2)".to_owned()),
             schema,
             table,
             channel,
@@ -261,6 +272,28 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    fn insert_query<'q>(
+        &'q self,
+        record: &'q TokenRecord,
+        hash: &'q SecretHash,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(self.queries.insert.clone())
+            .bind(record.id.as_str())
+            .bind(hash.as_bytes().as_slice())
+            .bind(&record.name)
+            .bind(record.owner.as_str())
+            .bind(record.scopes.to_string())
+            .bind(serde_json::Value::Object(record.metadata.clone()))
+            .bind(record.created_at)
+            .bind(record.last_used_at)
+            .bind(record.expires_at)
+            .bind(record.revoked_at)
+            .bind(sql::networks_text(&record.allowed_ips))
+            .bind(&self.queries.channel)
+    }
+}
+
 impl super::CachedStore<PostgresStore> {
     /// Keeps this cache in step with every replica: listens for the changes any
     /// `PostgresStore` on the same database and schema makes (issue, revoke) and drops the
@@ -329,21 +362,44 @@ fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
 
 impl TokenStore for PostgresStore {
     async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
-        let query = sqlx::query(self.queries.insert.clone())
-            .bind(record.id.as_str())
-            .bind(hash.as_bytes().as_slice())
-            .bind(&record.name)
-            .bind(record.owner.as_str())
-            .bind(record.scopes.to_string())
-            .bind(serde_json::Value::Object(record.metadata.clone()))
-            .bind(record.created_at)
-            .bind(record.last_used_at)
-            .bind(record.expires_at)
-            .bind(record.revoked_at)
-            .bind(sql::networks_text(&record.allowed_ips))
-            .bind(&self.queries.channel);
+        let query = self.insert_query(&record, &hash);
         timed(self.timeout, query.execute(&self.pool)).await?;
         Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        retire: super::Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> Result<bool, StoreError> {
+        let (retire_query, at) = match retire {
+            super::Retire::RevokeAt(at) => (self.queries.retire_revoke.clone(), at),
+            super::Retire::ExpireAt(at) => (self.queries.retire_expire.clone(), at),
+        };
+        let old = *old;
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            let retired = sqlx::query(retire_query)
+                .bind(old.as_str())
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if retired.is_none() {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            self.insert_query(&new, &hash).execute(&mut *tx).await?;
+            sqlx::query(self.queries.notify.clone())
+                .bind(&self.queries.channel)
+                .bind(old.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        timed(self.timeout, work).await
     }
 
     async fn next_id(&self) -> Result<TokenId, StoreError> {

@@ -57,6 +57,8 @@ struct Queries {
     revoke_owner: SqlStr,
     last_used: SqlStr,
     next_id: SqlStr,
+    retire_revoke: SqlStr,
+    retire_expire: SqlStr,
 }
 
 const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
@@ -104,6 +106,13 @@ impl Queries {
             )),
             next_id: sql::text(format!(
                 "UPDATE {sequence} SET value = value + 1 WHERE name = 'token_ids' RETURNING value"
+            )),
+            retire_revoke: sql::text(format!(
+                "UPDATE {table} SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
+            )),
+            retire_expire: sql::text(format!(
+                "UPDATE {table} SET expires_at = MIN(COALESCE(expires_at, $2), $2) \
+                 WHERE id = $1 AND revoked_at IS NULL"
             )),
         }
     }
@@ -198,6 +207,28 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    fn insert_query<'q>(
+        &'q self,
+        record: &'q TokenRecord,
+        hash: &'q SecretHash,
+        metadata: String,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+        sqlx::query(self.queries.insert.clone())
+            .bind(record.id.as_str())
+            .bind(hash.as_bytes().as_slice())
+            .bind(&record.name)
+            .bind(record.owner.as_str())
+            .bind(record.scopes.to_string())
+            .bind(metadata)
+            .bind(micros(record.created_at))
+            .bind(record.last_used_at.map(micros))
+            .bind(record.expires_at.map(micros))
+            .bind(record.revoked_at.map(micros))
+            .bind(sql::networks_text(&record.allowed_ips))
+    }
+}
+
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -244,20 +275,42 @@ fn decode(row: &SqliteRow) -> Result<StoredToken, StoreError> {
 impl TokenStore for SqliteStore {
     async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
         let metadata = serde_json::to_string(&record.metadata).map_err(StoreError::corrupt)?;
-        let query = sqlx::query(self.queries.insert.clone())
-            .bind(record.id.as_str())
-            .bind(hash.as_bytes().as_slice())
-            .bind(&record.name)
-            .bind(record.owner.as_str())
-            .bind(record.scopes.to_string())
-            .bind(metadata)
-            .bind(micros(record.created_at))
-            .bind(record.last_used_at.map(micros))
-            .bind(record.expires_at.map(micros))
-            .bind(record.revoked_at.map(micros))
-            .bind(sql::networks_text(&record.allowed_ips));
+        let query = self.insert_query(&record, &hash, metadata);
         timed(self.timeout, query.execute(&self.pool)).await?;
         Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        old: &TokenId,
+        retire: super::Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> Result<bool, StoreError> {
+        let (retire_query, at) = match retire {
+            super::Retire::RevokeAt(at) => (self.queries.retire_revoke.clone(), at),
+            super::Retire::ExpireAt(at) => (self.queries.retire_expire.clone(), at),
+        };
+        let metadata = serde_json::to_string(&new.metadata).map_err(StoreError::corrupt)?;
+        let old = *old;
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            let retired = sqlx::query(retire_query)
+                .bind(old.as_str())
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?;
+            if retired.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            self.insert_query(&new, &hash, metadata)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        timed(self.timeout, work).await
     }
 
     async fn next_id(&self) -> Result<TokenId, StoreError> {
