@@ -13,7 +13,9 @@
 //! | `GET /api/v1/vps`, `GET /api/v1/vps/{id}` | `vps:read` |
 //! | `POST /api/v1/vps`, `DELETE /api/v1/vps/{id}` | `vps:write` |
 //! | `GET /api/v1/tokens` | `tokens:read` |
-//! | `POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}` | `tokens:write` |
+//! | `POST /api/v1/tokens`, `POST /api/v1/tokens/{id}/rotate`, `DELETE /api/v1/tokens/{id}`, `DELETE /api/v1/tokens` | `tokens:write` |
+//!
+//! The token routes are the crate's own [`TokenApi`](apitoken::management::TokenApi).
 //!
 //! Both `Authorization: Bearer <token>` and `Authorization: apk <token>` work. Each VPS belongs
 //! to the owner of the token that created it; another owner's token gets 403 for it.
@@ -23,17 +25,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use apitoken::management::TokenApi;
 use apitoken::middleware::{AuthLayer, Credentials, RequireScopesLayer};
-use apitoken::{
-    IssueError, NewToken, Owner, Principal, ScopeRequirement, ScopeSet, TokenFormat, TokenId,
-    TokenRecord, TokenStore, Verifier,
-};
+use apitoken::{IssueError, NewToken, Owner, Principal, TokenFormat, TokenStore, Verifier};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -96,15 +95,13 @@ pub fn app<S: TokenStore + 'static>(verifier: Verifier<S>) -> Router {
         .route("/vps", get(list_vps).post(create_vps))
         .route("/vps/{id}", get(show_vps).delete(delete_vps))
         .route_layer(RequireScopesLayer::by_method("vps").expect("valid scope"));
-    let tokens = Router::new()
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token))
-        .route_layer(RequireScopesLayer::by_method("tokens").expect("valid scope"));
+    // The crate's token-management API: create, list, rotate, revoke, revoke all.
+    let tokens = TokenApi::new(verifier.clone()).router();
 
     Router::new()
-        .nest("/api/v1", vps.merge(tokens))
+        .nest("/api/v1", vps.with_state(state))
+        .nest("/api/v1/tokens", tokens)
         .layer(AuthLayer::new(verifier).credentials(credentials))
-        .with_state(state)
 }
 
 struct AppState<S> {
@@ -204,130 +201,6 @@ async fn delete_vps<S: TokenStore>(
             servers.by_id.remove(&id);
             StatusCode::NO_CONTENT.into_response()
         }
-    }
-}
-
-#[derive(Deserialize)]
-struct CreateToken {
-    name: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    expires_at: Option<DateTime<Utc>>,
-}
-
-/// What a token list shows: never the secret, never its hash.
-#[derive(Serialize)]
-struct TokenView {
-    id: TokenId,
-    name: String,
-    scopes: ScopeSet,
-    created_at: DateTime<Utc>,
-    last_used_at: Option<DateTime<Utc>>,
-    expires_at: Option<DateTime<Utc>>,
-}
-
-impl From<&TokenRecord> for TokenView {
-    fn from(record: &TokenRecord) -> Self {
-        Self {
-            id: record.id,
-            name: record.name.clone(),
-            scopes: record.scopes.clone(),
-            created_at: record.created_at,
-            last_used_at: record.last_used_at,
-            expires_at: record.expires_at,
-        }
-    }
-}
-
-async fn create_token<S: TokenStore>(
-    State(state): State<AppState<S>>,
-    principal: Principal,
-    Json(body): Json<CreateToken>,
-) -> Response {
-    let Ok(requested) = ScopeRequirement::all(&body.scopes) else {
-        return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid scope.");
-    };
-    // A token can only hand out what it holds itself: no privilege escalation.
-    if principal.require(&requested).is_err() {
-        return forbidden();
-    }
-    // Nor can it outlive itself: a token that expires cannot mint one that does not.
-    let expires_at = match (body.expires_at, principal.expires_at()) {
-        (Some(wanted), Some(limit)) => Some(wanted.min(limit)),
-        (wanted, limit) => wanted.or(limit),
-    };
-    let mut new =
-        NewToken::new(body.name, principal.owner().clone()).scope_set(requested.scopes().clone());
-    if let Some(at) = expires_at {
-        new = new.expires_at(at);
-    }
-    match state.verifier.issuer().issue(new).await {
-        Ok(issued) => {
-            let body = json!({
-                "id": issued.record.id,
-                "name": issued.record.name,
-                "token": issued.token.expose_secret(),
-                "scopes": issued.record.scopes,
-                "created_at": issued.record.created_at,
-                "expires_at": issued.record.expires_at,
-            });
-            let mut response = (StatusCode::CREATED, Json(body)).into_response();
-            // RFC 6749 §5.1: a response that carries a new token is never cached.
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(IssueError::InvalidName | IssueError::ExpiryOutOfRange) => message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The name or expiry is invalid.",
-        ),
-        Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
-    }
-}
-
-async fn list_tokens<S: TokenStore>(
-    State(state): State<AppState<S>>,
-    principal: Principal,
-) -> Response {
-    match state
-        .verifier
-        .store()
-        .list_by_owner(principal.owner())
-        .await
-    {
-        Ok(records) => {
-            let views: Vec<TokenView> = records
-                .iter()
-                .filter(|r| !r.is_revoked())
-                .map(TokenView::from)
-                .collect();
-            Json(views).into_response()
-        }
-        Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
-    }
-}
-
-async fn revoke_token<S: TokenStore>(
-    State(state): State<AppState<S>>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Response {
-    let not_found = || message(StatusCode::NOT_FOUND, "Not found.");
-    let Ok(id) = TokenId::new(&id) else {
-        return not_found();
-    };
-    let store = state.verifier.store();
-    match store.get(&id).await {
-        // Another team's token is "not found": its existence is not revealed.
-        Ok(Some(stored)) if stored.record.owner == *principal.owner() => {
-            match store.revoke(&id, state.verifier.now()).await {
-                Ok(_) => StatusCode::NO_CONTENT.into_response(),
-                Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
-            }
-        }
-        Ok(_) => not_found(),
-        Err(_) => message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable."),
     }
 }
 

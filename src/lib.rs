@@ -19,6 +19,8 @@ pub mod format;
 mod id;
 mod issuer;
 pub mod last_used;
+#[cfg(feature = "axum")]
+pub mod management;
 pub mod middleware;
 mod record;
 pub mod scope;

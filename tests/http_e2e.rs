@@ -561,6 +561,7 @@ async fn tokens_are_created_listed_without_secrets_and_revoked() {
         assert_eq!(
             keys,
             [
+                "allowed_ips",
                 "created_at",
                 "expires_at",
                 "id",

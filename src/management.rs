@@ -1,0 +1,300 @@
+//! A token-management API to mount in an axum application: create, list, rotate and revoke
+//! the caller's own team's tokens.
+
+use std::sync::Arc;
+
+use ::axum::extract::{Path, State};
+use ::axum::http::{HeaderValue, StatusCode, header};
+use ::axum::response::{IntoResponse, Response};
+use ::axum::routing::{get, post};
+use ::axum::{Json, Router};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::id::TokenId;
+use crate::issuer::{IssueError, IssuedToken, NewToken};
+use crate::middleware::RequireScopesLayer;
+use crate::record::TokenRecord;
+use crate::scope::{InvalidScope, ScopeRequirement, ScopeSet};
+use crate::store::TokenStore;
+use crate::verifier::{Principal, Verifier};
+
+/// The default grace period of a rotation when the request names none: a day for clients to
+/// switch to the new token.
+pub const DEFAULT_ROTATION_GRACE: TimeDelta = TimeDelta::days(1);
+
+/// Token-management routes for the caller's own team (feature `axum`).
+///
+/// Mount the router under any path, inside an [`AuthLayer`](crate::middleware::AuthLayer):
+///
+/// | route | scope | does |
+/// |---|---|---|
+/// | `GET /` | read | lists the team's active tokens: id, name, scopes, allowlist, created, last used, expiry; never a secret or hash |
+/// | `POST /` `{"name", "scopes", "expires_at"?, "allowed_ips"?}` | write | 201 with the token text, once, `Cache-Control: no-store` |
+/// | `POST /{id}/rotate` `{"grace_seconds"?}` | write | 201 with the new token; the old one works for the grace period (default a day; 0 revokes it now) |
+/// | `DELETE /{id}` | write | 204; revoked at once |
+/// | `DELETE /` | write | revokes every token of the team (an employee left): `{"revoked": n}` |
+///
+/// Least privilege on creation: a token can hand out only scopes it holds itself (under the
+/// verifier's policy), can only create tokens for its own owner, and cannot create one that
+/// outlives it. Another team's token ids answer 404, so they cannot be probed. Scopes default
+/// to `tokens:read` / `tokens:write`.
+///
+/// ```
+/// use apitoken::management::TokenApi;
+/// use apitoken::middleware::AuthLayer;
+/// use apitoken::{MemoryStore, Verifier};
+/// use axum::Router;
+///
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let app: Router = Router::new()
+///     .nest("/api/v1/tokens", TokenApi::new(verifier.clone()).router())
+///     .layer(AuthLayer::new(verifier));
+/// ```
+#[derive(Debug)]
+pub struct TokenApi<S> {
+    verifier: Verifier<S>,
+    read: ScopeRequirement,
+    write: ScopeRequirement,
+}
+
+impl<S: TokenStore + 'static> TokenApi<S> {
+    /// The API over `verifier`'s store and issuer, guarded by `tokens:read` / `tokens:write`.
+    pub fn new(verifier: Verifier<S>) -> Self {
+        Self {
+            verifier,
+            read: scope("tokens:read"),
+            write: scope("tokens:write"),
+        }
+    }
+
+    /// Other scopes to guard reading and writing.
+    pub fn scopes(mut self, read: &str, write: &str) -> Result<Self, InvalidScope> {
+        self.read = ScopeRequirement::all([read])?;
+        self.write = ScopeRequirement::all([write])?;
+        Ok(self)
+    }
+
+    /// The routes, ready to `nest` under the application's own path.
+    pub fn router(self) -> Router {
+        let state = Arc::new(self.verifier);
+        let reads = Router::new()
+            .route("/", get(list::<S>))
+            .route_layer(RequireScopesLayer::new(self.read));
+        let writes = Router::new()
+            .route("/", post(create::<S>).delete(revoke_all::<S>))
+            .route("/{id}", ::axum::routing::delete(revoke::<S>))
+            .route("/{id}/rotate", post(rotate::<S>))
+            .route_layer(RequireScopesLayer::new(self.write));
+        reads.merge(writes).with_state(state)
+    }
+}
+
+fn scope(text: &'static str) -> ScopeRequirement {
+    ScopeRequirement::all([text]).unwrap_or_default()
+}
+
+type Shared<S> = State<Arc<Verifier<S>>>;
+
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+fn unavailable() -> Response {
+    message(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable.")
+}
+
+fn not_found() -> Response {
+    message(StatusCode::NOT_FOUND, "Not found.")
+}
+
+/// A newly issued token, once, uncached (RFC 6749 §5.1).
+fn issued(token: IssuedToken) -> Response {
+    let body = json!({
+        "id": token.record.id,
+        "name": token.record.name,
+        "token": token.token.expose_secret(),
+        "scopes": token.record.scopes,
+        "allowed_ips": token.record.allowed_ips,
+        "created_at": token.record.created_at,
+        "expires_at": token.record.expires_at,
+    });
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// What a token list shows.
+#[derive(Serialize)]
+struct TokenView<'a> {
+    id: TokenId,
+    name: &'a str,
+    scopes: &'a ScopeSet,
+    allowed_ips: &'a [ipnet::IpNet],
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> From<&'a TokenRecord> for TokenView<'a> {
+    fn from(record: &'a TokenRecord) -> Self {
+        Self {
+            id: record.id,
+            name: &record.name,
+            scopes: &record.scopes,
+            allowed_ips: &record.allowed_ips,
+            created_at: record.created_at,
+            last_used_at: record.last_used_at,
+            expires_at: record.expires_at,
+        }
+    }
+}
+
+async fn list<S: TokenStore>(State(verifier): Shared<S>, principal: Principal) -> Response {
+    let now = verifier.now();
+    match verifier.store().list_by_owner(principal.owner()).await {
+        Ok(records) => {
+            let active: Vec<TokenView<'_>> = records
+                .iter()
+                .filter(|r| !r.is_revoked() && !r.is_expired_at(now))
+                .map(TokenView::from)
+                .collect();
+            Json(active).into_response()
+        }
+        Err(_) => unavailable(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Create {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    allowed_ips: Vec<ipnet::IpNet>,
+}
+
+async fn create<S: TokenStore>(
+    State(verifier): Shared<S>,
+    principal: Principal,
+    Json(body): Json<Create>,
+) -> Response {
+    let Ok(requested) = ScopeRequirement::all(&body.scopes) else {
+        return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid scope.");
+    };
+    // A token hands out only what it holds: no privilege escalation.
+    if principal.require(&requested).is_err() {
+        return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
+    }
+    // Nor can it outlive itself.
+    let expires_at = match (body.expires_at, principal.expires_at()) {
+        (Some(wanted), Some(limit)) => Some(wanted.min(limit)),
+        (wanted, limit) => wanted.or(limit),
+    };
+    // Nor reach from wider than it may: a restricted token mints restricted tokens.
+    let allowed_ips = if principal.record().allowed_ips.is_empty() {
+        body.allowed_ips
+    } else if body.allowed_ips.is_empty() {
+        principal.record().allowed_ips.clone()
+    } else if body.allowed_ips.iter().all(|net| {
+        principal
+            .record()
+            .allowed_ips
+            .iter()
+            .any(|own| own.contains(net))
+    }) {
+        body.allowed_ips
+    } else {
+        return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
+    };
+    let mut new = NewToken::new(body.name, principal.owner().clone())
+        .scope_set(requested.scopes().clone())
+        .allowed_ips(allowed_ips);
+    if let Some(at) = expires_at {
+        new = new.expires_at(at);
+    }
+    match verifier.issuer().issue(new).await {
+        Ok(token) => issued(token),
+        Err(IssueError::InvalidName | IssueError::ExpiryOutOfRange) => message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The name or expiry is invalid.",
+        ),
+        Err(_) => unavailable(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Rotate {
+    grace_seconds: Option<i64>,
+}
+
+/// The caller's team's token `id`, or the response to give instead.
+async fn own_token<S: TokenStore>(
+    verifier: &Verifier<S>,
+    principal: &Principal,
+    id: &str,
+) -> Result<TokenId, Response> {
+    let id = TokenId::new(id).map_err(|_| not_found())?;
+    match verifier.store().get(&id).await {
+        Ok(Some(stored)) if stored.record.owner == *principal.owner() => Ok(id),
+        // Another team's token is "not found": its existence is not revealed.
+        Ok(_) => Err(not_found()),
+        Err(_) => Err(unavailable()),
+    }
+}
+
+async fn rotate<S: TokenStore>(
+    State(verifier): Shared<S>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Option<Json<Rotate>>,
+) -> Response {
+    let id = match own_token(&verifier, &principal, &id).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let grace = body
+        .and_then(|Json(b)| b.grace_seconds)
+        .map_or(DEFAULT_ROTATION_GRACE, TimeDelta::seconds);
+    if grace < TimeDelta::zero() {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The grace period is invalid.",
+        );
+    }
+    match verifier.issuer().rotate(&id, grace).await {
+        Ok(token) => issued(token),
+        Err(IssueError::NotFound) => not_found(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn revoke<S: TokenStore>(
+    State(verifier): Shared<S>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match own_token(&verifier, &principal, &id).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match verifier.store().revoke(&id, verifier.now()).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn revoke_all<S: TokenStore>(State(verifier): Shared<S>, principal: Principal) -> Response {
+    match verifier
+        .store()
+        .revoke_owner(principal.owner(), verifier.now())
+        .await
+    {
+        Ok(n) => Json(json!({ "revoked": n })).into_response(),
+        Err(_) => unavailable(),
+    }
+}

@@ -1,0 +1,256 @@
+//! The token-management API mounted in an application: rotation over HTTP, revoke-all, and
+//! least privilege on creation (scopes, lifetime, allowlist).
+
+use apitoken::management::TokenApi;
+use apitoken::middleware::{AuthLayer, PeerAddr};
+use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Api {
+    verifier: Verifier<MemoryStore>,
+    app: Router,
+}
+
+impl Api {
+    fn new() -> Self {
+        let verifier = Verifier::builder(MemoryStore::new()).build();
+        let app = Router::new()
+            .nest("/tokens", TokenApi::new(verifier.clone()).router())
+            .layer(AuthLayer::new(verifier.clone()));
+        Self { verifier, app }
+    }
+
+    async fn admin(&self, extra: &[&str]) -> String {
+        let mut scopes = vec!["tokens:read", "tokens:write"];
+        scopes.extend_from_slice(extra);
+        let new = NewToken::new("admin", Owner::new("team-1").unwrap())
+            .scopes(scopes)
+            .unwrap();
+        self.verifier
+            .issuer()
+            .issue(new)
+            .await
+            .unwrap()
+            .token
+            .expose_secret()
+            .to_owned()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let mut request = request
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.10:5000".parse().unwrap()));
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+#[tokio::test]
+async fn rotation_over_http_keeps_the_old_token_for_the_grace_period() {
+    let api = Api::new();
+    let admin = api.admin(&["vps:read"]).await;
+    let (status, created) = api
+        .call(
+            "POST",
+            "/tokens",
+            &admin,
+            Some(json!({"name": "ci", "scopes": ["vps:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let old = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let (status, rotated) = api
+        .call(
+            "POST",
+            &format!("/tokens/{id}/rotate"),
+            &admin,
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let new = rotated["token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated["name"], "ci");
+    assert_eq!(rotated["scopes"], json!(["vps:read"]));
+    assert!(
+        api.verifier.authenticate(&old).await.is_ok(),
+        "old works during the grace"
+    );
+    assert!(api.verifier.authenticate(&new).await.is_ok());
+
+    // Rotating with no grace revokes at once.
+    let new_id = rotated["id"].as_str().unwrap().to_owned();
+    let (status, newest) = api
+        .call(
+            "POST",
+            &format!("/tokens/{new_id}/rotate"),
+            &admin,
+            Some(json!({"grace_seconds": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(api.verifier.authenticate(&new).await.is_err());
+    assert!(
+        api.verifier
+            .authenticate(newest["token"].as_str().unwrap())
+            .await
+            .is_ok()
+    );
+    // Without a body, the default grace (a day) applies.
+    let newest_id = newest["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .call("POST", &format!("/tokens/{newest_id}/rotate"), &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        api.verifier
+            .authenticate(newest["token"].as_str().unwrap())
+            .await
+            .is_ok()
+    );
+
+    // Another team cannot rotate it, nor learn that it exists.
+    let other = api
+        .verifier
+        .issuer()
+        .issue(
+            NewToken::new("x", Owner::new("team-2").unwrap())
+                .scopes(["tokens:write"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/tokens/{newest_id}/rotate"),
+            other.token.expose_secret(),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn revoke_all_ends_every_token_of_the_team_only() {
+    let api = Api::new();
+    let admin = api.admin(&[]).await;
+    let mut minted = Vec::new();
+    for name in ["a", "b"] {
+        let (_, body) = api
+            .call("POST", "/tokens", &admin, Some(json!({"name": name})))
+            .await;
+        minted.push(body["token"].as_str().unwrap().to_owned());
+    }
+    let other = api
+        .verifier
+        .issuer()
+        .issue(NewToken::new("other", Owner::new("team-2").unwrap()))
+        .await
+        .unwrap();
+    let (status, body) = api.call("DELETE", "/tokens", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["revoked"], 3, "two minted and the admin itself");
+    for token in minted.iter().chain([&admin]) {
+        assert!(api.verifier.authenticate(token).await.is_err());
+    }
+    assert!(
+        api.verifier
+            .authenticate(other.token.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn creation_never_escalates() {
+    let api = Api::new();
+    let admin = api.admin(&["vps:read"]).await;
+    // Scopes the creator lacks.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/tokens",
+            &admin,
+            Some(json!({"name": "x", "scopes": ["vps:write"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A restricted creator: the child inherits its allowlist, may narrow it, never widen it.
+    let restricted = api
+        .verifier
+        .issuer()
+        .issue(
+            NewToken::new("office", Owner::new("team-1").unwrap())
+                .scopes(["tokens:write", "tokens:read"])
+                .unwrap()
+                .allowed_ips(["192.0.2.0/24".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let r = restricted.token.expose_secret();
+    let (status, child) = api
+        .call("POST", "/tokens", r, Some(json!({"name": "child"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(child["allowed_ips"], json!(["192.0.2.0/24"]));
+    let (status, _) = api
+        .call(
+            "POST",
+            "/tokens",
+            r,
+            Some(json!({"name": "n", "allowed_ips": ["192.0.2.128/25"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/tokens",
+            r,
+            Some(json!({"name": "w", "allowed_ips": ["0.0.0.0/0"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Invalid input is a clear 4xx, not a 500.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/tokens",
+            &admin,
+            Some(json!({"name": "x", "scopes": ["a b"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .call("POST", "/tokens", &admin, Some(json!({"name": ""})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
