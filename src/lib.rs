@@ -19,6 +19,7 @@ mod id;
 mod issuer;
 pub mod last_used;
 pub mod middleware;
+pub mod rate_limit;
 mod record;
 pub mod scope;
 mod secret;
