@@ -2,15 +2,17 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 use crate::format::FormatError;
 use crate::id::TokenId;
+use crate::rate_limit::RateLimitDecision;
 use crate::scope::ScopeSet;
 use crate::store::StoreError;
 
 /// What a client is told: the class of an [`AuthError`].
 ///
-/// The middleware maps these to responses: 401, 400, 401, 403 and 503 in order. Every reason a
+/// The middleware maps these to responses: 401, 400, 401, 403, 503 and 429 in order. Every reason a
 /// token can be refused for (unknown, wrong secret, revoked, expired, bad checksum) is one
 /// kind, [`InvalidToken`](Self::InvalidToken), so a client cannot learn which (OWASP,
 /// CWE-204).
@@ -28,6 +30,9 @@ pub enum AuthErrorKind {
     InsufficientScope,
     /// The token store could not answer. The request is refused (fail closed).
     StoreUnavailable,
+    /// Too many requests: the token's rate limit is spent, or the client address failed to
+    /// authenticate too often (see [`rate_limit`](crate::rate_limit)). HTTP 429.
+    RateLimited,
 }
 
 /// Why a token was refused: for logs and metrics, never for the client.
@@ -77,6 +82,8 @@ pub struct AuthError {
     token_id: Option<TokenId>,
     missing_scopes: Option<ScopeSet>,
     source: Option<StoreError>,
+    /// Boxed: rare, and `AuthError` stays small for the `Result`s it travels in.
+    limited: Option<Box<(Duration, Option<RateLimitDecision>)>>,
 }
 
 impl AuthError {
@@ -87,6 +94,7 @@ impl AuthError {
             token_id: None,
             missing_scopes: None,
             source: None,
+            limited: None,
         }
     }
 
@@ -126,6 +134,31 @@ impl AuthError {
         }
     }
 
+    /// Too many requests: try again after `retry_after`. `decision` is the rate limiter's, for
+    /// the `RateLimit` header fields (`None` for failed-authentication throttling, which
+    /// advertises no budget); `token_id` is the token that spent its budget, if any.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::{AuthError, AuthErrorKind};
+    ///
+    /// let err = AuthError::rate_limited(Duration::from_millis(1500), None, None);
+    /// assert_eq!(err.kind(), AuthErrorKind::RateLimited);
+    /// assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+    /// assert_eq!(err.to_string(), "too many requests");
+    /// ```
+    pub fn rate_limited(
+        retry_after: Duration,
+        decision: Option<RateLimitDecision>,
+        token_id: Option<TokenId>,
+    ) -> Self {
+        Self {
+            limited: Some(Box::new((retry_after, decision))),
+            token_id,
+            ..Self::new(AuthErrorKind::RateLimited)
+        }
+    }
+
     /// The class of error, which decides the response.
     pub fn kind(&self) -> AuthErrorKind {
         self.kind
@@ -146,6 +179,17 @@ impl AuthError {
     pub fn missing_scopes(&self) -> Option<&ScopeSet> {
         self.missing_scopes.as_ref()
     }
+
+    /// How long to wait before trying again, for [`RateLimited`](AuthErrorKind::RateLimited).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.limited.as_ref().map(|l| l.0)
+    }
+
+    /// The rate limiter's decision (limit, remaining, reset), when a token's rate limit
+    /// refused the request.
+    pub fn rate_limit(&self) -> Option<&RateLimitDecision> {
+        self.limited.as_ref().and_then(|l| l.1.as_ref())
+    }
 }
 
 impl fmt::Debug for AuthError {
@@ -164,6 +208,9 @@ impl fmt::Debug for AuthError {
         if let Some(source) = &self.source {
             out.field("source", source);
         }
+        if let Some(limited) = &self.limited {
+            out.field("retry_after", &limited.0);
+        }
         out.finish()
     }
 }
@@ -176,6 +223,7 @@ impl fmt::Display for AuthError {
             AuthErrorKind::InvalidToken => "invalid token",
             AuthErrorKind::InsufficientScope => "insufficient scope",
             AuthErrorKind::StoreUnavailable => "token store unavailable",
+            AuthErrorKind::RateLimited => "too many requests",
         })
     }
 }

@@ -22,6 +22,7 @@ pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;
 pub mod middleware;
+pub mod rate_limit;
 mod record;
 pub mod scope;
 mod secret;

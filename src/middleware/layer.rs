@@ -9,6 +9,7 @@ use super::client::TrustedProxies;
 use super::credentials::Credentials;
 use super::response::JsonResponder;
 use super::service::Auth;
+use crate::rate_limit::{FailureThrottle, RateLimitPolicy, RateLimitStep, RateLimiter};
 use crate::scope::ScopeRequirement;
 use crate::verifier::Verifier;
 
@@ -25,6 +26,8 @@ pub struct AuthLayer<S, R = JsonResponder> {
     pub(crate) responder: R,
     pub(crate) allow_anonymous: bool,
     pub(crate) proxies: Arc<TrustedProxies>,
+    pub(crate) rate_limit: Option<Arc<RateLimitStep>>,
+    pub(crate) throttle: Option<Arc<FailureThrottle>>,
 }
 
 impl<S> AuthLayer<S> {
@@ -38,6 +41,8 @@ impl<S> AuthLayer<S> {
             responder: JsonResponder::new(),
             allow_anonymous: false,
             proxies: Arc::new(TrustedProxies::none()),
+            rate_limit: None,
+            throttle: None,
         }
     }
 }
@@ -76,6 +81,51 @@ impl<S, R> AuthLayer<S, R> {
         self
     }
 
+    /// Limits how often each token (or owner) may be used: after a successful verification
+    /// (so a refused request spends nothing), one request of the budget `policy` gives the
+    /// token is spent in `limiter`; a request over budget is answered 429 with `Retry-After`
+    /// and the `RateLimit-Policy` / `RateLimit` fields. If the limiter fails (Redis down), the
+    /// request goes through and a warning is logged. See [`rate_limit`](crate::rate_limit).
+    ///
+    /// ```
+    /// use apitoken::middleware::AuthLayer;
+    /// use apitoken::rate_limit::{MemoryRateLimiter, RateLimit, RateLimitPolicy};
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let layer = AuthLayer::new(verifier)
+    ///     .rate_limit(MemoryRateLimiter::new(), RateLimitPolicy::new(RateLimit::per_minute(100)));
+    /// ```
+    #[must_use]
+    pub fn rate_limit(mut self, limiter: impl RateLimiter, policy: RateLimitPolicy) -> Self {
+        self.rate_limit = Some(Arc::new(RateLimitStep {
+            limiter: Arc::new(limiter),
+            policy,
+        }));
+        self
+    }
+
+    /// Turns away client addresses that failed to authenticate too often, with 429, before
+    /// their requests are parsed, hashed or looked up. Addresses are the ones the layer
+    /// settles on with its [`trusted_proxies`](Self::trusted_proxies); see
+    /// [`FailureThrottle`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::middleware::AuthLayer;
+    /// use apitoken::rate_limit::FailureThrottle;
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let layer = AuthLayer::new(verifier)
+    ///     .throttle_failures(FailureThrottle::new(20, Duration::from_secs(60)));
+    /// ```
+    #[must_use]
+    pub fn throttle_failures(mut self, throttle: FailureThrottle) -> Self {
+        self.throttle = Some(Arc::new(throttle));
+        self
+    }
+
     /// Answers refused requests with `responder`.
     pub fn responder<R2>(self, responder: R2) -> AuthLayer<S, R2> {
         AuthLayer {
@@ -85,6 +135,8 @@ impl<S, R> AuthLayer<S, R> {
             responder,
             allow_anonymous: self.allow_anonymous,
             proxies: self.proxies,
+            rate_limit: self.rate_limit,
+            throttle: self.throttle,
         }
     }
 }
@@ -98,6 +150,8 @@ impl<S, R: Clone> Clone for AuthLayer<S, R> {
             responder: self.responder.clone(),
             allow_anonymous: self.allow_anonymous,
             proxies: Arc::clone(&self.proxies),
+            rate_limit: self.rate_limit.clone(),
+            throttle: self.throttle.clone(),
         }
     }
 }
@@ -110,6 +164,8 @@ impl<S, R> fmt::Debug for AuthLayer<S, R> {
             .field("required", &self.required)
             .field("allow_anonymous", &self.allow_anonymous)
             .field("trusted_proxies", &self.proxies)
+            .field("rate_limit", &self.rate_limit)
+            .field("throttle", &self.throttle)
             .finish_non_exhaustive()
     }
 }

@@ -14,6 +14,8 @@
 //! | unknown, wrong, revoked, expired or malformed token | 401 | `…, error="invalid_token"` |
 //! | missing scope | 403 | `…, error="insufficient_scope", scope="…"` |
 //! | token store down | 503 | none: fail closed |
+//! | token over its rate limit ([`AuthLayer::rate_limit`]) | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | none |
+//! | address that failed too often ([`AuthLayer::throttle_failures`]) | 429, `Retry-After` | none |
 //!
 //! See [`Credentials`] for exactly how each odd header is classified, [`JsonResponder`] for the
 //! bodies, and `docs/middleware.md` for the reasoning.

@@ -1,6 +1,10 @@
 //! Turning an [`AuthError`] into an HTTP response.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use std::time::Duration;
+
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 
 use crate::error::{AuthError, AuthErrorKind};
@@ -48,6 +52,13 @@ pub trait Responder<B>: Clone + Send + Sync + 'static {
 /// | invalid token | 401 | `{"message":"Unauthenticated."}` | `Bearer realm="api", error="invalid_token"` |
 /// | insufficient scope | 403 | `{"message":"This action is unauthorized."}` | `Bearer realm="api", error="insufficient_scope", scope="vps:write"` |
 /// | store unavailable | 503 | `{"message":"Service unavailable."}` | none |
+/// | rate limited, or throttled | 429 | `{"message":"Too Many Attempts."}` | none |
+///
+/// A 429 carries `Retry-After` in whole seconds (rounded up, at least 1). One from a token's
+/// rate limit also carries the IETF RateLimit fields
+/// (draft-ietf-httpapi-ratelimit-headers-10), for example
+/// `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=0;t=12`; a throttled
+/// address gets only `Retry-After`.
 ///
 /// Every response has `Content-Type: application/json` and `Cache-Control: no-store`. The
 /// challenge holds only the configured realm, fixed error codes and the route's required
@@ -86,6 +97,40 @@ const UNAUTHENTICATED: &str = r#"{"message":"Unauthenticated."}"#;
 const UNAUTHORIZED: &str = r#"{"message":"This action is unauthorized."}"#;
 const BAD_REQUEST: &str = r#"{"message":"Bad request."}"#;
 const UNAVAILABLE: &str = r#"{"message":"Service unavailable."}"#;
+const TOO_MANY: &str = r#"{"message":"Too Many Attempts."}"#;
+
+/// Whole seconds, rounded up, at least 1: `Retry-After` and the `t` parameter.
+fn ceil_secs(duration: Duration) -> u64 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// `Retry-After`, and the RateLimit fields when the error carries a decision.
+fn rate_limit_headers(headers: &mut HeaderMap, error: &AuthError) {
+    if let Some(wait) = error.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
+    }
+    if let Some(decision) = error.rate_limit() {
+        let limit = decision.limit();
+        let policy = format!(
+            r#""default";q={};w={}"#,
+            limit.requests(),
+            ceil_secs(limit.period())
+        );
+        let state = format!(
+            r#""default";r={};t={}"#,
+            decision.remaining(),
+            ceil_secs(decision.reset_after())
+        );
+        if let (Ok(policy), Ok(state)) = (
+            HeaderValue::from_str(&policy),
+            HeaderValue::from_str(&state),
+        ) {
+            headers.insert("ratelimit-policy", policy);
+            headers.insert("ratelimit", state);
+        }
+    }
+}
 
 impl JsonResponder {
     /// The default responder, with realm `api`.
@@ -133,6 +178,7 @@ impl<B: From<&'static str>> Responder<B> for JsonResponder {
             AuthErrorKind::MalformedRequest => (StatusCode::BAD_REQUEST, BAD_REQUEST),
             AuthErrorKind::InsufficientScope => (StatusCode::FORBIDDEN, UNAUTHORIZED),
             AuthErrorKind::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+            AuthErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, TOO_MANY),
             // Missing credentials, invalid token, and any kind added later: refuse.
             _ => (StatusCode::UNAUTHORIZED, UNAUTHENTICATED),
         };
@@ -141,6 +187,7 @@ impl<B: From<&'static str>> Responder<B> for JsonResponder {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        rate_limit_headers(headers, error);
         if let Some(challenge) = self.challenge(error)
             && let Ok(value) = HeaderValue::from_str(&challenge)
         {
@@ -152,9 +199,11 @@ impl<B: From<&'static str>> Responder<B> for JsonResponder {
 
 /// A responder for gRPC services (tonic): a trailers-only response, HTTP 200 with
 /// `grpc-status` 16 (`UNAUTHENTICATED`) for missing and invalid credentials, 7
-/// (`PERMISSION_DENIED`) for a missing scope, 3 (`INVALID_ARGUMENT`) for a malformed request
-/// and 14 (`UNAVAILABLE`) when the store is down, with a fixed `grpc-message` and an empty
-/// body.
+/// (`PERMISSION_DENIED`) for a missing scope, 3 (`INVALID_ARGUMENT`) for a malformed request,
+/// 14 (`UNAVAILABLE`) when the store is down and 8 (`RESOURCE_EXHAUSTED`) when rate limited or
+/// throttled, with a fixed `grpc-message` and an empty body. A rate-limited response also
+/// carries `retry-after` (whole seconds) and the RateLimit fields, as HTTP headers in the
+/// trailers-only response.
 ///
 /// ```
 /// use apitoken::middleware::{GrpcResponder, Responder};
@@ -174,6 +223,7 @@ impl<B: Default> Responder<B> for GrpcResponder {
             AuthErrorKind::MalformedRequest => ("3", "malformed credentials"),
             AuthErrorKind::InsufficientScope => ("7", "insufficient scope"),
             AuthErrorKind::StoreUnavailable => ("14", "token store unavailable"),
+            AuthErrorKind::RateLimited => ("8", "too many requests"),
             _ => ("16", "unauthenticated"),
         };
         let mut response = Response::new(B::default());
@@ -181,6 +231,7 @@ impl<B: Default> Responder<B> for GrpcResponder {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert("grpc-status", HeaderValue::from_static(code));
         headers.insert("grpc-message", HeaderValue::from_static(text));
+        rate_limit_headers(headers, error);
         response
     }
 }
@@ -273,6 +324,39 @@ mod tests {
         );
         let store = crate::store::StoreError::unavailable("down");
         assert_eq!(code(AuthError::store_unavailable(store)), "14");
+        let wait = Duration::from_secs(3);
+        assert_eq!(code(AuthError::rate_limited(wait, None, None)), "8");
+    }
+
+    #[test]
+    fn too_many_requests() {
+        use crate::rate_limit::{RateLimit, RateLimitDecision};
+        let limit = RateLimit::per_minute(100);
+        let wait = Duration::from_millis(11_200);
+        let decision = RateLimitDecision::denied(limit, wait, Duration::from_secs(60));
+        let r = respond(AuthError::rate_limited(wait, Some(decision), None));
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.body(), TOO_MANY);
+        assert_eq!(r.headers()[RETRY_AFTER], "12");
+        assert_eq!(r.headers()["ratelimit-policy"], r#""default";q=100;w=60"#);
+        assert_eq!(r.headers()["ratelimit"], r#""default";r=0;t=60"#);
+        assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
+
+        // Throttling: Retry-After only, and never 0.
+        let r = respond(AuthError::rate_limited(
+            Duration::from_millis(1),
+            None,
+            None,
+        ));
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert!(r.headers().get("ratelimit").is_none());
+        assert!(r.headers().get("ratelimit-policy").is_none());
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(5)), 5);
+        assert_eq!(ceil_secs(Duration::from_nanos(5_000_000_001)), 6);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::AuthLayer;
 use super::response::Responder;
-use crate::error::AuthError;
+use crate::error::{AuthError, AuthErrorKind};
 use crate::store::TokenStore;
 
 /// The authenticating service made by [`AuthLayer`].
@@ -76,10 +76,26 @@ where
             request.extensions_mut().insert(super::ClientIp(ip));
         }
 
+        // An address that failed too often is turned away before anything else is done.
+        let throttle = self.layer.throttle.clone();
+        if let Some(throttle) = &throttle {
+            match client_ip {
+                Some(ip) => {
+                    if let Some(wait) = throttle.retry_after(ip) {
+                        tracing::debug!(client_ip = %ip, "failed-authentication throttle");
+                        let error = AuthError::rate_limited(wait, None, None);
+                        return ResponseFuture::refused(self.layer.responder.respond(&error));
+                    }
+                }
+                None => throttle.note_unknown_client(),
+            }
+        }
+
         // Header problems are answered here, without a store and without allocating a future.
         match credentials.extract(request.headers()) {
             Err(error) => {
                 self.layer.verifier.audit_refusal(&error, client_ip);
+                count_failure(throttle.as_deref(), client_ip, &error);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(None) if self.layer.allow_anonymous => {
@@ -99,18 +115,49 @@ where
         let verifier = self.layer.verifier.clone();
         let credentials = credentials.clone();
         let required = self.layer.required.clone();
+        let rate_limit = self.layer.rate_limit.clone();
         let verify = Box::pin(async move {
             // The token borrows from the request's headers, so it is read again here rather
             // than copied out of `call`.
             let info = crate::verifier::RequestInfo::new().client_ip(client_ip);
-            let outcome = match credentials.extract(request.headers()) {
+            let mut outcome = match credentials.extract(request.headers()) {
                 Ok(Some(token)) => verifier.verify_request(token, &required, &info).await,
                 Ok(None) => Err(AuthError::missing_credentials()),
                 Err(error) => Err(error),
             };
+            match &outcome {
+                // Last, as in Unkey's order: a request refused for any other reason spends
+                // no budget.
+                Ok(principal) => {
+                    if let Some(step) = &rate_limit
+                        && let Err(error) = step.check(principal).await
+                    {
+                        outcome = Err(error);
+                    }
+                }
+                Err(error) => count_failure(throttle.as_deref(), client_ip, error),
+            }
             (request, outcome)
         });
         ResponseFuture::verifying(verify, inner, self.layer.responder.clone())
+    }
+}
+
+/// Counts a failed authentication against the client's address: invalid tokens and
+/// malformed credentials only. Missing credentials, missing scopes and outages are not an
+/// attacker guessing.
+fn count_failure(
+    throttle: Option<&crate::rate_limit::FailureThrottle>,
+    client_ip: Option<std::net::IpAddr>,
+    error: &AuthError,
+) {
+    if let (Some(throttle), Some(ip)) = (throttle, client_ip)
+        && matches!(
+            error.kind(),
+            AuthErrorKind::InvalidToken | AuthErrorKind::MalformedRequest
+        )
+    {
+        throttle.record_failure(ip);
     }
 }
 

@@ -1,0 +1,570 @@
+//! Per-token rate limits and failed-authentication throttling, through the real middleware
+//! (`tower::ServiceExt::oneshot` with a `PeerAddr`), plus two Redis limiters sharing one
+//! budget when `APITOKEN_TEST_REDIS_URL` is set.
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use apitoken::middleware::{AuthLayer, PeerAddr};
+use apitoken::rate_limit::{
+    FailureThrottle, MemoryRateLimiter, RateLimit, RateLimitDecision, RateLimitError,
+    RateLimitPolicy, RateLimiter, RedisRateLimiter,
+};
+use apitoken::{
+    ManualClock, MemoryStore, Metadata, NewToken, Owner, ScopeRequirement, SecretHash, StoreError,
+    StoredToken, TokenFormat, TokenId, TokenRecord, TokenStore, Verifier,
+};
+use chrono::{DateTime, TimeDelta, Utc};
+use http::{Request, Response, StatusCode};
+use support::within;
+use tower::{Layer, ServiceExt, service_fn};
+
+const TOO_MANY: &str = r#"{"message":"Too Many Attempts."}"#;
+const REDIS_URL_VAR: &str = "APITOKEN_TEST_REDIS_URL";
+
+/// A `MemoryStore` that counts the lookups made through it.
+#[derive(Clone, Default)]
+struct CountingStore {
+    inner: Arc<MemoryStore>,
+    lookups: Arc<AtomicUsize>,
+}
+
+impl CountingStore {
+    fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenStore for CountingStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.insert(record, hash)
+    }
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        self.inner.next_id()
+    }
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(id)
+    }
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.find_by_hash(hash)
+    }
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        self.inner.list_by_owner(owner)
+    }
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.inner.revoke(id, at)
+    }
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        self.inner.revoke_owner(owner, at)
+    }
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.record_last_used(id, at)
+    }
+}
+
+type Svc = tower::util::BoxCloneService<Request<String>, Response<String>, Infallible>;
+
+fn app(layer: AuthLayer<CountingStore>) -> Svc {
+    let inner = service_fn(|_request: Request<String>| async {
+        Ok::<_, Infallible>(Response::new("ok".to_owned()))
+    });
+    tower::util::BoxCloneService::new(layer.layer(inner))
+}
+
+/// One request from `peer` with `Authorization: Bearer {token}` (`None`: no header).
+async fn send(service: &Svc, peer: Option<&str>, token: Option<&str>) -> Response<String> {
+    let mut builder = Request::get("/api/v1/vps");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let mut request = builder.body(String::new()).expect("request");
+    if let Some(peer) = peer {
+        let addr = SocketAddr::new(peer.parse().expect("address"), 40000);
+        request.extensions_mut().insert(PeerAddr(addr));
+    }
+    within(service.clone().oneshot(request))
+        .await
+        .expect("infallible")
+}
+
+fn header<'a>(response: &'a Response<String>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {response:?}"))
+        .to_str()
+        .expect("ASCII")
+}
+
+#[track_caller]
+fn assert_429(response: &Response<String>, retry_after: &str) {
+    assert_eq!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "{response:?}"
+    );
+    assert_eq!(response.body(), TOO_MANY);
+    assert_eq!(header(response, "retry-after"), retry_after);
+    assert_eq!(header(response, "cache-control"), "no-store");
+    assert_eq!(header(response, "content-type"), "application/json");
+    assert!(response.headers().get("www-authenticate").is_none());
+}
+
+struct Setup {
+    verifier: Verifier<CountingStore>,
+    clock: Arc<ManualClock>,
+    store: CountingStore,
+}
+
+fn setup(format: TokenFormat) -> Setup {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let store = CountingStore::default();
+    let verifier = Verifier::builder(store.clone())
+        .format(format)
+        .clock(clock.clone())
+        .disable_last_used()
+        .build();
+    Setup {
+        verifier,
+        clock,
+        store,
+    }
+}
+
+async fn issue(verifier: &Verifier<CountingStore>, new: NewToken) -> String {
+    let issued = verifier.issuer().issue(new).await.expect("issued");
+    issued.token.expose_secret().to_owned()
+}
+
+fn token(owner: &str) -> NewToken {
+    NewToken::new("t", Owner::new(owner).expect("owner"))
+}
+
+#[tokio::test]
+async fn over_the_limit_is_429_with_retry_after_and_ratelimit_fields() {
+    let s = setup(TokenFormat::canonical());
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(2));
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(limiter, policy));
+    let t = issue(&s.verifier, token("team-1")).await;
+
+    assert_eq!(send(&svc, None, Some(&t)).await.status(), 200);
+    assert_eq!(send(&svc, None, Some(&t)).await.status(), 200);
+    let refused = send(&svc, None, Some(&t)).await;
+    // 2 per minute: the next request is allowed 30 s on, the whole burst 60 s on.
+    assert_429(&refused, "30");
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        r#""default";q=2;w=60"#
+    );
+    assert_eq!(header(&refused, "ratelimit"), r#""default";r=0;t=60"#);
+
+    s.clock.advance(TimeDelta::milliseconds(10_500));
+    assert_429(&send(&svc, None, Some(&t)).await, "20"); // 19.5 s, rounded up
+    s.clock.advance(TimeDelta::milliseconds(19_500));
+    assert_eq!(send(&svc, None, Some(&t)).await.status(), 200);
+    assert_429(&send(&svc, None, Some(&t)).await, "30");
+}
+
+#[tokio::test]
+async fn refused_requests_spend_no_budget() {
+    let s = setup(TokenFormat::canonical());
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(1)).per_owner();
+    let layer = AuthLayer::new(s.verifier.clone())
+        .require(ScopeRequirement::all(["vps:read"]).expect("scope"))
+        .rate_limit(limiter, policy);
+    let svc = app(layer);
+    let good = issue(
+        &s.verifier,
+        token("team-1").scopes(["vps:read"]).expect("scopes"),
+    )
+    .await;
+    let unscoped = issue(&s.verifier, token("team-1")).await;
+    let revoked = issue(
+        &s.verifier,
+        token("team-1").scopes(["vps:read"]).expect("scopes"),
+    )
+    .await;
+    let format = TokenFormat::canonical();
+    let revoked_id = support::token_id(&format, &revoked);
+    s.verifier
+        .store()
+        .revoke(&revoked_id, s.verifier.now())
+        .await
+        .expect("revoke");
+    let wrong = support::with_one_char_changed(&format, &good);
+
+    for _ in 0..5 {
+        assert_eq!(send(&svc, None, Some(&unscoped)).await.status(), 403);
+        assert_eq!(send(&svc, None, Some(&revoked)).await.status(), 401);
+        assert_eq!(send(&svc, None, Some(&wrong)).await.status(), 401);
+        assert_eq!(send(&svc, None, None).await.status(), 401);
+    }
+    // The owner's one request a minute is still there, and then spent.
+    assert_eq!(send(&svc, None, Some(&good)).await.status(), 200);
+    assert_429(&send(&svc, None, Some(&good)).await, "60");
+}
+
+#[tokio::test]
+async fn per_owner_budgets_are_shared_by_the_owners_tokens() {
+    let s = setup(TokenFormat::canonical());
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(2)).per_owner();
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(limiter.clone(), policy));
+    let a1 = issue(&s.verifier, token("team-a")).await;
+    let a2 = issue(&s.verifier, token("team-a")).await;
+    let b = issue(&s.verifier, token("team-b")).await;
+
+    assert_eq!(send(&svc, None, Some(&a1)).await.status(), 200);
+    assert_eq!(send(&svc, None, Some(&a2)).await.status(), 200);
+    assert_eq!(send(&svc, None, Some(&a1)).await.status(), 429);
+    assert_eq!(send(&svc, None, Some(&a2)).await.status(), 429);
+    assert_eq!(send(&svc, None, Some(&b)).await.status(), 200);
+    assert_eq!(limiter.len(), 2, "one budget per owner");
+
+    // Per token (the default), the same two tokens have a budget each.
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(1));
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(limiter, policy));
+    assert_eq!(send(&svc, None, Some(&a1)).await.status(), 200);
+    assert_eq!(send(&svc, None, Some(&a2)).await.status(), 200);
+    assert_eq!(send(&svc, None, Some(&a1)).await.status(), 429);
+}
+
+#[tokio::test]
+async fn metadata_overrides_the_default_limit() {
+    let s = setup(TokenFormat::canonical());
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(100));
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(limiter, policy));
+    let mut strict = Metadata::new();
+    strict.insert(
+        "rate_limit".into(),
+        serde_json::json!({"requests": 1, "period_secs": 10}),
+    );
+    let mut typo = Metadata::new();
+    typo.insert("rate_limit".into(), serde_json::json!({"requests": "lots"}));
+    let limited = issue(&s.verifier, token("o").metadata(strict)).await;
+    let typoed = issue(&s.verifier, token("o").metadata(typo)).await;
+    let plain = issue(&s.verifier, token("o")).await;
+
+    assert_eq!(send(&svc, None, Some(&limited)).await.status(), 200);
+    let refused = send(&svc, None, Some(&limited)).await;
+    assert_429(&refused, "10");
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        r#""default";q=1;w=10"#
+    );
+    for _ in 0..10 {
+        assert_eq!(send(&svc, None, Some(&plain)).await.status(), 200);
+        // An invalid override is ignored: the default applies, not "unlimited", not 500.
+        assert_eq!(send(&svc, None, Some(&typoed)).await.status(), 200);
+    }
+}
+
+/// A limiter that is always down.
+struct Down;
+
+impl RateLimiter for Down {
+    fn acquire(
+        &self,
+        _key: &str,
+        _limit: &RateLimit,
+    ) -> impl Future<Output = Result<RateLimitDecision, RateLimitError>> + Send {
+        std::future::ready(Err(RateLimitError::new(std::io::Error::other("down"))))
+    }
+}
+
+#[tokio::test]
+async fn a_limiter_outage_fails_open() {
+    let s = setup(TokenFormat::canonical());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(1));
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(Down, policy));
+    let t = issue(&s.verifier, token("o")).await;
+    for _ in 0..3 {
+        assert_eq!(send(&svc, None, Some(&t)).await.status(), 200);
+    }
+    // Authentication itself still fails closed.
+    assert_eq!(send(&svc, None, Some("nope")).await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_turned_away_before_the_store() {
+    // DCT tokens have no checksum, so every wrong secret costs a store lookup.
+    let format = TokenFormat::dct();
+    let s = setup(format.clone());
+    let throttle = FailureThrottle::new(5, Duration::from_secs(60)).clock(s.clock.clone());
+    let svc = app(AuthLayer::new(s.verifier.clone()).throttle_failures(throttle));
+    let victim = issue(&s.verifier, token("victim")).await;
+    let id = support::token_id(&format, &victim);
+    let guess = |n: usize| format!("{id}.{}", format!("{n:0>64}").replace('0', "x"));
+
+    let attacker = "203.0.113.9";
+    let before = s.store.lookups();
+    for n in 0..5 {
+        let r = send(&svc, Some(attacker), Some(&guess(n))).await;
+        assert_eq!(r.status(), 401, "failure {n} is answered normally");
+    }
+    assert_eq!(s.store.lookups() - before, 5);
+    for n in 5..200 {
+        assert_429(&send(&svc, Some(attacker), Some(&guess(n))).await, "60");
+    }
+    // Even the right token: the address is turned away before anything is read.
+    assert_429(&send(&svc, Some(attacker), Some(&victim)).await, "60");
+    assert_eq!(s.store.lookups() - before, 5, "no lookups once throttled");
+
+    // The owner of the hammered token id, from their own address, is not locked out; nor
+    // is anyone else.
+    assert_eq!(
+        send(&svc, Some("198.51.100.7"), Some(&victim))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        send(&svc, Some("2001:db8::1"), Some(&victim))
+            .await
+            .status(),
+        200
+    );
+    // Requests with no known address are neither counted nor turned away.
+    for _ in 0..10 {
+        assert_eq!(send(&svc, None, Some(&guess(1))).await.status(), 401);
+    }
+    assert_eq!(send(&svc, None, Some(&victim)).await.status(), 200);
+
+    // The window ends 60 s after the first failure.
+    s.clock.advance(TimeDelta::seconds(59));
+    assert_429(&send(&svc, Some(attacker), Some(&guess(0))).await, "1");
+    s.clock.advance(TimeDelta::seconds(1));
+    assert_eq!(
+        send(&svc, Some(attacker), Some(&victim)).await.status(),
+        200
+    );
+    for n in 0..5 {
+        assert_eq!(
+            send(&svc, Some(attacker), Some(&guess(n))).await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        send(&svc, Some(attacker), Some(&guess(9))).await.status(),
+        429
+    );
+}
+
+#[tokio::test]
+async fn only_guessing_counts_as_failure() {
+    let s = setup(TokenFormat::canonical());
+    let throttle = FailureThrottle::new(2, Duration::from_secs(60)).clock(s.clock.clone());
+    let layer = AuthLayer::new(s.verifier.clone())
+        .require(ScopeRequirement::all(["vps:write"]).expect("scope"))
+        .throttle_failures(throttle.clone());
+    let svc = app(layer);
+    let read_only = issue(&s.verifier, token("o").scopes(["vps:read"]).expect("s")).await;
+    let ip = "192.0.2.50";
+    for _ in 0..10 {
+        assert_eq!(send(&svc, Some(ip), None).await.status(), 401); // missing credentials
+        assert_eq!(send(&svc, Some(ip), Some(&read_only)).await.status(), 403);
+    }
+    assert_eq!(throttle.failures(ip.parse().expect("ip")), 0);
+
+    // A malformed header (two tokens) and a made-up token both count.
+    let mut request = Request::get("/").body(String::new()).expect("request");
+    request
+        .headers_mut()
+        .append("authorization", "Bearer a".parse().expect("v"));
+    request
+        .headers_mut()
+        .append("authorization", "Bearer b".parse().expect("v"));
+    request
+        .extensions_mut()
+        .insert(PeerAddr(format!("{ip}:1").parse().expect("addr")));
+    let r = within(svc.clone().oneshot(request))
+        .await
+        .expect("infallible");
+    assert_eq!(r.status(), 400);
+    assert_eq!(send(&svc, Some(ip), Some("made-up")).await.status(), 401);
+    assert_eq!(throttle.failures(ip.parse().expect("ip")), 2);
+    assert_429(&send(&svc, Some(ip), None).await, "60");
+}
+
+/// A key prefix no other test, nor another run of this one, uses.
+fn unique_prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("apitoken_test_rl_{}_{n}_{nanos}", std::process::id())
+}
+
+/// The Redis URL, or `None` after printing why the test is skipped.
+fn redis_url() -> Option<String> {
+    match std::env::var(REDIS_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: set {REDIS_URL_VAR} (for example redis://127.0.0.1:6379)");
+            None
+        }
+    }
+}
+
+async fn redis_limiter(url: &str, prefix: &str) -> RedisRateLimiter {
+    within(RedisRateLimiter::connect(url))
+        .await
+        .unwrap_or_else(|e| panic!("{REDIS_URL_VAR} is set but Redis is unreachable: {e:?}"))
+        .prefix(prefix)
+}
+
+#[tokio::test]
+async fn two_redis_limiters_share_one_budget() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("{}:", unique_prefix());
+    let a = redis_limiter(&url, &prefix).await;
+    let b = redis_limiter(&url, &prefix).await;
+    let limit = RateLimit::per_minute(3);
+
+    let first = within(a.acquire("token:1", &limit)).await.expect("redis");
+    assert!(first.is_allowed());
+    assert_eq!(first.remaining(), 2);
+    assert!(
+        within(b.acquire("token:1", &limit))
+            .await
+            .expect("redis")
+            .is_allowed()
+    );
+    assert!(
+        within(a.acquire("token:1", &limit))
+            .await
+            .expect("redis")
+            .is_allowed()
+    );
+    for limiter in [&a, &b] {
+        let refused = within(limiter.acquire("token:1", &limit))
+            .await
+            .expect("redis");
+        assert!(!refused.is_allowed());
+        let wait = refused.retry_after();
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(refused.reset_after() > Duration::from_secs(59));
+    }
+    // Another key, and the same key under another prefix, have budgets of their own.
+    assert!(
+        within(b.acquire("token:2", &limit))
+            .await
+            .expect("redis")
+            .is_allowed()
+    );
+    let other = redis_limiter(&url, &format!("{prefix}other:")).await;
+    assert!(
+        within(other.acquire("token:1", &limit))
+            .await
+            .expect("redis")
+            .is_allowed()
+    );
+
+    // A bucket refills, and an idle one holds one burst, not more.
+    let quick = RateLimit::new(3, Duration::from_millis(300)).expect("limit");
+    for _ in 0..3 {
+        assert!(
+            within(a.acquire("token:idle", &quick))
+                .await
+                .expect("redis")
+                .is_allowed()
+        );
+    }
+    assert!(
+        !within(b.acquire("token:idle", &quick))
+            .await
+            .expect("redis")
+            .is_allowed()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refilled = within(b.acquire("token:idle", &quick))
+        .await
+        .expect("redis");
+    assert!(refilled.is_allowed());
+    assert_eq!(refilled.remaining(), 2);
+
+    // Concurrent callers on both never take more than the burst.
+    let limit = RateLimit::per_hour(10);
+    let calls = (0..40).map(|i| {
+        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { limiter.acquire("token:race", &limit).await })
+    });
+    let mut allowed = 0;
+    for call in calls {
+        let decision = within(call).await.expect("task").expect("redis");
+        allowed += usize::from(decision.is_allowed());
+    }
+    assert_eq!(allowed, 10);
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_share_a_token_budget() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("{}:", unique_prefix());
+    let s = setup(TokenFormat::canonical());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(2));
+    let replica_a = app(AuthLayer::new(s.verifier.clone())
+        .rate_limit(redis_limiter(&url, &prefix).await, policy.clone()));
+    let replica_b =
+        app(AuthLayer::new(s.verifier.clone())
+            .rate_limit(redis_limiter(&url, &prefix).await, policy));
+    let t = issue(&s.verifier, token("o")).await;
+
+    assert_eq!(send(&replica_a, None, Some(&t)).await.status(), 200);
+    assert_eq!(send(&replica_b, None, Some(&t)).await.status(), 200);
+    let refused = send(&replica_a, None, Some(&t)).await;
+    assert_429(&refused, "30");
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        r#""default";q=2;w=60"#
+    );
+    assert_eq!(send(&replica_b, None, Some(&t)).await.status(), 429);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_an_error_not_a_hang() {
+    // Port 1 on loopback: nothing listens there.
+    let started = std::time::Instant::now();
+    let result = within(RedisRateLimiter::connect("redis://127.0.0.1:1")).await;
+    assert!(result.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
