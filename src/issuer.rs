@@ -86,13 +86,28 @@ impl<S: TokenStore> Issuer<S> {
     /// # }).unwrap();
     /// ```
     pub async fn rotate(&self, old: &TokenId, grace: TimeDelta) -> Result<IssuedToken, IssueError> {
+        self.rotate_until(old, grace, None).await
+    }
+
+    /// [`rotate`](Self::rotate), with the new token expiring no later than `latest`: a token
+    /// that rotates another passes its own [`Principal::effective_expiry`], so that the result
+    /// cannot outlive it.
+    ///
+    /// [`Principal::effective_expiry`]: crate::Principal::effective_expiry
+    pub async fn rotate_until(
+        &self,
+        old: &TokenId,
+        grace: TimeDelta,
+        latest: Option<DateTime<Utc>>,
+    ) -> Result<IssuedToken, IssueError> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let current = inner
             .store
             .get(old)
             .await?
-            .filter(|stored| !stored.record.is_revoked() && !stored.record.is_expired_at(now))
+            // Refused tokens (revoked, expired, too old, idle too long) cannot be revived.
+            .filter(|stored| inner.is_active(&stored.record, now))
             .ok_or(IssueError::NotFound)?;
         let current = &current.record;
         let (token, mut record, hash) = self
@@ -101,9 +116,16 @@ impl<S: TokenStore> Issuer<S> {
         record.scopes = current.scopes.clone();
         record.metadata = current.metadata.clone();
         record.allowed_ips = current.allowed_ips.clone();
-        record.expires_at = current
+        let same_length = current
             .expires_at
             .and_then(|end| now.checked_add_signed(end - current.created_at));
+        record.expires_at = match (same_length, latest) {
+            (Some(own), Some(latest)) => Some(own.min(latest)),
+            (own, latest) => own.or(latest),
+        };
+        if record.expires_at.is_some_and(|end| end <= now) {
+            return Err(IssueError::ExpiryOutOfRange);
+        }
         let retire = if grace <= TimeDelta::zero() {
             Retire::RevokeAt(now)
         } else {

@@ -17,7 +17,7 @@ use crate::issuer::{IssueError, IssuedToken, NewToken};
 use crate::middleware::RequireScopesLayer;
 use crate::record::TokenRecord;
 use crate::scope::{InvalidScope, ScopeRequirement, ScopeSet};
-use crate::store::TokenStore;
+use crate::store::{StoreErrorKind, TokenStore};
 use crate::verifier::{Principal, Verifier};
 
 /// The default grace period of a rotation when the request names none: a day for clients to
@@ -36,10 +36,13 @@ pub const DEFAULT_ROTATION_GRACE: TimeDelta = TimeDelta::days(1);
 /// | `DELETE /{id}` | write | 204; revoked at once |
 /// | `DELETE /` | write | revokes every token of the team (an employee left): `{"revoked": n}` |
 ///
-/// Least privilege on creation: a token can hand out only scopes it holds itself (under the
-/// verifier's policy), can only create tokens for its own owner, and cannot create one that
-/// outlives it. Another team's token ids answer 404, so they cannot be probed. Scopes default
-/// to `tokens:read` / `tokens:write`.
+/// Least privilege on creation and rotation: a token can hand out only scopes it holds itself,
+/// with everything they imply under the verifier's policy
+/// ([`Principal::can_delegate`](crate::Principal::can_delegate)); only for its own owner; no
+/// later than its own [effective expiry](crate::Principal::effective_expiry); and no wider
+/// than its own IP allowlist. Rotating a token hands out a working copy of it, so the same
+/// rules decide who may rotate which token. Another team's token ids answer 404, so they cannot
+/// be probed. Scopes default to `tokens:read` / `tokens:write`.
 ///
 /// ```
 /// use apitoken::management::TokenApi;
@@ -186,27 +189,19 @@ async fn create<S: TokenStore>(
     let Ok(requested) = ScopeRequirement::all(&body.scopes) else {
         return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid scope.");
     };
-    // A token hands out only what it holds: no privilege escalation.
-    if principal.require(&requested).is_err() {
+    // A token hands out only what it holds, implications included: no privilege escalation.
+    if !principal.can_delegate(requested.scopes()) {
         return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
     }
-    // Nor can it outlive itself.
-    let expires_at = match (body.expires_at, principal.expires_at()) {
+    // Nor can it outlive itself (its own expiry, the maximum lifetime or idle time).
+    let expires_at = match (body.expires_at, principal.effective_expiry()) {
         (Some(wanted), Some(limit)) => Some(wanted.min(limit)),
         (wanted, limit) => wanted.or(limit),
     };
     // Nor reach from wider than it may: a restricted token mints restricted tokens.
-    let allowed_ips = if principal.record().allowed_ips.is_empty() {
-        body.allowed_ips
-    } else if body.allowed_ips.is_empty() {
+    let allowed_ips = if body.allowed_ips.is_empty() {
         principal.record().allowed_ips.clone()
-    } else if body.allowed_ips.iter().all(|net| {
-        principal
-            .record()
-            .allowed_ips
-            .iter()
-            .any(|own| own.contains(net))
-    }) {
+    } else if within(&body.allowed_ips, &principal.record().allowed_ips) {
         body.allowed_ips
     } else {
         return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
@@ -227,6 +222,17 @@ async fn create<S: TokenStore>(
     }
 }
 
+/// Whether `nets` reach no further than `limit` (an empty `limit` is everywhere).
+fn within(nets: &[ipnet::IpNet], limit: &[ipnet::IpNet]) -> bool {
+    limit.is_empty()
+        || nets
+            .iter()
+            .all(|net| limit.iter().any(|own| own.contains(net)))
+}
+
+/// The longest grace period a rotation may ask for.
+pub const MAX_ROTATION_GRACE: TimeDelta = TimeDelta::days(90);
+
 #[derive(Deserialize, Default)]
 struct Rotate {
     grace_seconds: Option<i64>,
@@ -237,10 +243,10 @@ async fn own_token<S: TokenStore>(
     verifier: &Verifier<S>,
     principal: &Principal,
     id: &str,
-) -> Result<TokenId, Response> {
+) -> Result<Arc<TokenRecord>, Response> {
     let id = TokenId::new(id).map_err(|_| not_found())?;
     match verifier.store().get(&id).await {
-        Ok(Some(stored)) if stored.record.owner == *principal.owner() => Ok(id),
+        Ok(Some(stored)) if stored.record.owner == *principal.owner() => Ok(stored.record),
         // Another team's token is "not found": its existence is not revealed.
         Ok(_) => Err(not_found()),
         Err(_) => Err(unavailable()),
@@ -253,22 +259,45 @@ async fn rotate<S: TokenStore>(
     Path(id): Path<String>,
     body: Option<Json<Rotate>>,
 ) -> Response {
-    let id = match own_token(&verifier, &principal, &id).await {
-        Ok(id) => id,
+    let target = match own_token(&verifier, &principal, &id).await {
+        Ok(record) => record,
         Err(response) => return response,
     };
-    let grace = body
-        .and_then(|Json(b)| b.grace_seconds)
-        .map_or(DEFAULT_ROTATION_GRACE, TimeDelta::seconds);
-    if grace < TimeDelta::zero() {
-        return message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The grace period is invalid.",
-        );
+    // Rotating hands the caller a working copy of the target: only a caller that could have
+    // created the target may rotate it.
+    let own_ips = &principal.record().allowed_ips;
+    let wider = if target.allowed_ips.is_empty() {
+        !own_ips.is_empty()
+    } else {
+        !within(&target.allowed_ips, own_ips)
+    };
+    if !principal.can_delegate(&target.scopes) || wider {
+        return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
     }
-    match verifier.issuer().rotate(&id, grace).await {
+    let grace = match body.and_then(|Json(b)| b.grace_seconds) {
+        None => DEFAULT_ROTATION_GRACE,
+        Some(seconds) => match TimeDelta::try_seconds(seconds) {
+            Some(grace) if grace >= TimeDelta::zero() && grace <= MAX_ROTATION_GRACE => grace,
+            _ => {
+                return message(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "The grace period must be 0 to 7776000 seconds.",
+                );
+            }
+        },
+    };
+    let latest = principal.effective_expiry();
+    match verifier
+        .issuer()
+        .rotate_until(&target.id, grace, latest)
+        .await
+    {
         Ok(token) => issued(token),
         Err(IssueError::NotFound) => not_found(),
+        Err(IssueError::Store(err)) if err.kind() == StoreErrorKind::Unsupported => message(
+            StatusCode::NOT_IMPLEMENTED,
+            "This token store does not rotate tokens.",
+        ),
         Err(_) => unavailable(),
     }
 }
@@ -279,7 +308,7 @@ async fn revoke<S: TokenStore>(
     Path(id): Path<String>,
 ) -> Response {
     let id = match own_token(&verifier, &principal, &id).await {
-        Ok(id) => id,
+        Ok(record) => record.id,
         Err(response) => return response,
     };
     match verifier.store().revoke(&id, verifier.now()).await {

@@ -415,6 +415,62 @@ impl ScopePolicy {
             .any(|g| self.scope_covers(g.as_str(), required))
     }
 
+    /// Whether a holder of `granted` may give `scope` to another token without the other token
+    /// gaining anything: `granted` covers `scope` and everything `scope` grants under this
+    /// policy (its implications, segment implications, and, for a catch-all, every scope).
+    /// Token-creation endpoints use it so that no token can mint a stronger one.
+    ///
+    /// ```
+    /// use apitoken::{ScopePolicy, ScopeSet};
+    ///
+    /// let policy = ScopePolicy::strict().with_wildcards().imply("org:admin", "*")?;
+    /// let holder = ScopeSet::parse("org:*")?;
+    /// assert!(policy.covers(&holder, "org:admin"));
+    /// // …but `org:admin` implies `*`, which `org:*` does not cover.
+    /// assert!(!policy.can_delegate(&holder, "org:admin"));
+    /// assert!(policy.can_delegate(&holder, "org:read"));
+    /// # Ok::<(), apitoken::InvalidScope>(())
+    /// ```
+    pub fn can_delegate(&self, granted: &ScopeSet, scope: &str) -> bool {
+        if !self.covers(granted, scope) {
+            return false;
+        }
+        let holds_catch_all = || granted.iter().any(|g| self.grants_everything(g.as_str()));
+        if self.grants_everything(scope) && !holds_catch_all() {
+            return false;
+        }
+        let implied_ok = self
+            .implies
+            .iter()
+            .filter(|(from, _)| from.as_str() == scope)
+            .all(|(_, to)| self.covers(granted, to.as_str()));
+        let segments: Vec<&str> = scope.split(SEGMENT).collect();
+        let segments_ok = self.segment_implies.iter().all(|(from, to)| {
+            segments.iter().enumerate().all(|(i, seg)| {
+                if **seg != **from {
+                    return true;
+                }
+                let mut derived = segments.clone();
+                derived[i] = to;
+                self.covers(granted, &derived.join(":"))
+            })
+        });
+        implied_ok && segments_ok
+    }
+
+    /// Whether one granted scope covers every scope: a catch-all, a wildcard `*`, or a scope
+    /// that implies one of those.
+    fn grants_everything(&self, scope: &str) -> bool {
+        let direct = |s: &str| {
+            self.catch_all.iter().any(|c| c.as_str() == s) || (self.wildcards && s == WILDCARD)
+        };
+        direct(scope)
+            || self
+                .implies
+                .iter()
+                .any(|(from, to)| from.as_str() == scope && direct(to.as_str()))
+    }
+
     /// Checks a requirement. On failure returns the scopes that were missing: for an all-of
     /// requirement those not covered, for an any-of requirement all of them.
     pub fn check(&self, granted: &ScopeSet, required: &ScopeRequirement) -> Result<(), ScopeSet> {
@@ -589,6 +645,41 @@ mod tests {
             .imply("b", "a")
             .unwrap();
         assert!(!cyclic.covers(&set("a"), "c"));
+    }
+
+    #[test]
+    fn delegation_never_hands_out_more_than_is_held() {
+        let p = ScopePolicy::strict()
+            .with_wildcards()
+            .catch_all("root")
+            .unwrap()
+            .imply("org:admin", "*")
+            .unwrap()
+            .imply("billing:manager", "billing:write")
+            .unwrap()
+            .imply_segment("write", "read")
+            .unwrap();
+        let org = set("org:*");
+        assert!(p.can_delegate(&org, "org:read"));
+        assert!(!p.can_delegate(&org, "org:admin"), "implies *");
+        assert!(!p.can_delegate(&set("billing:manager"), "root"));
+        assert!(p.can_delegate(&set("root"), "root"));
+        assert!(p.can_delegate(&set("*"), "org:admin"));
+        // An implication's target must be held too.
+        assert!(p.can_delegate(&set("billing:manager"), "billing:manager"));
+        let lead = ScopePolicy::strict()
+            .with_wildcards()
+            .imply("team:lead", "billing:write")
+            .unwrap();
+        assert!(lead.can_delegate(&set("team:lead"), "team:lead"));
+        assert!(lead.covers(&set("team:*"), "team:lead"));
+        assert!(!lead.can_delegate(&set("team:*"), "team:lead"));
+        assert!(p.can_delegate(&set("vps:write"), "vps:write"));
+        assert!(p.can_delegate(&set("vps:write"), "vps:read"));
+        assert!(!p.can_delegate(&set("vps:read"), "vps:write"));
+        let strict = ScopePolicy::sanctum();
+        assert!(!strict.can_delegate(&set("vps:read"), "*"));
+        assert!(strict.can_delegate(&set("*"), "*"));
     }
 
     #[test]

@@ -87,6 +87,49 @@ pub(crate) struct Inner<S> {
     dummy_hash: SecretHash,
 }
 
+/// When a record's limits run out; `None` for a limit that does not apply.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ends {
+    /// Its own `expires_at`.
+    own: Option<DateTime<Utc>>,
+    /// `created_at` plus the maximum lifetime.
+    lifetime: Option<DateTime<Utc>>,
+    /// The last use (flushed or only noted) plus the maximum idle time.
+    idle: Option<DateTime<Utc>>,
+}
+
+impl Ends {
+    pub(crate) fn earliest(self) -> Option<DateTime<Utc>> {
+        [self.own, self.lifetime, self.idle]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+impl<S> Inner<S> {
+    /// Every limit of `record`. A limit past the end of time never runs out.
+    pub(crate) fn ends(&self, record: &TokenRecord) -> Ends {
+        let idle = self.max_idle.and_then(|max_idle| {
+            let noted = self.last_used.as_ref().and_then(|b| b.noted(&record.id));
+            let last = record.last_used_at.max(noted).unwrap_or(record.created_at);
+            last.checked_add_signed(max_idle)
+        });
+        Ends {
+            own: record.expires_at,
+            lifetime: self
+                .max_lifetime
+                .and_then(|max| record.created_at.checked_add_signed(max)),
+            idle,
+        }
+    }
+
+    /// Whether `record` would pass every check but the secret, address and scopes at `now`.
+    pub(crate) fn is_active(&self, record: &TokenRecord, now: DateTime<Utc>) -> bool {
+        !record.is_revoked() && self.ends(record).earliest().is_none_or(|end| end > now)
+    }
+}
+
 impl<S> Clone for Verifier<S> {
     fn clone(&self) -> Self {
         Self {
@@ -236,28 +279,18 @@ impl<S: TokenStore> Verifier<S> {
         if record.is_revoked() {
             return refuse(RejectReason::Revoked);
         }
-        if record.is_expired_at(now) {
-            return refuse(RejectReason::Expired);
-        }
-        if let Some(max) = inner.max_lifetime
-            && record
-                .created_at
-                .checked_add_signed(max)
-                // Past the end of time: a lifetime that long never runs out.
-                .is_some_and(|end| end <= now)
-        {
-            return refuse(RejectReason::LifetimeExceeded);
-        }
-        if let Some(max_idle) = inner.max_idle {
-            // The last use is the later of the stored one and one noted but not yet flushed.
-            let noted = inner.last_used.as_ref().and_then(|b| b.noted(&record.id));
-            let last = record.last_used_at.max(noted).unwrap_or(record.created_at);
-            if last
-                .checked_add_signed(max_idle)
-                .is_some_and(|end| end <= now)
-            {
-                return refuse(RejectReason::Idle);
+        match inner.ends(&record) {
+            Ends { own: Some(end), .. } if end <= now => return refuse(RejectReason::Expired),
+            Ends {
+                lifetime: Some(end),
+                ..
+            } if end <= now => {
+                return refuse(RejectReason::LifetimeExceeded);
             }
+            Ends {
+                idle: Some(end), ..
+            } if end <= now => return refuse(RejectReason::Idle),
+            _ => {}
         }
         if !record.allows(info.client_ip) {
             return refuse(RejectReason::AddressNotAllowed);
@@ -272,6 +305,7 @@ impl<S: TokenStore> Verifier<S> {
         }
 
         Ok(Principal {
+            effective_expiry: inner.ends(&record).earliest(),
             record,
             policy: Arc::clone(&inner.policy),
         })
@@ -564,6 +598,7 @@ impl RequestInfo {
 pub struct Principal {
     record: Arc<TokenRecord>,
     policy: Arc<ScopePolicy>,
+    effective_expiry: Option<DateTime<Utc>>,
 }
 
 impl Principal {
@@ -603,6 +638,21 @@ impl Principal {
     /// [`last_used`](crate::last_used)).
     pub fn record(&self) -> &TokenRecord {
         &self.record
+    }
+
+    /// When the token stops working at the latest: the earliest of its own `expires_at`, the
+    /// verifier's maximum lifetime, and its maximum idle time counted from this use. A token
+    /// that mints others caps their expiry here, so none outlives its maker.
+    pub fn effective_expiry(&self) -> Option<DateTime<Utc>> {
+        self.effective_expiry
+    }
+
+    /// Whether this token may give `scopes` to another token without that token gaining
+    /// anything it does not hold ([`ScopePolicy::can_delegate`]).
+    pub fn can_delegate(&self, scopes: &ScopeSet) -> bool {
+        scopes
+            .iter()
+            .all(|s| self.policy.can_delegate(&self.record.scopes, s.as_str()))
     }
 
     /// Checks a scope requirement under the verifier's [`ScopePolicy`].

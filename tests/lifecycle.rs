@@ -377,7 +377,7 @@ async fn ip_allowlists_with_and_without_trusted_proxies() {
     assert_eq!(
         call(
             &verifier,
-            proxies(),
+            proxies().forwarded(),
             "10.0.0.2:1",
             &token,
             &[("forwarded", r#"for="[2001:db8:1::9]:4711""#)]
@@ -385,6 +385,18 @@ async fn ip_allowlists_with_and_without_trusted_proxies() {
         .await
         .status(),
         200
+    );
+    // A client's own `Forwarded` header, passed through by a proxy that appends to
+    // X-Forwarded-For, is not believed.
+    let spoof = [
+        ("forwarded", "for=203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.66"),
+    ];
+    assert_eq!(
+        call(&verifier, proxies(), "10.0.0.2:1", &token, &spoof)
+            .await
+            .status(),
+        401
     );
     // A trusted proxy that forwards nothing: unknown client, refused.
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use apitoken::management::TokenApi;
 use apitoken::middleware::{AuthLayer, PeerAddr};
-use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+use apitoken::{Clock as _, MemoryStore, NewToken, Owner, Verifier};
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use http::{Request, StatusCode};
@@ -253,4 +253,129 @@ async fn creation_never_escalates() {
         .call("POST", "/tokens", &admin, Some(json!({"name": ""})))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn a_weaker_token_cannot_rotate_a_stronger_one() {
+    let api = Api::new();
+    let admin = api.admin(&["vps:write", "billing:admin"]).await;
+    let admin_id = admin.split_once('.').unwrap().0.to_owned();
+    let weak = api
+        .verifier
+        .issuer()
+        .issue(
+            NewToken::new("weak", Owner::new("team-1").unwrap())
+                .scopes(["tokens:write"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/tokens/{admin_id}/rotate"),
+            weak.token.expose_secret(),
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.get("token").is_none());
+    // The admin itself may rotate it.
+    let (status, _) = api
+        .call("POST", &format!("/tokens/{admin_id}/rotate"), &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn an_absurd_grace_period_is_a_clear_error_not_a_panic() {
+    let api = Api::new();
+    let admin = api.admin(&[]).await;
+    let (_, created) = api
+        .call("POST", "/tokens", &admin, Some(json!({"name": "ci"})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    for grace in [i64::MAX, -1, 91 * 86_400] {
+        let (status, _) = api
+            .call(
+                "POST",
+                &format!("/tokens/{id}/rotate"),
+                &admin,
+                Some(json!({ "grace_seconds": grace })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "grace {grace}");
+    }
+}
+
+#[tokio::test]
+async fn implications_cannot_be_used_to_escalate() {
+    let verifier = Verifier::builder(MemoryStore::new())
+        .scope_policy(
+            apitoken::ScopePolicy::strict()
+                .with_wildcards()
+                .imply("org:admin", "*")
+                .unwrap(),
+        )
+        .build();
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+    let api = Api { verifier, app };
+    let holder = api.admin(&["org:*"]).await;
+    // `org:*` covers the text `org:admin`, but `org:admin` implies `*`.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/tokens",
+            &holder,
+            Some(json!({"name": "x", "scopes": ["org:admin"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/tokens",
+            &holder,
+            Some(json!({"name": "x", "scopes": ["org:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_minted_token_cannot_outlive_its_maker_under_a_maximum_lifetime() {
+    let clock = std::sync::Arc::new(apitoken::ManualClock::new(chrono::Utc::now()));
+    let verifier = Verifier::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .max_lifetime(chrono::TimeDelta::days(30))
+        .build();
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+    let api = Api { verifier, app };
+    let maker = api.admin(&[]).await;
+    let born = clock.now();
+    clock.advance(chrono::TimeDelta::days(29));
+    let (status, child) = api
+        .call(
+            "POST",
+            "/tokens",
+            &maker,
+            Some(json!({"name": "child", "scopes": ["tokens:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(child["expires_at"].clone()).expect("capped");
+    assert!(expires <= born + chrono::TimeDelta::days(30), "{expires}");
+    clock.advance(chrono::TimeDelta::days(2));
+    assert!(api.verifier.authenticate(&maker).await.is_err());
+    assert!(
+        api.verifier
+            .authenticate(child["token"].as_str().unwrap())
+            .await
+            .is_err()
+    );
 }

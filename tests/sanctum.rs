@@ -296,3 +296,21 @@ async fn laravel_tokens_verify_on_postgres() {
         .build();
     sanctum_checks!(s.pool, &s.table, s.store, expiring);
 }
+
+#[tokio::test]
+async fn what_sanctum_cannot_store_is_refused_not_dropped() {
+    let s = stores::sanctum_sqlite().await;
+    let v = verifier(s.store, TokenFormat::sanctum());
+    let owner = apitoken::Owner::new("App\\Models\\User:9").unwrap();
+    let restricted = apitoken::NewToken::new("office", owner.clone())
+        .allowed_ips(["203.0.113.0/24".parse().unwrap()]);
+    let err = v.issuer().issue(restricted).await.unwrap_err();
+    assert!(
+        matches!(err, apitoken::IssueError::Store(ref e) if e.kind() == apitoken::StoreErrorKind::Unsupported),
+        "{err:?}"
+    );
+    let mut meta = apitoken::Metadata::new();
+    meta.insert("env".into(), "prod".into());
+    let with_meta = apitoken::NewToken::new("m", owner).metadata(meta);
+    assert!(v.issuer().issue(with_meta).await.is_err());
+}

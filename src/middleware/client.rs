@@ -26,14 +26,22 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// Proxies whose forwarding headers are believed.
+/// Proxies whose forwarding header is believed.
 ///
 /// With none (the default) the client is the connection's peer, and `Forwarded` /
 /// `X-Forwarded-For` are ignored: anyone can send them. With some, when the peer is one of
-/// them, the forwarded addresses are read right to left, skipping trusted proxies; the first
-/// address that is not one is the client. A hop that cannot be parsed (`unknown`, an
-/// obfuscated identifier, garbage), or a trusted peer that forwarded nothing, leaves the client
-/// unknown, so an allowlist refuses the request rather than guess.
+/// them, the one header those proxies write is read right to left, skipping trusted proxies;
+/// the first address that is not one is the client. A hop that cannot be parsed (`unknown`, an
+/// obfuscated identifier, garbage), a trusted peer that forwarded nothing, or a chain of
+/// nothing but trusted proxies leaves the client unknown, so an allowlist refuses the request
+/// rather than guess.
+///
+/// Only one header is read: `X-Forwarded-For` by default, RFC 7239 `Forwarded` after
+/// [`forwarded`](Self::forwarded). Most proxies append to one and pass the other through as
+/// the client sent it, so reading the other would let a client choose its own address.
+///
+/// List the proxies' own addresses, not whole private ranges: every host in a trusted network
+/// can write any client address it likes.
 ///
 /// ```
 /// use apitoken::middleware::{PeerAddr, TrustedProxies};
@@ -50,6 +58,7 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
+    rfc7239: bool,
 }
 
 impl TrustedProxies {
@@ -62,7 +71,15 @@ impl TrustedProxies {
     pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             nets: nets.into_iter().collect(),
+            rfc7239: false,
         }
+    }
+
+    /// Reads RFC 7239 `Forwarded` instead of `X-Forwarded-For`, for proxies that write it.
+    #[must_use]
+    pub fn forwarded(mut self) -> Self {
+        self.rfc7239 = true;
+        self
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
@@ -76,17 +93,15 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return Some(peer);
         }
-        let hops = forwarded_for(request.headers())?;
-        let mut client = None;
+        let hops = forwarded_for(request.headers(), self.rfc7239)?;
         for hop in hops.iter().rev() {
             let ip = canonical((*hop)?);
             if !self.trusts(ip) {
                 return Some(ip);
             }
-            client = Some(ip);
         }
-        // Every hop was a trusted proxy: the leftmost is as far back as the chain goes.
-        client
+        // Nothing but trusted proxies: the leftmost hop may have been written by the client.
+        None
     }
 }
 
@@ -101,13 +116,16 @@ fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
     request.extensions().get::<PeerAddr>().map(|p| p.0)
 }
 
-/// The forwarded chain, oldest first: RFC 7239 `Forwarded` if present, else
-/// `X-Forwarded-For`. `None` when neither is sent; an unparseable hop is `Some(None)` inside.
-fn forwarded_for(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+/// The forwarded chain, oldest first, from RFC 7239 `Forwarded` or from `X-Forwarded-For`.
+/// `None` when the header is not sent; an unparseable hop is `Some(None)` inside.
+fn forwarded_for(headers: &HeaderMap, rfc7239: bool) -> Option<Vec<Option<IpAddr>>> {
     const MAX_HOPS: usize = 32;
     let mut hops = Vec::new();
-    let forwarded: Vec<_> = headers.get_all(http::header::FORWARDED).iter().collect();
-    if !forwarded.is_empty() {
+    if rfc7239 {
+        let forwarded: Vec<_> = headers.get_all(http::header::FORWARDED).iter().collect();
+        if forwarded.is_empty() {
+            return None;
+        }
         for value in forwarded {
             let Ok(text) = value.to_str() else {
                 hops.push(None);
@@ -235,7 +253,7 @@ mod tests {
         let p = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(p.client_ip(&request("10.0.0.2:1", &[])), None);
         let r = request("10.0.0.2:1", &[("forwarded", "for=unknown")]);
-        assert_eq!(p.client_ip(&r), None);
+        assert_eq!(p.clone().forwarded().client_ip(&r), None);
         let r = request("10.0.0.2:1", &[("x-forwarded-for", "1.1.1.1, garbage")]);
         assert_eq!(p.client_ip(&r), None);
         let no_peer = Request::new(());
@@ -255,8 +273,10 @@ mod tests {
     #[test]
     fn long_chains_are_bounded() {
         let p = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
-        let chain = vec!["10.0.0.1"; 1000].join(", ");
+        let mut chain = vec!["10.0.0.1"; 1000];
+        chain[0] = "192.0.2.1"; // beyond the 32 hops read: never reached
+        let chain = chain.join(", ");
         let r = request("10.0.0.2:1", &[("x-forwarded-for", &chain)]);
-        assert_eq!(p.client_ip(&r), ip("10.0.0.1"));
+        assert_eq!(p.client_ip(&r), None);
     }
 }

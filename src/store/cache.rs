@@ -567,6 +567,39 @@ impl CacheInvalidator {
     }
 }
 
+/// What a write makes stale.
+enum Stale {
+    Id(TokenId),
+    Hash(SecretHash),
+    Owner(Owner),
+}
+
+/// Drops cache entries when it goes out of scope: after the write returns, after it fails (a
+/// store that timed out may still have committed), and when the write's future is dropped
+/// half-way (a client that disconnected), so a revocation can never leave a stale entry.
+struct Invalidate<'a, const N: usize> {
+    cache: &'a CacheState,
+    drops: [Stale; N],
+}
+
+impl<'a, const N: usize> Invalidate<'a, N> {
+    fn new(cache: &'a CacheState, drops: [Stale; N]) -> Self {
+        Self { cache, drops }
+    }
+}
+
+impl<const N: usize> std::ops::Drop for Invalidate<'_, N> {
+    fn drop(&mut self) {
+        for stale in &self.drops {
+            match stale {
+                Stale::Id(id) => self.cache.invalidate_id(id),
+                Stale::Hash(hash) => self.cache.invalidate_hash(hash),
+                Stale::Owner(owner) => self.cache.invalidate_owner(owner),
+            }
+        }
+    }
+}
+
 impl CacheState {
     /// The cached answer under `key`, if it is younger than its TTL.
     fn fresh(&self, key: &CacheKey) -> Option<CachedAnswer> {
@@ -685,12 +718,8 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
     /// Inserts into the wrapped store, then drops any cached miss for the id or the hash, so
     /// a lookup made before the token existed cannot hide it.
     async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
-        let id = record.id;
-        let result = self.inner.insert(record, hash).await;
-        // Also after an error: a store that timed out may still have committed.
-        self.cache.invalidate_id(&id);
-        self.cache.invalidate_hash(&hash);
-        result
+        let _drop_after = Invalidate::new(&self.cache, [Stale::Id(record.id), Stale::Hash(hash)]);
+        self.inner.insert(record, hash).await
     }
 
     fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
@@ -751,10 +780,8 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
 
     /// Revokes in the wrapped store, then drops the token's cached record.
     async fn revoke(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let result = self.inner.revoke(id, at).await;
-        // Also after an error: a store that timed out may still have committed.
-        self.cache.invalidate_id(id);
-        result
+        let _drop_after = Invalidate::new(&self.cache, [Stale::Id(*id)]);
+        self.inner.revoke(id, at).await
     }
 
     /// Rotates in the wrapped store, then drops what is cached about both tokens.
@@ -765,20 +792,18 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         new: TokenRecord,
         hash: SecretHash,
     ) -> Result<bool, StoreError> {
-        let new_id = new.id;
-        let result = self.inner.rotate(old, retire, new, hash).await;
-        self.cache.invalidate_id(old);
-        self.cache.invalidate_id(&new_id);
-        self.cache.invalidate_hash(&hash);
-        result
+        let _drop_after = Invalidate::new(
+            &self.cache,
+            [Stale::Id(*old), Stale::Id(new.id), Stale::Hash(hash)],
+        );
+        self.inner.rotate(old, retire, new, hash).await
     }
 
     /// Revokes in the wrapped store, then drops every cached record of the owner (one pass over
     /// the cache, no extra store call).
     async fn revoke_owner(&self, owner: &Owner, at: DateTime<Utc>) -> Result<usize, StoreError> {
-        let result = self.inner.revoke_owner(owner, at).await;
-        self.cache.invalidate_owner(owner);
-        result
+        let _drop_after = Invalidate::new(&self.cache, [Stale::Owner(owner.clone())]);
+        self.inner.revoke_owner(owner, at).await
     }
 
     /// Writes to the wrapped store; on success, moves the cached record's `last_used_at`

@@ -330,6 +330,16 @@ impl TokenStore for SanctumStore {
             StoreErrorKind::Unsupported,
             "a Sanctum owner is `tokenable_type:tokenable_id`",
         ))?;
+        if !record.allowed_ips.is_empty() {
+            return Err(StoreError::unsupported(
+                "Sanctum's table has no column for IP allowlists",
+            ));
+        }
+        if !record.metadata.is_empty() {
+            return Err(StoreError::unsupported(
+                "Sanctum's table has no column for metadata",
+            ));
+        }
         if record.revoked_at.is_some() {
             return Err(StoreError::unsupported(
                 "Sanctum has no revoked tokens, only deleted ones",

@@ -134,7 +134,11 @@ pub(crate) fn latest_per_id(batch: &[(TokenId, DateTime<Utc>)]) -> Vec<(TokenId,
             .and_modify(|t| *t = (*t).max(*at))
             .or_insert(*at);
     }
-    latest.into_iter().collect()
+    let mut latest: Vec<_> = latest.into_iter().collect();
+    // Every replica updates rows in the same order, so concurrent flushes cannot deadlock
+    // on each other's row locks in the loops that write one row at a time.
+    latest.sort_unstable_by_key(|(id, _)| *id);
+    latest
 }
 
 #[cfg(test)]

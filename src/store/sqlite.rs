@@ -199,7 +199,9 @@ impl SqliteStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let migration = sql::text(self.queries.migration.clone());
         let work = async move {
-            let mut tx = self.pool.begin().await?;
+            // IMMEDIATE takes the write lock up front, so processes migrating at once wait
+            // (busy timeout) instead of failing with "database is locked".
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::raw_sql(migration).execute(&mut *tx).await?;
             tx.commit().await
         };
