@@ -130,6 +130,32 @@ fn issued(token: IssuedToken) -> Response {
     response
 }
 
+/// Hands out a token just issued, unless the caller (or, for a rotation, the token rotated)
+/// was revoked while it was being issued: then the new token is revoked too and the caller
+/// gets 401. Without this, an owner-wide revocation racing a create or a rotation could leave
+/// the newcomer alive ("revoke all" must mean all).
+async fn settle<S: TokenStore>(
+    verifier: &Verifier<S>,
+    principal: &Principal,
+    rotated: Option<TokenId>,
+    token: IssuedToken,
+) -> Response {
+    let store = verifier.store();
+    let mut check = vec![*principal.token_id()];
+    check.extend(rotated);
+    for id in check {
+        let verdict = match store.get(&id).await {
+            Ok(Some(stored)) if !stored.record.is_revoked() => continue,
+            Ok(_) => message(StatusCode::UNAUTHORIZED, "Unauthenticated."),
+            Err(_) => unavailable(),
+        };
+        // The revoke must stick; if even this fails, the caller still gets no token.
+        let _ = store.revoke(&token.record.id, verifier.now()).await;
+        return verdict;
+    }
+    issued(token)
+}
+
 /// What a token list shows.
 #[derive(Serialize)]
 struct TokenView<'a> {
@@ -213,7 +239,7 @@ async fn create<S: TokenStore>(
         new = new.expires_at(at);
     }
     match verifier.issuer().issue(new).await {
-        Ok(token) => issued(token),
+        Ok(token) => settle(&verifier, &principal, None, token).await,
         Err(IssueError::InvalidName | IssueError::ExpiryOutOfRange) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
             "The name or expiry is invalid.",
@@ -292,7 +318,7 @@ async fn rotate<S: TokenStore>(
         .rotate_until(&target.id, grace, latest)
         .await
     {
-        Ok(token) => issued(token),
+        Ok(token) => settle(&verifier, &principal, Some(target.id), token).await,
         Err(IssueError::NotFound) => not_found(),
         Err(IssueError::Store(err)) if err.kind() == StoreErrorKind::Unsupported => message(
             StatusCode::NOT_IMPLEMENTED,
