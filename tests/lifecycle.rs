@@ -503,3 +503,38 @@ async fn the_audit_hook_sees_every_outcome_and_no_secret() {
         );
     }
 }
+
+#[tokio::test]
+async fn throttled_requests_are_audited_too() {
+    let events: Arc<Mutex<Vec<AuditEvent>>> = Arc::default();
+    let sink = Arc::clone(&events);
+    let verifier = Verifier::builder(MemoryStore::new())
+        .audit(move |event: &AuditEvent| sink.lock().unwrap().push(event.clone()))
+        .build();
+    let throttle = apitoken::rate_limit::FailureThrottle::new(2, Duration::from_secs(60));
+    let service = AuthLayer::new(verifier.clone())
+        .throttle_failures(throttle)
+        .layer(service_fn(|_r: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    for _ in 0..3 {
+        let mut request = Request::get("/")
+            .header("authorization", "Bearer nonsense")
+            .body(String::new())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.9:1".parse().unwrap()));
+        service.clone().oneshot(request).await.unwrap();
+    }
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(matches!(
+        events[2].outcome,
+        AuditOutcome::Refused {
+            kind: AuthErrorKind::RateLimited,
+            ..
+        }
+    ));
+    assert_eq!(events[2].client_ip, Some("192.0.2.9".parse().unwrap()));
+}

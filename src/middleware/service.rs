@@ -84,6 +84,7 @@ where
                     if let Some(wait) = throttle.retry_after(ip) {
                         tracing::debug!(client_ip = %ip, "failed-authentication throttle");
                         let error = AuthError::rate_limited(wait, None, None);
+                        self.layer.verifier.audit_refusal(&error, client_ip);
                         return ResponseFuture::refused(self.layer.responder.respond(&error));
                     }
                 }
