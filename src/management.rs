@@ -130,30 +130,28 @@ fn issued(token: IssuedToken) -> Response {
     response
 }
 
-/// Hands out a token just issued, unless the caller (or, for a rotation, the token rotated)
-/// was revoked while it was being issued: then the new token is revoked too and the caller
-/// gets 401. Without this, an owner-wide revocation racing a create or a rotation could leave
-/// the newcomer alive ("revoke all" must mean all).
+/// Hands out a token just issued, unless the caller was revoked while it was being issued:
+/// then the new token is revoked too and the caller gets 401. The caller always belongs to the
+/// new token's owner, so an owner-wide revocation racing a create or a rotation revokes the
+/// caller, and this check catches it ("revoke all" must mean all).
 async fn settle<S: TokenStore>(
     verifier: &Verifier<S>,
     principal: &Principal,
-    rotated: Option<TokenId>,
+    check_caller: bool,
     token: IssuedToken,
 ) -> Response {
-    let store = verifier.store();
-    let mut check = vec![*principal.token_id()];
-    check.extend(rotated);
-    for id in check {
-        let verdict = match store.get(&id).await {
-            Ok(Some(stored)) if !stored.record.is_revoked() => continue,
-            Ok(_) => message(StatusCode::UNAUTHORIZED, "Unauthenticated."),
-            Err(_) => unavailable(),
-        };
-        // The revoke must stick; if even this fails, the caller still gets no token.
-        let _ = store.revoke(&token.record.id, verifier.now()).await;
-        return verdict;
+    if !check_caller {
+        return issued(token);
     }
-    issued(token)
+    let store = verifier.store();
+    let verdict = match store.get(principal.token_id()).await {
+        Ok(Some(stored)) if !stored.record.is_revoked() => return issued(token),
+        Ok(_) => message(StatusCode::UNAUTHORIZED, "Unauthenticated."),
+        Err(_) => unavailable(),
+    };
+    // The revoke must stick; if even this fails, the caller still gets no token.
+    let _ = store.revoke(&token.record.id, verifier.now()).await;
+    verdict
 }
 
 /// What a token list shows.
@@ -239,7 +237,7 @@ async fn create<S: TokenStore>(
         new = new.expires_at(at);
     }
     match verifier.issuer().issue(new).await {
-        Ok(token) => settle(&verifier, &principal, None, token).await,
+        Ok(token) => settle(&verifier, &principal, true, token).await,
         Err(IssueError::InvalidName | IssueError::ExpiryOutOfRange) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
             "The name or expiry is invalid.",
@@ -318,7 +316,12 @@ async fn rotate<S: TokenStore>(
         .rotate_until(&target.id, grace, latest)
         .await
     {
-        Ok(token) => settle(&verifier, &principal, Some(target.id), token).await,
+        // A token rotated with no grace is revoked by the rotation itself; only then is the
+        // caller not checked again.
+        Ok(token) => {
+            let rotated_self = target.id == *principal.token_id() && grace.is_zero();
+            settle(&verifier, &principal, !rotated_self, token).await
+        }
         Err(IssueError::NotFound) => not_found(),
         Err(IssueError::Store(err)) if err.kind() == StoreErrorKind::Unsupported => message(
             StatusCode::NOT_IMPLEMENTED,
