@@ -1,95 +1,369 @@
-//! Verification cost next to the floor: split, SHA-256, hash-map lookup, constant-time compare.
+//! The benchmark suite: every figure next to a hand-written floor measured in the same run.
+//!
+//! The floor is the least any verifier must do for a canonical token: split the text, SHA-256
+//! the secret, look the id up in a hash map, compare 32 bytes in constant time.
 //!
 //! ```sh
-//! cargo bench --bench verify
+//! cargo bench --bench verify            # everything (a few minutes)
+//! cargo bench --bench verify -- verify/  # one group
+//! benches/report.sh                      # the same, then the table of docs/performance.md
 //! ```
+//!
+//! The PostgreSQL group runs only when `APITOKEN_TEST_POSTGRES_URL` is set.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
+use apitoken::middleware::AuthLayer;
 use apitoken::{
-    MemoryStore, NewToken, Owner, ScopeRequirement, SecretHasher, TokenFormat, Verifier,
+    CachedStore, MemoryStore, NewToken, Owner, Principal, ScopeRequirement, Secret, SecretHasher,
+    TokenFormat, TokenStore, Verifier,
 };
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tower::ServiceExt;
 
-/// Runs a future that completes on its first poll, as every `MemoryStore` future does, so the
+/// Runs a future that needs no I/O to finish, as every `MemoryStore` future and an axum router
+/// over one are, without an executor: it is polled until ready with a no-op waker, so the
 /// figures hold no executor overhead.
 fn now<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("future was not ready"),
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
     }
 }
 
-fn bench(c: &mut Criterion) {
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30)
+        .configure_from_args()
+}
+
+/// Tokens with two scopes and a 16-character name, issued into `verifier`'s store.
+fn issue<S: TokenStore>(verifier: &Verifier<S>, n: usize) -> Vec<Secret> {
+    let issuer = verifier.issuer();
+    let owner = Owner::new("team-1").unwrap();
+    (0..n)
+        .map(|i| {
+            let new = NewToken::new(format!("token-{i:010}"), owner.clone())
+                .scopes(["vps:read", "vps:write"])
+                .unwrap();
+            now(issuer.issue(new)).unwrap().token
+        })
+        .collect()
+}
+
+/// The floor's map: id text to SHA-256 of the secret.
+struct Floor(HashMap<String, [u8; 32]>);
+
+impl Floor {
+    fn new(tokens: &[Secret]) -> Self {
+        let mut map = HashMap::new();
+        for t in tokens {
+            let (id, rest) = t.expose_secret().split_once('.').unwrap();
+            map.insert(id.to_owned(), Sha256::digest(&rest.as_bytes()[..43]).into());
+        }
+        Self(map)
+    }
+
+    fn check(&self, token: &str) -> bool {
+        let (id, rest) = token.split_once('.').unwrap();
+        let hash: [u8; 32] = Sha256::digest(&rest.as_bytes()[..43]).into();
+        let stored = self.0.get(id).unwrap();
+        bool::from(stored.ct_eq(&hash))
+    }
+
+    fn bench(&self, c: &mut Criterion, token: &str) {
+        c.bench_function("floor", |b| b.iter(|| self.check(black_box(token))));
+    }
+}
+
+fn with_last_char_changed(token: &str) -> String {
+    let mut bad = token.to_owned();
+    let last = bad.pop().unwrap();
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    bad
+}
+
+fn bench_formats(c: &mut Criterion) {
+    let formats = [
+        ("canonical", TokenFormat::canonical(), Some("q7Xa0LmB2pZe")),
+        ("dct", TokenFormat::dct(), Some("12345")),
+        ("sanctum", TokenFormat::sanctum(), Some("12345")),
+    ];
+    for (name, format, id) in &formats {
+        let id = id.map(|id| id.parse().unwrap());
+        c.bench_function(&format!("format/generate/{name}"), |b| {
+            b.iter(|| format.generate(black_box(id.as_ref())).unwrap())
+        });
+        let token = format.generate(id.as_ref()).unwrap();
+        let text = token.expose_secret();
+        c.bench_function(&format!("format/parse/{name}"), |b| {
+            b.iter(|| format.parse(black_box(text)).unwrap().id().copied())
+        });
+    }
+    // The checksum check: a canonical token whose last checksum character is wrong is
+    // rejected once the CRC is computed and compared.
+    let canonical = TokenFormat::canonical();
+    let token = canonical
+        .generate(Some(&"q7Xa0LmB2pZe".parse().unwrap()))
+        .unwrap();
+    let bad = with_last_char_changed(token.expose_secret());
+    c.bench_function("format/checksum_reject/canonical", |b| {
+        b.iter(|| canonical.parse(black_box(&bad)).unwrap_err())
+    });
+    let hasher = SecretHasher::sha256();
+    c.bench_function("hash/sha256_43", |b| {
+        b.iter(|| hasher.hash(black_box(&token.expose_secret().as_bytes()[13..56])))
+    });
+}
+
+fn bench_verify(c: &mut Criterion) {
     let store = Arc::new(MemoryStore::with_capacity(10_000));
     let verifier = Verifier::builder(Arc::clone(&store)).build();
     // The same tokens, without the in-memory last-use note: the note's cost is the difference.
-    let no_last_used = Verifier::builder(store).disable_last_used().build();
-    let issuer = verifier.issuer();
-    let owner = Owner::new("team-1").unwrap();
-    let mut tokens = Vec::new();
-    for i in 0..10_000 {
-        let new = NewToken::new(format!("token {i}"), owner.clone())
-            .scopes(["vps:read", "vps:write"])
-            .unwrap();
-        tokens.push(now(issuer.issue(new)).unwrap().token);
-    }
+    let no_last_used = Verifier::builder(Arc::clone(&store))
+        .disable_last_used()
+        .build();
+    let tokens = issue(&verifier, 10_000);
     let token = tokens[4_321].expose_secret().to_owned();
     let need = ScopeRequirement::all(["vps:read"]).unwrap();
+    let floor = Floor::new(&tokens);
+    floor.bench(c, &token);
 
-    // The floor: the least any verifier must do for this token.
-    let mut floor_map: HashMap<String, [u8; 32]> = HashMap::new();
-    for t in &tokens {
-        let (id, rest) = t.expose_secret().split_once('.').unwrap();
-        floor_map.insert(id.to_owned(), Sha256::digest(&rest.as_bytes()[..43]).into());
-    }
+    let revoked = tokens[1_234].expose_secret().to_owned();
+    let revoked_id = TokenFormat::canonical()
+        .parse(&revoked)
+        .unwrap()
+        .id()
+        .copied();
+    now(store.revoke(&revoked_id.unwrap(), verifier.now())).unwrap();
+    let unknown = TokenFormat::canonical()
+        .generate(Some(&"ZZZZZZZZZZZZ".parse().unwrap()))
+        .unwrap();
+    // Right id, right checksum, wrong secret.
+    let (id, _) = token.split_once('.').unwrap();
+    let wrong_secret = TokenFormat::canonical()
+        .generate(Some(&id.parse().unwrap()))
+        .unwrap();
+    let bad_checksum = with_last_char_changed(&token);
 
     let mut group = c.benchmark_group("verify");
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            let (id, rest) = black_box(token.as_str()).split_once('.').unwrap();
-            let hash: [u8; 32] = Sha256::digest(&rest.as_bytes()[..43]).into();
-            let stored = floor_map.get(id).unwrap();
-            bool::from(stored.ct_eq(&hash))
-        })
-    });
     group.bench_function("valid_with_scope", |b| {
         b.iter(|| now(verifier.verify(black_box(&token), &need)).unwrap())
     });
     group.bench_function("valid_without_last_used", |b| {
         b.iter(|| now(no_last_used.verify(black_box(&token), &need)).unwrap())
     });
-    let unknown = TokenFormat::canonical()
-        .generate(Some(&"ZZZZZZZZZZZZ".parse().unwrap()))
-        .unwrap();
     group.bench_function("unknown_id", |b| {
         b.iter(|| now(verifier.verify(black_box(unknown.expose_secret()), &need)).unwrap_err())
     });
-    let mut bad = token.clone();
-    bad.pop();
-    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    group.bench_function("wrong_secret", |b| {
+        b.iter(|| now(verifier.verify(black_box(wrong_secret.expose_secret()), &need)).unwrap_err())
+    });
+    group.bench_function("revoked", |b| {
+        b.iter(|| now(verifier.verify(black_box(&revoked), &need)).unwrap_err())
+    });
     group.bench_function("bad_checksum", |b| {
-        b.iter(|| now(verifier.verify(black_box(&bad), &need)).unwrap_err())
+        b.iter(|| now(verifier.verify(black_box(&bad_checksum), &need)).unwrap_err())
     });
     group.finish();
-
-    let format = TokenFormat::canonical();
-    c.bench_function("parse/canonical", |b| {
-        b.iter(|| format.parse(black_box(&token)).unwrap().id().copied())
-    });
-    let hasher = SecretHasher::sha256();
-    c.bench_function("hash/sha256_43", |b| {
-        b.iter(|| hasher.hash(black_box(&token.as_bytes()[13..56])))
-    });
 }
 
-criterion_group!(benches, bench);
+/// Verifications per thread in one timed round of the concurrency benchmark.
+fn verify_many(
+    verifier: &Verifier<Arc<MemoryStore>>,
+    tokens: &[String],
+    need: &ScopeRequirement,
+    n: u64,
+) {
+    for i in 0..n as usize {
+        let token = &tokens[i % tokens.len()];
+        black_box(now(verifier.verify(black_box(token), need)).unwrap());
+    }
+}
+
+fn bench_threads(c: &mut Criterion) {
+    let store = Arc::new(MemoryStore::with_capacity(10_000));
+    let verifier = Verifier::builder(Arc::clone(&store)).build();
+    let tokens: Vec<String> = issue(&verifier, 10_000)
+        .iter()
+        .map(|t| t.expose_secret().to_owned())
+        .collect();
+    let need = ScopeRequirement::all(["vps:read"]).unwrap();
+    // Each thread verifies its own 64 tokens, round robin, last-use tracking on.
+    let sets: Vec<Vec<String>> = vec![tokens[..64].to_vec(), tokens[64..128].to_vec()];
+
+    let mut group = c.benchmark_group("threads");
+    // Time per verification, wall clock: with two threads, the time for 2n verifications
+    // divided by 2n, so throughput(2) / throughput(1) = time(1) / time(2).
+    group.bench_function("one", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            verify_many(&verifier, &sets[0], &need, iters);
+            start.elapsed()
+        })
+    });
+    group.bench_function("two", |b| {
+        b.iter_custom(|iters| {
+            let half = iters.div_ceil(2);
+            let barrier = Barrier::new(3);
+            std::thread::scope(|scope| {
+                for set in &sets {
+                    let (verifier, need, barrier) = (&verifier, &need, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        verify_many(verifier, set, need, half);
+                        barrier.wait();
+                    });
+                }
+                barrier.wait();
+                let start = Instant::now();
+                barrier.wait();
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+async fn hello() -> &'static str {
+    "hello"
+}
+
+fn request(token: &str) -> Request<Body> {
+    Request::builder()
+        .uri("/api/v1/vps")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// A layer that compares the `Authorization` header with one static value in constant time:
+/// the least a bearer check can do, as tower-http's deprecated `ValidateRequestHeaderLayer`.
+#[allow(deprecated)]
+fn static_bearer(
+    token: &str,
+) -> tower_http::validate_request::ValidateRequestHeaderLayer<
+    tower_http::auth::require_authorization::Bearer<Body>,
+> {
+    tower_http::validate_request::ValidateRequestHeaderLayer::bearer(token)
+}
+
+fn bench_middleware(c: &mut Criterion) {
+    let store = Arc::new(MemoryStore::with_capacity(10_000));
+    let verifier = Verifier::builder(Arc::clone(&store)).build();
+    let tokens = issue(&verifier, 10_000);
+    let token = tokens[4_321].expose_secret().to_owned();
+    let floor = Floor::new(&tokens);
+    floor.bench(c, &token);
+
+    let routes = || Router::new().route("/api/v1/vps", get(hello));
+    let plain = routes();
+    let auth = routes().layer(
+        AuthLayer::new(verifier.clone()).require(ScopeRequirement::all(["vps:read"]).unwrap()),
+    );
+    let bearer = routes().layer(static_bearer(&token));
+    // Each request is built inside the timed loop, for all three alike.
+    let mut group = c.benchmark_group("middleware");
+    for (name, router) in [
+        ("no_auth", &plain),
+        ("auth_layer", &auth),
+        ("static_bearer", &bearer),
+    ] {
+        let response = now(router.clone().oneshot(request(&token))).unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let response = now(router.clone().oneshot(request(black_box(&token)))).unwrap();
+                debug_assert!(response.extensions().get::<Principal>().is_none());
+                response.status()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_postgres(c: &mut Criterion) {
+    let Ok(url) = std::env::var("APITOKEN_TEST_POSTGRES_URL") else {
+        eprintln!("postgres: skipped (APITOKEN_TEST_POSTGRES_URL is not set)");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = runtime.block_on(async {
+        let pool = apitoken::PostgresStore::connect(&url)
+            .unwrap()
+            .pool()
+            .clone();
+        let store = apitoken::PostgresStore::builder(pool)
+            .schema("apitoken_bench")
+            .unwrap()
+            .build();
+        store.migrate().await.unwrap();
+        Arc::new(store)
+    });
+    let uncached = Verifier::builder(Arc::clone(&pg)).build();
+    let cached = Verifier::builder(CachedStore::new(pg)).build();
+    let memory = Verifier::builder(MemoryStore::new()).build();
+    let need = ScopeRequirement::all(["vps:read"]).unwrap();
+    let issue_one = |token: NewToken| {
+        runtime
+            .block_on(uncached.issuer().issue(token))
+            .unwrap()
+            .token
+    };
+    let new = || {
+        NewToken::new("bench-token-0001", Owner::new("bench").unwrap())
+            .scopes(["vps:read", "vps:write"])
+            .unwrap()
+    };
+    let pg_token = issue_one(new());
+    let mem_token = now(memory.issuer().issue(new())).unwrap().token;
+    let floor = Floor::new(std::slice::from_ref(&mem_token));
+    floor.bench(c, mem_token.expose_secret());
+
+    let mut group = c.benchmark_group("postgres");
+    group.bench_function("memory_store", |b| {
+        b.iter(|| now(memory.verify(black_box(mem_token.expose_secret()), &need)).unwrap())
+    });
+    group.bench_function("cached", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(cached.verify(black_box(pg_token.expose_secret()), &need))
+                .unwrap()
+        })
+    });
+    group.bench_function("uncached", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(uncached.verify(black_box(pg_token.expose_secret()), &need))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_formats, bench_verify, bench_threads, bench_middleware, bench_postgres
+}
 criterion_main!(benches);

@@ -72,6 +72,16 @@ impl<F: Fn(&AuditEvent) + Send + Sync + 'static> AuditSink for F {
     }
 }
 
+/// Whether a `tracing` subscriber wants the event [`trace`] would emit for an accepted
+/// (`debug`) or a refused (`info`) token.
+pub(crate) fn trace_enabled(accepted: bool) -> bool {
+    if accepted {
+        tracing::enabled!(tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(tracing::Level::INFO)
+    }
+}
+
 pub(crate) fn trace(event: &AuditEvent) {
     match event.outcome {
         AuditOutcome::Accepted => tracing::debug!(
@@ -89,13 +99,6 @@ pub(crate) fn trace(event: &AuditEvent) {
             "token refused"
         ),
     }
-}
-
-/// A sink that ignores events: the default.
-pub(crate) struct NoAudit;
-
-impl AuditSink for NoAudit {
-    fn record(&self, _: &AuditEvent) {}
 }
 
 impl fmt::Debug for dyn AuditSink {

@@ -305,6 +305,15 @@ impl ScopeRequirement {
     }
 }
 
+/// [`ScopePolicy::strict`] as a static, so a [`Principal`](crate::Principal) under the default
+/// policy holds a plain reference instead of a shared counter every verifying thread writes.
+pub(crate) static STRICT: ScopePolicy = ScopePolicy {
+    wildcards: false,
+    catch_all: Vec::new(),
+    implies: Vec::new(),
+    segment_implies: Vec::new(),
+};
+
 /// How granted scopes cover required ones. The default, [`strict`](Self::strict), is exact
 /// match only.
 ///

@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use subtle::ConstantTimeEq;
 
-use crate::audit::{self, AuditEvent, AuditOutcome, AuditSink, NoAudit};
+use crate::audit::{self, AuditEvent, AuditOutcome, AuditSink};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, RejectReason};
 use crate::format::{FormatError, ParsedToken, TokenFormat};
@@ -80,7 +80,8 @@ pub(crate) struct Inner<S> {
     policy: Arc<ScopePolicy>,
     max_lifetime: Option<TimeDelta>,
     max_idle: Option<TimeDelta>,
-    audit: Arc<dyn AuditSink>,
+    /// `None` when no sink is configured.
+    audit: Option<Arc<dyn AuditSink>>,
     /// `None` when last use is not tracked.
     last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
@@ -162,7 +163,7 @@ impl<S: TokenStore> Verifier<S> {
             policy: ScopePolicy::strict(),
             max_lifetime: None,
             max_idle: None,
-            audit: Arc::new(NoAudit),
+            audit: None,
             last_used: true,
             last_used_flush_interval: DEFAULT_FLUSH_INTERVAL,
             last_used_max_pending: DEFAULT_MAX_PENDING,
@@ -188,29 +189,39 @@ impl<S: TokenStore> Verifier<S> {
         required: &ScopeRequirement,
         info: &RequestInfo,
     ) -> Result<Principal, AuthError> {
-        let mut owner = None;
-        let result = self
-            .verify_unlogged(token, required, info, &mut owner)
-            .await;
-        let event = AuditEvent {
-            at: self.inner.clock.now(),
-            outcome: match &result {
-                Ok(_) => AuditOutcome::Accepted,
-                Err(err) => AuditOutcome::Refused {
-                    kind: err.kind(),
-                    reason: err.reason(),
+        let result = self.verify_unlogged(token, required, info).await;
+        let inner = &*self.inner;
+        // The event is built only for someone who reads it: a configured sink, or a `tracing`
+        // subscriber that wants this level. Otherwise nothing is allocated and the clock is not
+        // read again.
+        let wanted = inner.audit.is_some() || audit::trace_enabled(result.is_ok());
+        if !wanted {
+            return result.map_err(|refused| refused.error);
+        }
+        let event = match &result {
+            Ok(principal) => AuditEvent {
+                at: inner.clock.now(),
+                outcome: AuditOutcome::Accepted,
+                token_id: Some(*principal.token_id()),
+                owner: Some(principal.owner().clone()),
+                client_ip: info.client_ip,
+            },
+            Err(Refused { error, record }) => AuditEvent {
+                at: inner.clock.now(),
+                outcome: AuditOutcome::Refused {
+                    kind: error.kind(),
+                    reason: error.reason(),
                 },
+                token_id: error.token_id().copied(),
+                owner: record.as_ref().map(|r| r.owner.clone()),
+                client_ip: info.client_ip,
             },
-            token_id: match &result {
-                Ok(principal) => Some(*principal.token_id()),
-                Err(err) => err.token_id().copied(),
-            },
-            owner,
-            client_ip: info.client_ip,
         };
         audit::trace(&event);
-        self.inner.audit.record(&event);
-        result
+        if let Some(sink) = &inner.audit {
+            sink.record(&event);
+        }
+        result.map_err(|refused| refused.error)
     }
 
     /// Reports a refusal that happened before any token reached the verifier (missing or
@@ -227,7 +238,9 @@ impl<S: TokenStore> Verifier<S> {
             client_ip,
         };
         audit::trace(&event);
-        self.inner.audit.record(&event);
+        if let Some(sink) = &self.inner.audit {
+            sink.record(&event);
+        }
     }
 
     /// Verifies `token` without a scope requirement; check scopes later with
@@ -241,62 +254,67 @@ impl<S: TokenStore> Verifier<S> {
         token: &str,
         required: &ScopeRequirement,
         info: &RequestInfo,
-        owner: &mut Option<Owner>,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
-        let parsed = self.parse(token)?;
+        let parsed = self.parse(token).map_err(Refused::early)?;
         let presented = inner.hasher.hash(parsed.secret().as_bytes());
         let found = match parsed.id() {
             Some(id) => inner.store.get(id).await,
             None => inner.store.find_by_hash(&presented).await,
         }
-        .map_err(AuthError::store_unavailable)?;
+        .map_err(|err| Refused::early(AuthError::store_unavailable(err)))?;
 
         let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
         let secret_matches: bool = presented.ct_eq(expected).into();
         let presented_id = parsed.id().copied();
-        if let Some(stored) = &found {
-            *owner = Some(stored.record.owner.clone());
-        }
         let record = match found {
             Some(stored) if secret_matches => stored.record,
-            Some(_) => {
-                return Err(AuthError::invalid_token(
-                    RejectReason::WrongSecret,
-                    presented_id,
-                ));
+            Some(stored) => {
+                self.balance_refusal(presented_id.as_ref());
+                return Err(Refused {
+                    error: AuthError::invalid_token(RejectReason::WrongSecret, presented_id),
+                    record: Some(stored.record),
+                });
             }
             None => {
-                return Err(AuthError::invalid_token(
+                self.balance_refusal(presented_id.as_ref());
+                return Err(Refused::early(AuthError::invalid_token(
                     RejectReason::UnknownToken,
                     presented_id,
-                ));
+                )));
             }
         };
 
         let now = inner.clock.now();
-        let refuse = |reason| Err(AuthError::invalid_token(reason, Some(record.id)));
-        if record.is_revoked() {
-            return refuse(RejectReason::Revoked);
-        }
-        match inner.ends(&record) {
-            Ends { own: Some(end), .. } if end <= now => return refuse(RejectReason::Expired),
-            Ends {
-                lifetime: Some(end),
-                ..
-            } if end <= now => {
-                return refuse(RejectReason::LifetimeExceeded);
+        let ends = inner.ends(&record);
+        let reason = if record.is_revoked() {
+            Some(RejectReason::Revoked)
+        } else {
+            match ends {
+                Ends { own: Some(end), .. } if end <= now => Some(RejectReason::Expired),
+                Ends {
+                    lifetime: Some(end),
+                    ..
+                } if end <= now => Some(RejectReason::LifetimeExceeded),
+                Ends {
+                    idle: Some(end), ..
+                } if end <= now => Some(RejectReason::Idle),
+                _ if !record.allows(info.client_ip) => Some(RejectReason::AddressNotAllowed),
+                _ => None,
             }
-            Ends {
-                idle: Some(end), ..
-            } if end <= now => return refuse(RejectReason::Idle),
-            _ => {}
-        }
-        if !record.allows(info.client_ip) {
-            return refuse(RejectReason::AddressNotAllowed);
+        };
+        if let Some(reason) = reason {
+            self.balance_refusal(Some(&record.id));
+            return Err(Refused {
+                error: AuthError::invalid_token(reason, Some(record.id)),
+                record: Some(record),
+            });
         }
         if let Err(missing) = inner.policy.check(&record.scopes, required) {
-            return Err(AuthError::insufficient_scope(missing, record.id));
+            return Err(Refused {
+                error: AuthError::insufficient_scope(missing, record.id),
+                record: Some(record),
+            });
         }
 
         if let Some(last_used) = &inner.last_used {
@@ -305,10 +323,24 @@ impl<S: TokenStore> Verifier<S> {
         }
 
         Ok(Principal {
-            effective_expiry: inner.ends(&record).earliest(),
+            // With an idle limit, it runs from this use, just noted.
+            effective_expiry: if inner.max_idle.is_some() {
+                inner.ends(&record).earliest()
+            } else {
+                ends.earliest()
+            },
             record,
-            policy: Arc::clone(&inner.policy),
+            policy: PolicyRef::of(&inner.policy),
         })
+    }
+
+    /// Work on a refusal after the lookup comparable to the last-use note a valid token
+    /// costs (a read of the same buffer shard), so a refused token is not measurably cheaper
+    /// than an accepted one.
+    fn balance_refusal(&self, id: Option<&TokenId>) {
+        if let (Some(last_used), Some(id)) = (&self.inner.last_used, id) {
+            std::hint::black_box(last_used.noted(id));
+        }
     }
 
     fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {
@@ -355,6 +387,58 @@ impl<S: TokenStore> Verifier<S> {
     }
 }
 
+/// The scope policy a [`Principal`] checks with: the default strict policy without a shared
+/// counter (cloning an `Arc` on every verification makes every verifying thread write one
+/// cache line), any other shared.
+#[derive(Clone)]
+enum PolicyRef {
+    Strict,
+    Shared(Arc<ScopePolicy>),
+}
+
+impl PolicyRef {
+    fn of(policy: &Arc<ScopePolicy>) -> Self {
+        if **policy == crate::scope::STRICT {
+            Self::Strict
+        } else {
+            Self::Shared(Arc::clone(policy))
+        }
+    }
+}
+
+impl std::ops::Deref for PolicyRef {
+    type Target = ScopePolicy;
+
+    fn deref(&self) -> &ScopePolicy {
+        match self {
+            Self::Strict => &crate::scope::STRICT,
+            Self::Shared(policy) => policy,
+        }
+    }
+}
+
+impl fmt::Debug for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ScopePolicy::fmt(self, f)
+    }
+}
+
+/// A refusal, with the record the token named when one was found (for the audit event's
+/// owner, read only when an event is emitted).
+struct Refused {
+    error: AuthError,
+    record: Option<Arc<TokenRecord>>,
+}
+
+impl Refused {
+    fn early(error: AuthError) -> Self {
+        Self {
+            error,
+            record: None,
+        }
+    }
+}
+
 /// Which of two parse errors says more about a token no format accepted: a bad checksum
 /// (the token had the shape of a format) over anything else, and anything over a wrong prefix.
 fn more_telling(earlier: Option<FormatError>, later: FormatError) -> FormatError {
@@ -377,7 +461,7 @@ pub struct VerifierBuilder<S> {
     policy: ScopePolicy,
     max_lifetime: Option<TimeDelta>,
     max_idle: Option<TimeDelta>,
-    audit: Arc<dyn AuditSink>,
+    audit: Option<Arc<dyn AuditSink>>,
     last_used: bool,
     last_used_flush_interval: Duration,
     last_used_max_pending: usize,
@@ -513,7 +597,7 @@ impl<S: TokenStore> VerifierBuilder<S> {
     /// Sends every [`AuditEvent`] to `sink`. Default: none (the `tracing` events are always
     /// emitted).
     pub fn audit(mut self, sink: impl AuditSink) -> Self {
-        self.audit = Arc::new(sink);
+        self.audit = Some(Arc::new(sink));
         self
     }
 
@@ -597,7 +681,7 @@ impl RequestInfo {
 #[derive(Debug, Clone)]
 pub struct Principal {
     record: Arc<TokenRecord>,
-    policy: Arc<ScopePolicy>,
+    policy: PolicyRef,
     effective_expiry: Option<DateTime<Utc>>,
 }
 

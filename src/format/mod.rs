@@ -302,7 +302,11 @@ impl TokenFormat {
         }
         // One pass rejects whitespace, controls, quotes and every non-ASCII byte, so later
         // steps may slice by byte without meeting a char boundary.
-        if !raw.iter().all(|b| is_token_byte(*b)) {
+        if raw
+            .iter()
+            .fold(TOKEN_BYTE, |acc, b| acc & BYTE_CLASS[usize::from(*b)])
+            != TOKEN_BYTE
+        {
             return Err(FormatError::InvalidCharacter);
         }
         match &self.layout {
@@ -709,12 +713,30 @@ fn validate_prefix(prefix: &str) -> Result<Box<str>, FormatConfigError> {
 
 /// Bytes that can appear in a token of some format: base62, the separators, and the prefix
 /// characters.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'|' | b'_' | b'-')
-}
+/// Byte classes, looked up once per byte: [`BASE62_BYTE`] for `0-9A-Za-z`, [`TOKEN_BYTE`] for
+/// those and `.`, `|`, `_`, `-`.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphanumeric() {
+            table[b] = BASE62_BYTE | TOKEN_BYTE;
+        } else if matches!(byte, b'.' | b'|' | b'_' | b'-') {
+            table[b] = TOKEN_BYTE;
+        }
+        b += 1;
+    }
+    table
+};
+const BASE62_BYTE: u8 = 1;
+const TOKEN_BYTE: u8 = 2;
 
 fn is_base62(text: &str) -> bool {
-    text.bytes().all(|b| b.is_ascii_alphanumeric())
+    // Branch-free over the bytes: the and of every class, checked once.
+    text.bytes()
+        .fold(BASE62_BYTE, |acc, b| acc & BYTE_CLASS[usize::from(b)])
+        == BASE62_BYTE
 }
 
 /// Base62 characters needed for `bits` of entropy (log2 62 ≈ 5.954).

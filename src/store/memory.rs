@@ -3,6 +3,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -15,6 +18,15 @@ use crate::secret::SecretHash;
 
 /// Shards per map. Lookups on different shards never touch the same lock.
 const SHARDS: usize = 64;
+
+/// Records by id. An id is hashed once per lookup, with the store's keyed hasher (SipHash with
+/// a random key, as `std`'s `HashMap`: ids are chosen by whoever presents a token, so the hash
+/// must resist collisions crafted in advance). Some middle bits of that one hash pick the shard,
+/// the table uses the rest.
+type IdShard = RwLock<HashTable<StoredToken>>;
+/// Ids by secret hash. The key is SHA-256 output, uniformly distributed and not chosen by the
+/// presenter: its first byte picks the shard and its next eight bytes are the table's hash.
+type HashShard = RwLock<HashTable<(SecretHash, TokenId)>>;
 
 /// A [`TokenStore`] in the process's memory: for tests, single-instance services, and as the
 /// default while an application has no database yet. Nothing survives a restart.
@@ -43,8 +55,8 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct MemoryStore {
     hasher: RandomState,
-    by_id: Box<[RwLock<HashMap<TokenId, StoredToken>>]>,
-    by_hash: Box<[RwLock<HashMap<SecretHash, TokenId>>]>,
+    by_id: Box<[IdShard]>,
+    by_hash: Box<[HashShard]>,
     by_owner: RwLock<HashMap<Owner, BTreeSet<TokenId>>>,
     next_id: AtomicU64,
 }
@@ -67,10 +79,10 @@ impl MemoryStore {
         Self {
             hasher: RandomState::new(),
             by_id: (0..SHARDS)
-                .map(|_| RwLock::new(HashMap::with_capacity(per_shard)))
+                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
                 .collect(),
             by_hash: (0..SHARDS)
-                .map(|_| RwLock::new(HashMap::with_capacity(per_shard)))
+                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
                 .collect(),
             by_owner: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -87,41 +99,65 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn id_shard(&self, id: &TokenId) -> &RwLock<HashMap<TokenId, StoredToken>> {
-        &self.by_id[self.hasher.hash_one(id) as usize % SHARDS]
+    fn id_hash(&self, id: &TokenId) -> u64 {
+        self.hasher.hash_one(id)
     }
 
-    fn hash_shard(&self, hash: &SecretHash) -> &RwLock<HashMap<SecretHash, TokenId>> {
+    fn id_shard(&self, id_hash: u64) -> &IdShard {
+        // Bits the table does not use for its bucket index (the low ones) nor its tags (the
+        // top seven) while a shard holds fewer than 2^40 records.
+        &self.by_id[(id_hash >> 40) as usize % SHARDS]
+    }
+
+    fn hash_shard(&self, hash: &SecretHash) -> &HashShard {
         // The hash is SHA-256 output, uniformly distributed: its first byte picks a shard.
         &self.by_hash[usize::from(hash.as_bytes()[0]) % SHARDS]
     }
 
     fn insert_now(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
         // Lock order everywhere: owner index, then id shard, then hash shard.
+        let id = record.id;
+        let id_hash = self.id_hash(&id);
         let mut owners = write(&self.by_owner);
-        let mut ids = write(self.id_shard(&record.id));
+        let mut ids = write(self.id_shard(id_hash));
         let mut hashes = write(self.hash_shard(&hash));
-        if ids.contains_key(&record.id) {
+        let hasher = |stored: &StoredToken| self.id_hash(&stored.record.id);
+        let Entry::Vacant(id_slot) = ids.entry(id_hash, |s| s.record.id == id, hasher) else {
             return Err(StoreError::conflict("a token with this id already exists"));
-        }
-        if hashes.contains_key(&hash) {
+        };
+        let Entry::Vacant(hash_slot) = hashes.entry(
+            secret_table_hash(&hash),
+            |(h, _)| *h == hash,
+            |(h, _)| secret_table_hash(h),
+        ) else {
             return Err(StoreError::conflict(
                 "a token with this secret hash already exists",
             ));
-        }
-        let id = record.id;
+        };
         owners.entry(record.owner.clone()).or_default().insert(id);
-        hashes.insert(hash, id);
-        ids.insert(id, StoredToken::new(record, hash));
+        hash_slot.insert((hash, id));
+        id_slot.insert(StoredToken::new(record, hash));
         Ok(())
     }
 
+    fn contains_id(&self, id: &TokenId) -> bool {
+        let id_hash = self.id_hash(id);
+        read(self.id_shard(id_hash))
+            .find(id_hash, |s| s.record.id == *id)
+            .is_some()
+    }
+
     fn get_now(&self, id: &TokenId) -> Option<StoredToken> {
-        read(self.id_shard(id)).get(id).cloned()
+        let id_hash = self.id_hash(id);
+        read(self.id_shard(id_hash))
+            .find(id_hash, |s| s.record.id == *id)
+            .cloned()
     }
 
     fn find_by_hash_now(&self, hash: &SecretHash) -> Option<StoredToken> {
-        let id = *read(self.hash_shard(hash)).get(hash)?;
+        let id = read(self.hash_shard(hash))
+            .find(secret_table_hash(hash), |(h, _)| h == hash)?
+            .1;
         self.get_now(&id)
     }
 
@@ -131,8 +167,9 @@ impl MemoryStore {
         id: &TokenId,
         change: impl FnOnce(&TokenRecord) -> Option<TokenRecord>,
     ) -> bool {
-        let mut shard = write(self.id_shard(id));
-        let Some(stored) = shard.get_mut(id) else {
+        let id_hash = self.id_hash(id);
+        let mut shard = write(self.id_shard(id_hash));
+        let Some(stored) = shard.find_mut(id_hash, |s| s.record.id == *id) else {
             return false;
         };
         match change(&stored.record) {
@@ -155,10 +192,17 @@ impl MemoryStore {
 
     /// Takes a record out entirely (a rotation that could not retire its old token).
     fn remove_now(&self, id: &TokenId) {
+        let id_hash = self.id_hash(id);
         let mut owners = write(&self.by_owner);
-        let mut ids = write(self.id_shard(id));
-        if let Some(stored) = ids.remove(id) {
-            write(self.hash_shard(&stored.hash)).remove(&stored.hash);
+        let mut ids = write(self.id_shard(id_hash));
+        if let Ok(slot) = ids.find_entry(id_hash, |s| s.record.id == *id) {
+            let (stored, _) = slot.remove();
+            let mut hashes = write(self.hash_shard(&stored.hash));
+            if let Ok(slot) =
+                hashes.find_entry(secret_table_hash(&stored.hash), |(h, _)| *h == stored.hash)
+            {
+                slot.remove();
+            }
             if let Some(set) = owners.get_mut(&stored.record.owner) {
                 set.remove(id);
             }
@@ -208,7 +252,7 @@ impl TokenStore for MemoryStore {
         let id = loop {
             let n = self.next_id.fetch_add(1, Ordering::Relaxed);
             let id = TokenId::from_u64(n);
-            if !read(self.id_shard(&id)).contains_key(&id) {
+            if !self.contains_id(&id) {
                 break id;
             }
         };
@@ -280,6 +324,15 @@ impl TokenStore for MemoryStore {
         });
         ready(Ok(()))
     }
+}
+
+/// The table hash of a secret hash: eight of its bytes (SHA-256 output needs no further
+/// mixing, and a presenter cannot choose it without inverting SHA-256).
+fn secret_table_hash(hash: &SecretHash) -> u64 {
+    let bytes = hash.as_bytes();
+    u64::from_le_bytes([
+        bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8],
+    ])
 }
 
 // A panic while a lock is held cannot leave a map half-changed (every change is one insert or

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Reruns the benchmark suite and the memory example, then prints the results table in the
+# format of docs/performance.md. Medians from criterion's estimates; ratios against the floor
+# measured in the same process.
+#
+#   benches/report.sh                 # PostgreSQL group skipped unless the URL is set
+#   APITOKEN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test benches/report.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf target/criterion
+cargo bench --bench verify >&2
+mem=$(cargo run --release --quiet --example memory | awk '/bytes_per_token/ {print $2}')
+
+python3 - "$mem" <<'PY'
+import json, os, sys
+root = "target/criterion"
+def med(name):
+    path = os.path.join(root, name, "new", "estimates.json")
+    if not os.path.exists(path):
+        # Criterion writes an ungrouped id with slashes as one directory with underscores.
+        path = os.path.join(root, name.replace("/", "_"), "new", "estimates.json")
+    if not os.path.exists(path):
+        return None
+    return json.load(open(path))["median"]["point_estimate"]
+floor = med("floor")
+def row(target, name, figure, ratio, ok):
+    print(f"| {target} | {name} | {figure} | {ratio} | {'met' if ok else 'MISSED'} |")
+def ns(v): return f"{v:,.0f} ns"
+print(f"floor (median): {floor:.0f} ns\n")
+print("| target | benchmark | median | ratio | result |")
+print("|---|---|---|---|---|")
+valid = med("verify/valid_with_scope")
+row("valid ≤ 1.3× floor", "verify/valid_with_scope", ns(valid), f"{valid/floor:.2f}× floor", valid <= 1.3*floor)
+for r in ["unknown_id", "wrong_secret", "revoked"]:
+    v = med(f"verify/{r}")
+    row("rejected within ±10% of valid", f"verify/{r}", ns(v), f"{v/valid:.2f}× valid", abs(v/valid-1) <= 0.10)
+bc = med("verify/bad_checksum")
+row("bad checksum < floor", "verify/bad_checksum", ns(bc), f"{bc/floor:.2f}× floor", bc < floor)
+na, al, sb = med("middleware/no_auth"), med("middleware/auth_layer"), med("middleware/static_bearer")
+f2 = med("floor #3") or floor
+row("auth layer adds ≤ 2× floor", "middleware/auth_layer − no_auth", ns(al-na), f"{(al-na)/f2:.2f}× floor", al-na <= 2*f2)
+row("(reference)", "middleware/static_bearer − no_auth", ns(sb-na), f"{(sb-na)/f2:.2f}× floor", True)
+one, two = med("threads/one"), med("threads/two")
+row("2 threads ≥ 1.8× one", "threads/two vs threads/one", f"{1e9/two/1e6:.2f} M/s vs {1e9/one/1e6:.2f} M/s", f"{one/two:.2f}×", one/two >= 1.8)
+m = float(sys.argv[1])
+row("≤ 400 bytes per token", "examples/memory (1,000,000 tokens)", f"{m:.0f} B", f"{m/400:.2f}× target", m <= 400)
+mem_v, cached, unc = med("postgres/memory_store"), med("postgres/cached"), med("postgres/uncached")
+if cached:
+    row("cached PostgreSQL ≤ 2× memory", "postgres/cached", ns(cached), f"{cached/mem_v:.2f}× memory", cached <= 2*mem_v)
+    row("(reference)", "postgres/uncached", ns(unc), f"{unc/mem_v:.0f}× memory", True)
+else:
+    print("| cached PostgreSQL ≤ 2× memory | postgres/* | skipped (APITOKEN_TEST_POSTGRES_URL not set) | | |")
+print()
+print("| other | median | ratio to floor |")
+print("|---|---|---|")
+for n in ["verify/valid_without_last_used", "format/parse/canonical", "format/parse/dct", "format/parse/sanctum",
+          "format/generate/canonical", "format/generate/dct", "format/generate/sanctum",
+          "format/checksum_reject/canonical", "hash/sha256_43", "middleware/no_auth", "middleware/auth_layer", "middleware/static_bearer"]:
+    v = med(n)
+    if v is not None:
+        print(f"| {n} | {ns(v)} | {v/floor:.2f}× |")
+PY
