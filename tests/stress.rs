@@ -64,7 +64,7 @@ async fn stress<S: TokenStore + 'static>(verifier: Verifier<S>, tokens: usize, t
                 verified.fetch_add(1, Ordering::Relaxed);
                 // Memory-store futures never wait: yield so the revoker gets to run.
                 n = n.wrapping_add(1);
-                if n % 16 == 0 {
+                if n.is_multiple_of(16) {
                     tokio::task::yield_now().await;
                 }
             }
