@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Reruns the benchmark suite and the memory example, then prints the results table in the
-# format of docs/performance.md. Medians from criterion's estimates; ratios against the floor
-# measured in the same process.
+# Reruns the benchmark suite, the memory example and the HTTP load test (examples/loadgen),
+# then prints the results table in the format of docs/performance.md. Medians from
+# criterion's estimates; ratios against the floor measured in the same process.
 #
 #   benches/report.sh                 # PostgreSQL group skipped unless the URL is set
 #   APITOKEN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test benches/report.sh
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 rm -rf target/criterion
 cargo bench --bench verify >&2
 mem=$(cargo run --release --quiet --example memory | awk '/bytes_per_token/ {print $2}')
+# HTTP with and without the auth layer, loopback only, bounded (20,000 requests or 5 s a run).
+http=$(cargo run --release --quiet --example loadgen -- --requests 20000 --seconds 5 | tee /dev/stderr | grep '^| HTTP')
 
 python3 - "$mem" <<'PY'
 import json, os, sys
@@ -60,3 +62,5 @@ for n in ["verify/valid_without_last_used", "format/parse/canonical", "format/pa
     if v is not None:
         print(f"| {n} | {ns(v)} | {v/floor:.2f}× |")
 PY
+echo
+echo "$http"
