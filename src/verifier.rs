@@ -270,14 +270,14 @@ impl<S: TokenStore> Verifier<S> {
         let record = match found {
             Some(stored) if secret_matches => stored.record,
             Some(stored) => {
-                self.balance_refusal(presented_id.as_ref());
+                self.balance_early_refusal(presented_id.as_ref());
                 return Err(Refused {
                     error: AuthError::invalid_token(RejectReason::WrongSecret, presented_id),
                     record: Some(stored.record),
                 });
             }
             None => {
-                self.balance_refusal(presented_id.as_ref());
+                self.balance_early_refusal(presented_id.as_ref());
                 return Err(Refused::early(AuthError::invalid_token(
                     RejectReason::UnknownToken,
                     presented_id,
@@ -341,6 +341,13 @@ impl<S: TokenStore> Verifier<S> {
         if let (Some(last_used), Some(id)) = (&self.inner.last_used, id) {
             std::hint::black_box(last_used.noted(id));
         }
+    }
+
+    /// The same for a refusal before the record's checks (unknown id, wrong secret), which
+    /// also skips the clock read that those checks make.
+    fn balance_early_refusal(&self, id: Option<&TokenId>) {
+        std::hint::black_box(self.inner.clock.now());
+        self.balance_refusal(id);
     }
 
     fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {

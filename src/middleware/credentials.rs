@@ -1,6 +1,6 @@
 //! Where a request carries its token: the `Authorization` header, or a custom header.
 
-use http::header::{AUTHORIZATION, HeaderMap, HeaderName};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{AuthError, RejectReason};
 use crate::format::{FormatError, MAX_TOKEN_LEN};
@@ -112,6 +112,35 @@ impl Credentials {
             .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
     }
 
+    /// Where the token is, for reading it again after the request has moved on: the header
+    /// value (a reference-counted handle on the same bytes) and the token's span in it.
+    pub(crate) fn locate(&self, headers: &HeaderMap) -> Result<Option<TokenSpan>, AuthError> {
+        let Some(token) = self.extract(headers)? else {
+            return Ok(None);
+        };
+        let (start, end) = {
+            let at = token.as_ptr() as usize;
+            (at, at + token.len())
+        };
+        // The token is a slice of one of the values `extract` read; find which.
+        let values = headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .chain(self.header.iter().flat_map(|name| headers.get_all(name)));
+        for value in values {
+            let base = value.as_bytes().as_ptr() as usize;
+            if base <= start && end <= base + value.len() {
+                return Ok(Some(TokenSpan {
+                    value: value.clone(),
+                    start: start - base,
+                    end: end - base,
+                }));
+            }
+        }
+        // Unreachable: the token borrows from one of those values. Fail closed.
+        Err(AuthError::malformed_request())
+    }
+
     /// The token text, `Ok(None)` when the request has no credentials for us, or the error.
     pub(crate) fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
         let mut from_authorization = None;
@@ -161,6 +190,28 @@ impl Credentials {
         let rest = &value[end..];
         let start = rest.iter().position(|b| *b != b' ').unwrap_or(rest.len());
         token_text(&rest[start..]).map(Some)
+    }
+}
+
+/// A token found by [`Credentials::locate`]: checked once, read again without a second parse.
+#[derive(Clone)]
+pub(crate) struct TokenSpan {
+    value: HeaderValue,
+    start: usize,
+    end: usize,
+}
+
+impl TokenSpan {
+    /// The token. Visible ASCII, as `locate` checked; empty if the bytes were not text, which
+    /// no format accepts.
+    pub(crate) fn token(&self) -> &str {
+        std::str::from_utf8(&self.value.as_bytes()[self.start..self.end]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for TokenSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSpan(<redacted>)")
     }
 }
 
