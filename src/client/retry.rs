@@ -28,9 +28,9 @@ use crate::clock::{Clock, SystemClock};
 /// request may have reached the server), are returned at once; [`retry_statuses`] changes the
 /// set for servers known to answer other statuses without acting.
 ///
-/// The request is cloned for each attempt, so its body must be `Clone` (`String`, `Bytes`,
-/// `http_body_util::Full<Bytes>`, `Empty`); a streaming body is not, and such a request
-/// cannot go through this layer: send it without the layer, once. The waits use Tokio's
+/// The request is cloned for each attempt, so its body must be `Clone`
+/// (`http_body_util::Full<Bytes>`, `Empty<Bytes>`, `String`); a streaming body is not, and
+/// such a request cannot go through this layer: send it without the layer, once. The waits use Tokio's
 /// timer, so the future must run inside a Tokio runtime. Cheap to clone.
 ///
 /// [`retry_statuses`]: Self::retry_statuses
@@ -308,10 +308,8 @@ where
                 StateProj::Calling { future } => {
                     // Transport errors are not retried: the request may have been carried out.
                     let response = ready!(future.poll(cx))?;
-                    let wait = match this.request {
-                        Some(_) => this.policy.wait(&response, *this.retries, *this.started),
-                        None => None,
-                    };
+                    // `None` once the retries are spent, which is also when the copy is gone.
+                    let wait = this.policy.wait(&response, *this.retries, *this.started);
                     let Some(wait) = wait else {
                         return Poll::Ready(Ok(response));
                     };
