@@ -13,6 +13,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod audit;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod error;
 pub mod format;

@@ -79,9 +79,7 @@ impl Credentials {
 
     /// Also accepts `Authorization: <scheme> <token>`, such as DCT's `apk`.
     pub fn scheme(mut self, scheme: &str) -> Result<Self, InvalidScheme> {
-        let valid =
-            !scheme.is_empty() && scheme.len() <= MAX_SCHEME_LEN && scheme.bytes().all(is_tchar);
-        if !valid {
+        if !is_valid_scheme(scheme) {
             return Err(InvalidScheme);
         }
         if !self.accepts_scheme(scheme.as_bytes()) {
@@ -241,6 +239,12 @@ fn trim_ows(value: &[u8]) -> &[u8] {
         .rposition(|b| !is_ows(b))
         .map_or(start, |i| i + 1);
     &value[start..end]
+}
+
+/// Whether `scheme` is 1 to [`MAX_SCHEME_LEN`] RFC 9110 token characters. The client side
+/// (`apitoken::client`) sends only schemes this side would accept.
+pub(crate) fn is_valid_scheme(scheme: &str) -> bool {
+    !scheme.is_empty() && scheme.len() <= MAX_SCHEME_LEN && scheme.bytes().all(is_tchar)
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
