@@ -1258,3 +1258,37 @@ async fn introspection_requires_an_authorized_caller() {
         .await;
     assert_error(&reply, 401, "invalid_client");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uses_of_one_refresh_token_yield_at_most_one_successor() {
+    let f = fixture().await;
+    let client = f.app_client().await;
+    let tokens = f.user_tokens(&client, "user-7", None).await;
+    let body = form(&with(
+        client.post(),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", str_field(&tokens, "refresh_token")),
+        ],
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (http, body) = (f.client.clone(), body.clone());
+        tasks.spawn(async move { http.post_form("/oauth/token", None, &body).await });
+    }
+    let replies = tasks.join_all().await;
+    let winners: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    assert!(winners.len() <= 1, "{replies:#?}");
+    for loser in replies.iter().filter(|r| r.status != 200) {
+        assert_error(loser, 400, "invalid_grant");
+    }
+    // The others were reuse: the family is revoked, the winner's successor with it.
+    if let Some(winner) = winners.first() {
+        let successor = str_field(&winner.json(), "refresh_token").to_owned();
+        assert_error(
+            &f.refresh(&client, &successor, None).await,
+            400,
+            "invalid_grant",
+        );
+    }
+}

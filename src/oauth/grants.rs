@@ -400,3 +400,167 @@ impl GrantStore for MemoryGrantStore {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::*;
+    use crate::secret::SecretHasher;
+
+    fn id(text: &str) -> TokenId {
+        text.parse().unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn refresh(text: &str, at: DateTime<Utc>) -> RefreshTokenRecord {
+        RefreshTokenRecord::new(
+            id(text),
+            id("fam"),
+            SecretHasher::sha256().hash(text.as_bytes()),
+            at,
+        )
+    }
+
+    async fn store_with_family() -> MemoryGrantStore {
+        let store = MemoryGrantStore::new();
+        let family = GrantFamily::new(
+            id("fam"),
+            id("client"),
+            Owner::new("user").unwrap(),
+            ScopeSet::parse("db:read").unwrap(),
+            now(),
+        );
+        store
+            .insert_family(family, refresh("rt1", now()))
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn rotation_uses_a_token_once_and_notes_the_access_token() {
+        let store = store_with_family().await;
+        let access = (id("at1"), now() + TimeDelta::hours(1));
+        assert!(
+            store
+                .rotate_refresh(&id("rt1"), refresh("rt2", now()), access, now())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .rotate_refresh(&id("rt1"), refresh("rt3", now()), access, now())
+                .await
+                .unwrap()
+        );
+        assert!(store.refresh_token(&id("rt3")).await.unwrap().is_none());
+        assert_eq!(
+            store
+                .refresh_token(&id("rt1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .used_at,
+            Some(now())
+        );
+        let family = store.family(&id("fam")).await.unwrap().unwrap();
+        assert_eq!(family.access_tokens, vec![access]);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_family_rotates_no_more() {
+        let store = store_with_family().await;
+        let revoked = store
+            .revoke_family(&id("fam"), now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.revoked_at, Some(now()));
+        let access = (id("at1"), now() + TimeDelta::hours(1));
+        assert!(
+            !store
+                .rotate_refresh(&id("rt1"), refresh("rt2", now()), access, now())
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .revoke_family(&id("nofam"), now())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_access_tokens_are_forgotten_as_new_ones_are_noted() {
+        let mut family = GrantFamily::new(
+            id("f"),
+            id("c"),
+            Owner::new("u").unwrap(),
+            ScopeSet::new(),
+            now(),
+        );
+        family.add_access_token(id("a1"), now() + TimeDelta::hours(1), now());
+        family.add_access_token(
+            id("a2"),
+            now() + TimeDelta::hours(2),
+            now() + TimeDelta::hours(1),
+        );
+        assert_eq!(
+            family.access_tokens,
+            vec![(id("a2"), now() + TimeDelta::hours(2))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_code_is_consumed_once() {
+        let store = MemoryGrantStore::new();
+        let code = AuthorizationCodeRecord {
+            id: id("code"),
+            hash: SecretHasher::sha256().hash(b"c"),
+            client_id: id("client"),
+            redirect_uri: "https://a.example/cb".into(),
+            code_challenge: "x".repeat(43),
+            owner: Owner::new("user").unwrap(),
+            scopes: ScopeSet::new(),
+            family: id("fam"),
+            created_at: now(),
+            expires_at: now() + TimeDelta::seconds(60),
+            used_at: None,
+        };
+        store.insert_code(code.clone()).await.unwrap();
+        assert!(store.insert_code(code).await.is_err());
+        assert!(store.consume_code(&id("code"), now()).await.unwrap());
+        assert!(!store.consume_code(&id("code"), now()).await.unwrap());
+        assert!(!store.consume_code(&id("other"), now()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_a_live_familys_rotated_tokens() {
+        let store = store_with_family().await;
+        let later = now() + TimeDelta::days(20);
+        let access = (id("at1"), later + TimeDelta::hours(1));
+        assert!(
+            store
+                .rotate_refresh(&id("rt1"), refresh("rt2", later), access, later)
+                .await
+                .unwrap()
+        );
+        // rt1 is older than the cut-off, but its family is alive: kept, so its reuse is seen.
+        let cut = now() + TimeDelta::days(10);
+        assert_eq!(store.purge(later, cut).await.unwrap(), 0);
+        assert!(store.refresh_token(&id("rt1")).await.unwrap().is_some());
+        // Once the newest token is past the cut-off, the family goes whole.
+        let removed = store
+            .purge(later, later + TimeDelta::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(removed, 3);
+        assert!(store.family(&id("fam")).await.unwrap().is_none());
+    }
+}
