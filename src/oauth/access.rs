@@ -253,6 +253,7 @@ impl<S: TokenStore + 'static> AccessTokenMinter for OpaqueMinter<S> {
                 .expires_at(request.expires_at)
                 .allowed_ips(request.allowed_ips)
                 .metadata(access_metadata(&request.client_id, request.grant_type));
+            let (issued_at, expires_at) = (request.issued_at, request.expires_at);
             let issued = self
                 .verifier
                 .issuer()
@@ -262,7 +263,7 @@ impl<S: TokenStore + 'static> AccessTokenMinter for OpaqueMinter<S> {
                     IssueError::Store(store) => MintError::Unavailable(Box::new(store)),
                     other => MintError::Failed(Box::new(other)),
                 })?;
-            let seconds = (request.expires_at - issued.record.created_at).num_seconds();
+            let seconds = (expires_at - issued_at).num_seconds();
             Ok(MintedAccessToken::new(
                 issued.token,
                 u64::try_from(seconds).unwrap_or(0),
