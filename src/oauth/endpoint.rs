@@ -48,8 +48,15 @@ type Server<S, G> = State<Arc<Shared<S, G>>>;
 
 /// An `application/x-www-form-urlencoded` body. Each parameter at most once (RFC 6749 §3.2);
 /// a parameter without a value counts as absent (§3.1).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Form(HashMap<String, String>);
+
+/// Names only: values include client secrets, codes and tokens.
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Form {
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
