@@ -2,6 +2,9 @@
 //! rotation and reuse detection, PKCE, revocation (RFC 7009) and introspection (RFC 7662),
 //! with access tokens accepted by the same `AuthLayer` as API keys.
 
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+#[path = "support/stores.rs"]
+mod stores;
 mod support;
 
 use std::future::Future;
@@ -1291,4 +1294,52 @@ async fn concurrent_uses_of_one_refresh_token_yield_at_most_one_successor() {
             "invalid_grant",
         );
     }
+}
+
+/// The flows that depend on the grant store, with tokens and grants both in PostgreSQL.
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotation_reuse_and_code_replay_over_postgres() {
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    let tokens = stores::postgres(&url).await;
+    let grants = apitoken::oauth::PostgresGrantStore::with_schema(
+        tokens.pool().clone(),
+        &stores::unique_name("g"),
+    )
+    .expect("schema name");
+    grants.migrate().await.expect("migrate");
+    let f = fixture_with(tokens, grants).await;
+    let client = f.app_client().await;
+
+    let first = f.user_tokens(&client, "user-7", Some("db:read")).await;
+    let rt1 = str_field(&first, "refresh_token");
+    let second = f.refresh(&client, rt1, None).await;
+    assert_eq!(second.status, 200, "{second:#?}");
+    let second = second.json();
+    let at2 = str_field(&second, "access_token");
+    assert_eq!(f.api(at2).await.json()["owner"], "user-7");
+    assert_error(&f.refresh(&client, rt1, None).await, 400, "invalid_grant");
+    assert_error(
+        &f.refresh(&client, str_field(&second, "refresh_token"), None)
+            .await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(f.api(at2).await.status, 401);
+    assert_eq!(f.api(str_field(&first, "access_token")).await.status, 401);
+
+    let code = f.code(&client, "user-8", None).await;
+    let given = f.redeem(&client, &code, VERIFIER).await;
+    assert_eq!(given.status, 200, "{given:#?}");
+    assert_error(
+        &f.redeem(&client, &code, VERIFIER).await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(
+        f.api(str_field(&given.json(), "access_token")).await.status,
+        401
+    );
 }

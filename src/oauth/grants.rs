@@ -125,6 +125,37 @@ pub struct AuthorizationCodeRecord {
     pub used_at: Option<DateTime<Utc>>,
 }
 
+impl AuthorizationCodeRecord {
+    /// An unused code, for stores that read codes back from their own storage.
+    #[allow(clippy::too_many_arguments)] // one per column; a builder would only rename them
+    pub fn new(
+        id: TokenId,
+        hash: SecretHash,
+        client_id: TokenId,
+        redirect_uri: String,
+        code_challenge: String,
+        owner: Owner,
+        scopes: ScopeSet,
+        family: TokenId,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            hash,
+            client_id,
+            redirect_uri,
+            code_challenge,
+            owner,
+            scopes,
+            family,
+            created_at,
+            expires_at,
+            used_at: None,
+        }
+    }
+}
+
 /// Storage for grant state: refresh-token families and authorization codes.
 ///
 /// Like [`TokenStore`](crate::TokenStore), methods return `impl Future + Send`, an error means

@@ -53,6 +53,8 @@ mod code;
 mod consent;
 mod endpoint;
 mod grants;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod refresh;
 mod response;
 
@@ -74,6 +76,8 @@ pub use consent::{Consent, ConsentDecision, ConsentRequest};
 pub use grants::{
     AuthorizationCodeRecord, GrantFamily, GrantStore, MemoryGrantStore, RefreshTokenRecord,
 };
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresGrantStore;
 pub use refresh::{REFRESH_TOKEN_PREFIX, refresh_token_format};
 
 use crate::middleware::TrustedProxies;
