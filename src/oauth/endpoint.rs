@@ -292,8 +292,9 @@ async fn client_credentials<S: TokenStore + 'static, G: GrantStore + 'static>(
     form: &Form,
 ) -> Result<Response, OAuthError> {
     let principal = &client.principal;
+    let policy = shared.verifier.scope_policy();
     let scopes = requested_scopes(form.get("scope"), principal.scopes(), |scope| {
-        principal.can_delegate(&single(scope))
+        policy.can_delegate(principal.scopes(), scope)
     })?;
     let (_, _, access) = shared
         .mint_access(
@@ -305,11 +306,6 @@ async fn client_credentials<S: TokenStore + 'static, G: GrantStore + 'static>(
         )
         .await?;
     Ok(token_response(access, None, &scopes))
-}
-
-/// The set holding only `scope` (already validated by `ScopeSet::parse`).
-fn single(scope: &str) -> ScopeSet {
-    ScopeSet::parse(scope).unwrap_or_default()
 }
 
 /// RFC 7009: 200 whatever the token was; only the client's own tokens are revoked.
