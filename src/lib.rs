@@ -24,6 +24,8 @@ pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;
 pub mod middleware;
+#[cfg(feature = "oauth")]
+pub mod oauth;
 pub mod rate_limit;
 mod record;
 pub mod scope;
