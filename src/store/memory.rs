@@ -1,6 +1,6 @@
 //! The in-memory store: the embedded default.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, RandomState};
 
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use super::{StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};
+use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
 
 /// Shards per map. Lookups on different shards never touch the same lock.
@@ -64,9 +65,30 @@ pub struct MemoryStore {
     hasher: RandomState,
     by_id: Box<[IdShard]>,
     by_hash: Box<[HashShard]>,
-    /// The id hashes of each owner's records (eight bytes a token, not a copy of each id).
-    by_owner: RwLock<HashMap<Owner, Vec<u64>>>,
+    by_owner: RwLock<OwnerIndex>,
     next_id: AtomicU64,
+}
+
+/// The index by owner, and the scope sets records share.
+#[derive(Debug, Default)]
+struct OwnerIndex {
+    /// The id hashes of each owner's records (eight bytes a token, not a copy of each id).
+    owners: HashMap<Owner, Vec<u64>>,
+    /// One copy of each distinct scope set: tokens mostly hold one of a few combinations, and
+    /// a shared set is 16 bytes a record instead of its own allocations. Never shrinks; it
+    /// holds each combination ever inserted.
+    scope_sets: HashSet<ScopeSet>,
+}
+
+impl OwnerIndex {
+    fn intern(&mut self, scopes: &mut ScopeSet) {
+        match self.scope_sets.get(scopes) {
+            Some(shared) => *scopes = shared.clone(),
+            None => {
+                self.scope_sets.insert(scopes.clone());
+            }
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -92,7 +114,7 @@ impl MemoryStore {
             by_hash: (0..SHARDS)
                 .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
                 .collect(),
-            by_owner: RwLock::new(HashMap::new()),
+            by_owner: RwLock::new(OwnerIndex::default()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -122,7 +144,7 @@ impl MemoryStore {
         &self.by_hash[usize::from(hash.as_bytes()[0]) % SHARDS]
     }
 
-    fn insert_now(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+    fn insert_now(&self, mut record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
         // Lock order everywhere: owner index, then id shard, then hash shard. Every change
         // that adds or removes records holds the owner index's write lock throughout, so the
         // duplicate-hash check below cannot be raced.
@@ -141,7 +163,9 @@ impl MemoryStore {
         };
         let secret_hash = secret_table_hash(&hash);
         write(self.hash_shard(&hash)).insert_unique(secret_hash, (secret_hash, id_hash), |e| e.0);
+        owners.intern(&mut record.scopes);
         owners
+            .owners
             .entry(record.owner.clone())
             .or_default()
             .push(id_hash);
@@ -221,7 +245,7 @@ impl MemoryStore {
             if let Ok(slot) = hashes.find_entry(secret_hash, |e| *e == (secret_hash, id_hash)) {
                 slot.remove();
             }
-            if let Some(hashes) = owners.get_mut(&stored.record.owner)
+            if let Some(hashes) = owners.owners.get_mut(&stored.record.owner)
                 && let Some(at) = hashes.iter().position(|h| *h == id_hash)
             {
                 hashes.swap_remove(at);
@@ -231,7 +255,11 @@ impl MemoryStore {
 
     /// The records of `owner`, as the id shards hold them now.
     fn owner_records(&self, owner: &Owner) -> Vec<Arc<TokenRecord>> {
-        let mut id_hashes = read(&self.by_owner).get(owner).cloned().unwrap_or_default();
+        let mut id_hashes = read(&self.by_owner)
+            .owners
+            .get(owner)
+            .cloned()
+            .unwrap_or_default();
         // Two of an owner's ids with one 64-bit hash would otherwise be listed twice.
         id_hashes.sort_unstable();
         id_hashes.dedup();
@@ -423,6 +451,57 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn records_with_equal_scopes_share_one_copy() {
+        let store = MemoryStore::new();
+        let scoped = |id: u64, scopes: &[&str]| TokenRecord {
+            scopes: ScopeSet::try_from_iter(scopes).unwrap(),
+            ..record(id, "a")
+        };
+        block(store.insert(scoped(1, &["vps:read", "vps:write"]), hash(1))).unwrap();
+        block(store.insert(scoped(2, &["vps:write", "vps:read"]), hash(2))).unwrap();
+        block(store.insert(scoped(3, &["vps:read"]), hash(3))).unwrap();
+        let get = |id| {
+            block(store.get(&TokenId::from_u64(id)))
+                .unwrap()
+                .unwrap()
+                .record
+        };
+        assert!(get(1).scopes.is_shared_with(&get(2).scopes));
+        assert!(!get(1).scopes.is_shared_with(&get(3).scopes));
+        assert_eq!(
+            get(3).scopes,
+            ScopeSet::try_from_iter(["vps:read"]).unwrap()
+        );
+    }
+
+    #[test]
+    fn find_by_hash_after_removal_and_listing_by_owner() {
+        let store = MemoryStore::new();
+        for id in 1..=3 {
+            block(store.insert(record(id, "a"), hash(id))).unwrap();
+        }
+        store.remove_now(&TokenId::from_u64(2));
+        assert!(block(store.find_by_hash(&hash(2))).unwrap().is_none());
+        assert_eq!(
+            block(store.find_by_hash(&hash(3)))
+                .unwrap()
+                .unwrap()
+                .record
+                .id,
+            TokenId::from_u64(3)
+        );
+        let listed: Vec<TokenId> = block(store.list_by_owner(&Owner::new("a").unwrap()))
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&TokenId::from_u64(1)) && listed.contains(&TokenId::from_u64(3)));
+        // The hash of a removed token can be issued again.
+        block(store.insert(record(4, "a"), hash(2))).unwrap();
     }
 
     #[test]
