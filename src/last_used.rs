@@ -92,6 +92,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 
+use crossbeam_utils::CachePadded;
 use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -131,7 +132,7 @@ pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 /// Shards of the buffer. Notes for ids on different shards never touch the same lock.
-const SHARDS: usize = 32;
+const SHARDS: usize = 64;
 
 /// Keyed by foldhash rather than SipHash: only ids of tokens that verified are ever inserted,
 /// so nobody can fill a shard with chosen colliding keys, and a note is on every request's
@@ -141,7 +142,8 @@ type Shard = Mutex<HashMap<TokenId, DateTime<Utc>, RandomState>>;
 /// The last-use times noted since the last flush: the latest per id, in sharded maps.
 pub(crate) struct LastUsedBuffer {
     hasher: RandomState,
-    shards: Box<[Shard]>,
+    // Each lock on its own cache line, so notes on different shards never share one.
+    shards: Box<[CachePadded<Shard>]>,
     flush_interval: Duration,
     max_pending: usize,
     /// Entries in all shards. Changed only under the lock of the shard that gains or loses
@@ -158,7 +160,7 @@ impl LastUsedBuffer {
         Self {
             hasher: RandomState::default(),
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(RandomState::default())))
+                .map(|_| CachePadded::new(Mutex::new(HashMap::with_hasher(RandomState::default()))))
                 .collect(),
             flush_interval: flush_interval.max(MIN_FLUSH_INTERVAL),
             max_pending,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
+use crossbeam_utils::CachePadded;
 
 use super::{StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
@@ -63,8 +64,10 @@ type HashEntry = (u64, u64);
 #[derive(Debug)]
 pub struct MemoryStore {
     hasher: RandomState,
-    by_id: Box<[IdShard]>,
-    by_hash: Box<[HashShard]>,
+    // Each lock on its own cache line: a read lock writes its lock word, and two threads
+    // reading neighbouring shards must not contend for one line.
+    by_id: Box<[CachePadded<IdShard>]>,
+    by_hash: Box<[CachePadded<HashShard>]>,
     by_owner: RwLock<OwnerIndex>,
     next_id: AtomicU64,
 }
@@ -109,10 +112,10 @@ impl MemoryStore {
         Self {
             hasher: RandomState::new(),
             by_id: (0..SHARDS)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(RwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             by_hash: (0..SHARDS)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(RwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             by_owner: RwLock::new(OwnerIndex::default()),
             next_id: AtomicU64::new(1),
