@@ -361,27 +361,17 @@ async fn a_query_deadline_shorter_than_the_busy_timeout_answers_at_the_deadline(
     everything_works_again(&verifier, &token, used_at, &victim).await;
 }
 
-#[tokio::test]
-async fn a_read_only_database_verifies_correctly_and_refuses_writes_clearly() {
-    let (path, writable) = database().await;
-    let t0 = t0();
-    let clock = Arc::new(ManualClock::new(t0));
-    let token = issue(&verifier(writable.clone(), &clock), "svc")
-        .await
-        .unwrap();
-    let victim = issue(&verifier(writable.clone(), &clock), "victim")
-        .await
-        .unwrap();
-
-    // The same file opened read-only (`mode=ro`: SQLITE_OPEN_READONLY), as SQLite opens a file
-    // it may not write (permissions, a read-only mount). Root ignores `chmod 0444`, so the
-    // open mode is how the test gets the same SQLITE_READONLY answer to every write.
-    let read_only = SqliteStore::connect(&format!("{}?mode=ro", url(&path)))
-        .await
-        .unwrap();
-    let verifier = verifier(read_only, &clock);
+/// With `verifier` on a read-only view of the database: verification gives the right
+/// verdicts, every write fails at once with `Unavailable` saying the database is read-only,
+/// and the flush keeps its notes.
+async fn read_only_behaves(
+    verifier: &Verifier<SqliteStore>,
+    clock: &ManualClock,
+    token: &IssuedToken,
+    victim: &IssuedToken,
+) {
     let need = need();
-    clock.set(t0 + TimeDelta::seconds(1));
+    clock.advance(TimeDelta::seconds(1));
     verifier
         .verify(token.token.expose_secret(), &need)
         .await
@@ -394,7 +384,7 @@ async fn a_read_only_database_verifies_correctly_and_refuses_writes_clearly() {
 
     let (issued, revoked, flushed) = within(Duration::ZERO, async {
         tokio::join!(
-            issue(&verifier, "read-only"),
+            issue(verifier, "read-only"),
             verifier.store().revoke(&victim.record.id, verifier.now()),
             verifier.flush_last_used(),
         )
@@ -413,12 +403,33 @@ async fn a_read_only_database_verifies_correctly_and_refuses_writes_clearly() {
         1,
         "a failed flush keeps its notes"
     );
-    // Nothing was written: the victim still works, and a change made through the writable
-    // store is seen by the read-only one.
+    // Nothing was written: the victim still works.
     verifier
         .verify(victim.token.expose_secret(), &need)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_opened_read_only_verifies_correctly_and_refuses_writes_clearly() {
+    let (path, writable) = database().await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let token = issue(&verifier(writable.clone(), &clock), "svc")
+        .await
+        .unwrap();
+    let victim = issue(&verifier(writable.clone(), &clock), "victim")
+        .await
+        .unwrap();
+
+    // `mode=ro` opens the file with SQLITE_OPEN_READONLY: every write is SQLITE_READONLY, as
+    // for a file the process may not write (SQLite then opens it read-only by itself; see the
+    // `chattr +i` test below).
+    let read_only = SqliteStore::connect(&format!("{}?mode=ro", url(&path)))
+        .await
+        .unwrap();
+    let verifier = verifier(read_only, &clock);
+    read_only_behaves(&verifier, &clock, &token, &victim).await;
+    // A change made through a writable store is seen by the read-only one.
     assert!(
         writable
             .revoke(&victim.record.id, Utc::now())
@@ -426,8 +437,64 @@ async fn a_read_only_database_verifies_correctly_and_refuses_writes_clearly() {
             .unwrap()
     );
     let err = verifier
-        .verify(victim.token.expose_secret(), &need)
+        .verify(victim.token.expose_secret(), &need())
         .await
         .unwrap_err();
     assert_eq!(err.reason(), Some(RejectReason::Revoked));
+}
+
+/// `chattr +i` on a file, undone when dropped (also when the test fails).
+struct Immutable(PathBuf);
+
+impl Immutable {
+    /// `None` (after printing why) where `chattr` or the file system does not allow it.
+    fn set(path: &Path) -> Option<Self> {
+        let done = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output();
+        match done {
+            Ok(out) if out.status.success() => Some(Self(path.to_owned())),
+            Ok(out) => {
+                println!(
+                    "skipped: chattr +i failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(err) => {
+                println!("skipped: chattr not runnable: {err}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn an_immutable_database_file_is_opened_read_only_and_refuses_writes_clearly() {
+    // The operating system refuses writes even to root: SQLite's read-write open fails, it
+    // falls back to read-only by itself, and `SqliteStore::connect` succeeds on a plain URL.
+    let (path, writable) = database().await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let token = issue(&verifier(writable.clone(), &clock), "svc")
+        .await
+        .unwrap();
+    let victim = issue(&verifier(writable.clone(), &clock), "victim")
+        .await
+        .unwrap();
+    let Some(_immutable) = Immutable::set(&path) else {
+        return;
+    };
+    let store = SqliteStore::connect(&url(&path)).await.unwrap();
+    let verifier = verifier(store, &clock);
+    read_only_behaves(&verifier, &clock, &token, &victim).await;
 }
