@@ -189,11 +189,11 @@ struct Rig {
 }
 
 /// `query_timeout` is the store's per-query deadline; the pool holds up to 8 connections and
-/// waits at most 500 ms for one.
+/// waits up to 2 s for one (as `PostgresStore::connect` does), so the query deadline decides.
 async fn rig(url: &str, query_timeout: Duration) -> Rig {
     let pool = PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_millis(500));
+        .acquire_timeout(Duration::from_secs(2));
     rig_with(url, query_timeout, pool).await
 }
 
@@ -222,6 +222,18 @@ async fn rig_with(url: &str, query_timeout: Duration, pool: PgPoolOptions) -> Ri
 }
 
 impl Rig {
+    /// Waits until no pooled connection is out: the pool pings each connection it gets back,
+    /// and a delay set while that ping is under way would hold the connection up instead of
+    /// the next statement.
+    async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pool = self.store.pool();
+        while pool.num_idle() < pool.size() as usize {
+            assert!(Instant::now() < deadline, "pool never settled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// `last_used_at` of `id` as PostgreSQL has it, read past the relay.
     async fn last_used(&self, id: &apitoken::TokenId) -> Option<DateTime<Utc>> {
         let sql = format!("SELECT last_used_at FROM {} WHERE id = $1", self.table);
@@ -409,15 +421,17 @@ async fn a_delay_below_the_deadline_is_200_above_it_503_in_time_and_removing_it_
     let (status, _, fast) = call(&app, token).await;
     assert_eq!(status, StatusCode::OK);
 
-    // 150 ms each way: one round trip of at least 300 ms, well inside the deadline.
-    rig.relay.set_delay(Duration::from_millis(150));
+    // 50 ms each way: a round trip of at least 100 ms (the pool pings the connection before
+    // handing it out, so a lookup takes two or three), inside the deadline.
+    rig.relay.set_delay(Duration::from_millis(50));
     let (status, body, slow) = call(&app, token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
-        slow >= Duration::from_millis(300),
+        slow >= Duration::from_millis(100),
         "{slow:?} (undelayed {fast:?})"
     );
     assert!(slow < deadline, "{slow:?}");
+    println!("200 in {fast:?} undelayed, {slow:?} with 50 ms each way");
 
     // 1.5 s each way: every answer is a 503, and it comes at the deadline, not after the
     // database. An unknown id is a 503 too, not a 401: the store could not say.
@@ -438,9 +452,11 @@ async fn a_delay_below_the_deadline_is_200_above_it_503_in_time_and_removing_it_
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body, UNAVAILABLE);
         assert!(
-            took >= Duration::from_millis(450) && took < deadline + Duration::from_millis(700),
+            took >= deadline - Duration::from_millis(50)
+                && took < deadline + Duration::from_millis(700),
             "answered after {took:?}, deadline {deadline:?}"
         );
+        println!("503 in {took:?} with 1.5 s each way, deadline {deadline:?}");
     }
 
     // Delay removed: 200 again, same store, same pool, no restart.
@@ -517,18 +533,15 @@ async fn behind_the_cache_a_known_token_works_through_a_cut_for_its_ttl_and_noth
 
     rig.relay.stop().await;
     // Within the TTL the cache answers what it knows (the store said so less than a TTL ago;
-    // revocation and expiry are still checked against the clock). What it does not know is
-    // a 503, never a 401.
+    // revocation and expiry are still checked against the clock).
+    let (status, body, _) = call(&app, token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = call(&app, &seen_missing).await;
+    assert!(cached_at.elapsed() < ttl, "the test itself was too slow");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a cached miss");
+    // What it does not know is a 503, never a 401.
     let (status, body, _) = call(&app, &never_seen).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, body, _) = call(&app, token).await;
-    assert!(cached_at.elapsed() < ttl, "the test itself was too slow");
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(
-        call(&app, &seen_missing).await.0,
-        StatusCode::UNAUTHORIZED,
-        "a cached miss"
-    );
 
     // After the TTL nothing is known: 503 for both, not a stale 200 and not a 401.
     tokio::time::sleep(ttl.saturating_sub(cached_at.elapsed()) + Duration::from_millis(50)).await;
@@ -673,6 +686,7 @@ async fn a_flush_that_times_out_mid_statement_keeps_its_notes_and_the_late_write
         .verify(a.token.expose_secret(), &need)
         .await
         .unwrap(); // from the cache
+    rig.settle().await;
     rig.relay
         .set_delays(Duration::ZERO, Duration::from_millis(1500));
     let started = Instant::now();
@@ -704,6 +718,7 @@ async fn a_flush_that_times_out_mid_statement_keeps_its_notes_and_the_late_write
         .verify(a.token.expose_secret(), &need)
         .await
         .unwrap();
+    rig.settle().await;
     rig.relay
         .set_delays(Duration::from_millis(1500), Duration::ZERO);
     let err = verifier.flush_last_used().await.unwrap_err();
