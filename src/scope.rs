@@ -496,6 +496,14 @@ impl ScopePolicy {
             }
             return Err(required.scopes.clone());
         }
+        // The common case, everything held, without building a set of what is missing.
+        if required
+            .scopes
+            .iter()
+            .all(|r| self.covers(granted, r.as_str()))
+        {
+            return Ok(());
+        }
         let missing: ScopeSet = required
             .scopes
             .iter()

@@ -1,6 +1,6 @@
 //! The in-memory store: the embedded default.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, RandomState};
 
@@ -24,15 +24,22 @@ const SHARDS: usize = 64;
 /// must resist collisions crafted in advance). Some middle bits of that one hash pick the shard,
 /// the table uses the rest.
 type IdShard = RwLock<HashTable<StoredToken>>;
-/// Ids by secret hash. The key is SHA-256 output, uniformly distributed and not chosen by the
-/// presenter: its first byte picks the shard and its next eight bytes are the table's hash.
-type HashShard = RwLock<HashTable<(SecretHash, TokenId)>>;
+/// Records by secret hash, for formats without an id: each entry is eight bytes of the secret
+/// hash (the table's hash; SHA-256 output is uniformly distributed and cannot be chosen by a
+/// presenter) and the id's hash, which finds the record in `by_id`, where the whole secret
+/// hash is compared. Sixteen bytes an entry instead of a copy of the hash and the id: this
+/// index was the largest part of a token's memory.
+type HashShard = RwLock<HashTable<HashEntry>>;
+
+/// An entry of the secret-hash index: `(secret_table_hash, id hash)`.
+type HashEntry = (u64, u64);
 
 /// A [`TokenStore`] in the process's memory: for tests, single-instance services, and as the
 /// default while an application has no database yet. Nothing survives a restart.
 ///
 /// Records sit in 64 independently locked shards keyed by id, with a second sharded map from
-/// secret hash to id and an index by owner. Verification takes one shard's read lock, so
+/// secret hash to id and an index by owner; about 430 bytes a token all told
+/// (`docs/performance.md`). Verification takes one shard's read lock, so
 /// verifying threads do not wait for each other. Records are shared (`Arc`) and replaced whole
 /// on change (revocation, last-used), so readers never see a half-written record.
 ///
@@ -57,7 +64,8 @@ pub struct MemoryStore {
     hasher: RandomState,
     by_id: Box<[IdShard]>,
     by_hash: Box<[HashShard]>,
-    by_owner: RwLock<HashMap<Owner, BTreeSet<TokenId>>>,
+    /// The id hashes of each owner's records (eight bytes a token, not a copy of each id).
+    by_owner: RwLock<HashMap<Owner, Vec<u64>>>,
     next_id: AtomicU64,
 }
 
@@ -115,27 +123,28 @@ impl MemoryStore {
     }
 
     fn insert_now(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
-        // Lock order everywhere: owner index, then id shard, then hash shard.
+        // Lock order everywhere: owner index, then id shard, then hash shard. Every change
+        // that adds or removes records holds the owner index's write lock throughout, so the
+        // duplicate-hash check below cannot be raced.
         let id = record.id;
         let id_hash = self.id_hash(&id);
         let mut owners = write(&self.by_owner);
+        if self.find_by_hash_now(&hash).is_some() {
+            return Err(StoreError::conflict(
+                "a token with this secret hash already exists",
+            ));
+        }
         let mut ids = write(self.id_shard(id_hash));
-        let mut hashes = write(self.hash_shard(&hash));
         let hasher = |stored: &StoredToken| self.id_hash(&stored.record.id);
         let Entry::Vacant(id_slot) = ids.entry(id_hash, |s| s.record.id == id, hasher) else {
             return Err(StoreError::conflict("a token with this id already exists"));
         };
-        let Entry::Vacant(hash_slot) = hashes.entry(
-            secret_table_hash(&hash),
-            |(h, _)| *h == hash,
-            |(h, _)| secret_table_hash(h),
-        ) else {
-            return Err(StoreError::conflict(
-                "a token with this secret hash already exists",
-            ));
-        };
-        owners.entry(record.owner.clone()).or_default().insert(id);
-        hash_slot.insert((hash, id));
+        let secret_hash = secret_table_hash(&hash);
+        write(self.hash_shard(&hash)).insert_unique(secret_hash, (secret_hash, id_hash), |e| e.0);
+        owners
+            .entry(record.owner.clone())
+            .or_default()
+            .push(id_hash);
         id_slot.insert(StoredToken::new(record, hash));
         Ok(())
     }
@@ -155,10 +164,20 @@ impl MemoryStore {
     }
 
     fn find_by_hash_now(&self, hash: &SecretHash) -> Option<StoredToken> {
-        let id = read(self.hash_shard(hash))
-            .find(secret_table_hash(hash), |(h, _)| h == hash)?
-            .1;
-        self.get_now(&id)
+        // Candidates first, then the id shards, one lock at a time: holding a hash shard
+        // while waiting for an id shard would invert the writers' lock order. Two records
+        // whose secret hashes share eight bytes are all but impossible, but each is checked.
+        let secret_hash = secret_table_hash(hash);
+        let candidates: Vec<u64> = read(self.hash_shard(hash))
+            .iter_hash(secret_hash)
+            .filter(|e| e.0 == secret_hash)
+            .map(|e| e.1)
+            .collect();
+        candidates.into_iter().find_map(|id_hash| {
+            read(self.id_shard(id_hash))
+                .find(id_hash, |s| s.hash == *hash)
+                .cloned()
+        })
     }
 
     /// Replaces the record `id` with `change(record)` if `change` returns one.
@@ -197,23 +216,36 @@ impl MemoryStore {
         let mut ids = write(self.id_shard(id_hash));
         if let Ok(slot) = ids.find_entry(id_hash, |s| s.record.id == *id) {
             let (stored, _) = slot.remove();
+            let secret_hash = secret_table_hash(&stored.hash);
             let mut hashes = write(self.hash_shard(&stored.hash));
-            if let Ok(slot) =
-                hashes.find_entry(secret_table_hash(&stored.hash), |(h, _)| *h == stored.hash)
-            {
+            if let Ok(slot) = hashes.find_entry(secret_hash, |e| *e == (secret_hash, id_hash)) {
                 slot.remove();
             }
-            if let Some(set) = owners.get_mut(&stored.record.owner) {
-                set.remove(id);
+            if let Some(hashes) = owners.get_mut(&stored.record.owner)
+                && let Some(at) = hashes.iter().position(|h| *h == id_hash)
+            {
+                hashes.swap_remove(at);
             }
         }
     }
 
-    fn owner_ids(&self, owner: &Owner) -> Vec<TokenId> {
-        read(&self.by_owner)
-            .get(owner)
-            .map(|ids| ids.iter().copied().collect())
-            .unwrap_or_default()
+    /// The records of `owner`, as the id shards hold them now.
+    fn owner_records(&self, owner: &Owner) -> Vec<Arc<TokenRecord>> {
+        let mut id_hashes = read(&self.by_owner).get(owner).cloned().unwrap_or_default();
+        // Two of an owner's ids with one 64-bit hash would otherwise be listed twice.
+        id_hashes.sort_unstable();
+        id_hashes.dedup();
+        let mut records = Vec::with_capacity(id_hashes.len());
+        for id_hash in id_hashes {
+            let shard = read(self.id_shard(id_hash));
+            records.extend(
+                shard
+                    .iter_hash(id_hash)
+                    .filter(|s| s.record.owner == *owner)
+                    .map(|s| Arc::clone(&s.record)),
+            );
+        }
+        records
     }
 }
 
@@ -278,10 +310,9 @@ impl TokenStore for MemoryStore {
         owner: &Owner,
     ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
         let mut records: Vec<TokenRecord> = self
-            .owner_ids(owner)
+            .owner_records(owner)
             .iter()
-            .filter_map(|id| self.get_now(id))
-            .map(|stored| TokenRecord::clone(&stored.record))
+            .map(|record| TokenRecord::clone(record))
             .collect();
         records.sort_by_key(|r| (r.created_at, r.id));
         ready(Ok(records))
@@ -301,9 +332,9 @@ impl TokenStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
         let revoked = self
-            .owner_ids(owner)
+            .owner_records(owner)
             .iter()
-            .filter(|id| self.revoke_now(id, at))
+            .filter(|record| self.revoke_now(&record.id, at))
             .count();
         ready(Ok(revoked))
     }
