@@ -203,7 +203,10 @@ impl TokenSpan {
     /// The token. Visible ASCII, as `locate` checked; empty if the bytes were not text, which
     /// no format accepts.
     pub(crate) fn token(&self) -> &str {
-        std::str::from_utf8(&self.value.as_bytes()[self.start..self.end]).unwrap_or_default()
+        // `HeaderValue` is bytes, not `str`: clippy's string_from_utf8_as_bytes misfires on the
+        // one-expression form.
+        let bytes = self.value.as_bytes();
+        std::str::from_utf8(&bytes[self.start..self.end]).unwrap_or_default()
     }
 }
 
