@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
 
 /// A source of the current time.
 ///
@@ -25,8 +25,41 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => from_unix(since.as_secs(), since.subsec_nanos()),
+            Err(_) => Utc::now(), // before 1970: not worth a fast path
+        }
     }
+}
+
+thread_local! {
+    /// The last day converted, with its date: the calendar arithmetic of a day number is most
+    /// of chrono's cost to make a `DateTime` from the system time, and the day rarely changes.
+    static LAST_DAY: std::cell::Cell<(u64, NaiveDate)> =
+        const { std::cell::Cell::new((0, NaiveDate::MIN)) };
+}
+
+/// The UTC time `secs` seconds and `nanos` nanoseconds after the Unix epoch: the same value
+/// as `DateTime::from_timestamp`, cheaper when the day is the one converted last.
+fn from_unix(secs: u64, nanos: u32) -> DateTime<Utc> {
+    const DAY: u64 = 86_400;
+    let (day, second) = (secs / DAY, (secs % DAY) as u32);
+    let date = LAST_DAY.with(|last| match last.get() {
+        (cached, date) if cached == day && date != NaiveDate::MIN => Some(date),
+        _ => {
+            let date = i64::try_from(secs)
+                .ok()
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+                .map(|t| t.date_naive())?;
+            last.set((day, date));
+            Some(date)
+        }
+    });
+    date.and_then(|date| {
+        NaiveTime::from_num_seconds_from_midnight_opt(second, nanos)
+            .map(|time| date.and_time(time).and_utc())
+    })
+    .unwrap_or_else(Utc::now)
 }
 
 /// A clock that moves only when told to, for tests.
@@ -63,5 +96,41 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_unix_agrees_with_chrono_across_days_and_seconds() {
+        // Around the epoch, a leap day, a year's end and now, in an order that changes day
+        // both ways, so the cached day is hit and replaced.
+        let starts = [
+            0u64,
+            951_782_400,
+            1_704_067_199,
+            1_795_000_000,
+            86_399,
+            4_102_444_800,
+        ];
+        for start in starts {
+            for offset in [0u64, 1, 59, 3_599, 86_399, 86_400, 86_401] {
+                for nanos in [0u32, 1, 999_999_999] {
+                    let secs = start + offset;
+                    let expected = DateTime::from_timestamp(secs as i64, nanos).unwrap();
+                    assert_eq!(from_unix(secs, nanos), expected, "{secs}.{nanos}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn system_clock_reads_the_system_time() {
+        let before = Utc::now();
+        let read = SystemClock.now();
+        let after = Utc::now();
+        assert!(before <= read && read <= after);
     }
 }
