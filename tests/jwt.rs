@@ -2,6 +2,9 @@
 //! and yields the same `Principal`; every forged, misdirected, mistyped or stale JWT is a 401
 //! `invalid_token` with its precise reason in the audit event.
 
+#[path = "../examples/quickstart.rs"]
+#[allow(dead_code)]
+mod quickstart;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -891,4 +894,79 @@ fn debug_output_shows_no_key_material() {
             assert!(!shown.contains(secret), "{shown}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_jwt_manages_its_teams_tokens_and_what_it_mints_expires_with_it() {
+    let f = Fixture::with(
+        vec![hs_key()],
+        |v| v,
+        |b| b.format(quickstart::token_format()),
+    );
+    let grant = AccessGrant::new(Owner::new("team-1").unwrap(), "console")
+        .unwrap()
+        .scopes(["tokens:read", "tokens:write", "vps:read"])
+        .unwrap();
+    let jwt = f.issuer(hs_key()).issue(&grant).unwrap();
+    let app = quickstart::app(f.verifier.clone());
+    let call = |method: &str, path: String, token: String, body: Option<Value>| {
+        let app = app.clone();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+            .unwrap();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let bearer = jwt.token.expose_secret().to_owned();
+
+    // Create: the new API key works, and lives no longer than the JWT that made it.
+    let (status, created) = call(
+        "POST",
+        "/api/v1/tokens".into(),
+        bearer.clone(),
+        Some(json!({"name": "from-jwt", "scopes": ["vps:read"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["expires_at"], json!(jwt.claims.expires_at));
+    let minted = created["token"].as_str().unwrap().to_owned();
+    let (status, _) = call("GET", "/api/v1/vps".into(), minted.clone(), None).await;
+    assert_eq!(status, 200);
+
+    // Rotate it: the successor is handed out, not revoked behind the caller's back.
+    let id = created["id"].as_str().unwrap();
+    let (status, rotated) = call(
+        "POST",
+        format!("/api/v1/tokens/{id}/rotate"),
+        bearer.clone(),
+        Some(json!({"grace_seconds": 0})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    let successor = rotated["token"].as_str().unwrap().to_owned();
+    let (status, _) = call("GET", "/api/v1/vps".into(), successor, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call("GET", "/api/v1/vps".into(), minted, None).await;
+    assert_eq!(status, 401, "the rotated token is retired");
+
+    // Scopes it does not hold stay out of reach.
+    let (status, _) = call(
+        "POST",
+        "/api/v1/tokens".into(),
+        bearer,
+        Some(json!({"name": "escalate", "scopes": ["vps:write"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
 }
