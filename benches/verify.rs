@@ -273,12 +273,17 @@ fn bench_middleware(c: &mut Criterion) {
     let floor = Floor::new(&tokens);
     floor.bench(c, &token);
 
+    // `with_state` finishes each router as `axum::serve` does (`into_make_service`); a router
+    // called without it rebuilds its layered routes on every request, which would be counted
+    // against whichever layer is under test.
     let routes = || Router::new().route("/api/v1/vps", get(hello));
-    let plain = routes();
-    let auth = routes().layer(
-        AuthLayer::new(verifier.clone()).require(ScopeRequirement::all(["vps:read"]).unwrap()),
-    );
-    let bearer = routes().layer(static_bearer(&token));
+    let plain = routes().with_state(());
+    let auth = routes()
+        .layer(
+            AuthLayer::new(verifier.clone()).require(ScopeRequirement::all(["vps:read"]).unwrap()),
+        )
+        .with_state(());
+    let bearer = routes().layer(static_bearer(&token)).with_state(());
     // Each request is built inside the timed loop, for all three alike.
     let mut group = c.benchmark_group("middleware");
     for (name, router) in [

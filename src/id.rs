@@ -61,6 +61,18 @@ impl TokenId {
         })
     }
 
+    /// An id from bytes the caller has already checked (1 to [`MAX_ID_LEN`] base62
+    /// characters): the token parser, which validates while it scans.
+    pub(crate) fn from_checked(raw: &[u8]) -> Self {
+        debug_assert!(Self::new(std::str::from_utf8(raw).unwrap_or("!")).is_ok());
+        let mut bytes = [0u8; MAX_ID_LEN];
+        bytes[..raw.len()].copy_from_slice(raw);
+        Self {
+            len: raw.len() as u8,
+            bytes,
+        }
+    }
+
     /// The id of a numeric record key, such as an SQL `bigint` primary key.
     ///
     /// ```

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::format::{FormatError, GenerateError};
+use crate::format::{FormatError, GenerateError, TokenFormat};
 use crate::id::TokenId;
 use crate::record::{Metadata, Owner, TokenRecord};
 use crate::scope::{InvalidScope, ScopeSet};
@@ -111,7 +111,7 @@ impl<S: TokenStore> Issuer<S> {
             .ok_or(IssueError::NotFound)?;
         let current = &current.record;
         let (token, mut record, hash) = self
-            .mint(current.owner.clone(), current.name.clone(), now)
+            .mint(None, current.owner.clone(), current.name.clone(), now)
             .await?;
         record.scopes = current.scopes.clone();
         record.metadata = current.metadata.clone();
@@ -144,19 +144,27 @@ impl<S: TokenStore> Issuer<S> {
         Ok(IssuedToken { token, record })
     }
 
-    /// Allocates an id and generates a token for it: the text, a record without scopes, and
-    /// the hash to store.
+    /// Allocates an id (or takes `given`'s) and generates a token for it in the format
+    /// (`given`'s, or the verifier's first): the text, a record without scopes, and the hash
+    /// to store.
     async fn mint(
         &self,
+        given: Option<(&TokenFormat, TokenId)>,
         owner: Owner,
         name: String,
         now: DateTime<Utc>,
     ) -> Result<(Secret, TokenRecord, SecretHash), IssueError> {
         let inner = &*self.inner;
-        let format = &inner.formats[0];
-        let id = match format.random_id()? {
-            Some(id) => id,
-            None => inner.store.next_id().await?,
+        let (format, id) = match given {
+            Some((format, id)) => (format, id),
+            None => {
+                let format = &inner.formats[0];
+                let id = match format.random_id()? {
+                    Some(id) => id,
+                    None => inner.store.next_id().await?,
+                };
+                (format, id)
+            }
         };
         let token = format.generate(Some(&id))?;
         // Hash exactly what the verifier will hash: parse the text just made.
@@ -170,6 +178,27 @@ impl<S: TokenStore> Issuer<S> {
     /// Issues a token: allocates an id, generates a secret, stores the record with the
     /// secret's hash, and returns the token text, once.
     pub async fn issue(&self, new: NewToken) -> Result<IssuedToken, IssueError> {
+        self.issue_with(None, new).await
+    }
+
+    /// [`issue`](Self::issue) in `format` with the id `id` instead of the verifier's first
+    /// format and a fresh id: OAuth access tokens, whose id the endpoint chose (their `jti`).
+    /// The verifier must accept `format` for the token to verify.
+    #[cfg(feature = "oauth")]
+    pub(crate) async fn issue_as(
+        &self,
+        format: &TokenFormat,
+        id: TokenId,
+        new: NewToken,
+    ) -> Result<IssuedToken, IssueError> {
+        self.issue_with(Some((format, id)), new).await
+    }
+
+    async fn issue_with(
+        &self,
+        given: Option<(&TokenFormat, TokenId)>,
+        new: NewToken,
+    ) -> Result<IssuedToken, IssueError> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         if new.name.is_empty()
@@ -189,7 +218,7 @@ impl<S: TokenStore> Issuer<S> {
         if expires_at.is_some_and(|at| at <= now) {
             return Err(IssueError::ExpiryOutOfRange);
         }
-        let (token, mut record, hash) = self.mint(new.owner, new.name, now).await?;
+        let (token, mut record, hash) = self.mint(given, new.owner, new.name, now).await?;
         record.scopes = new.scopes;
         record.expires_at = expires_at;
         record.metadata = new.metadata;

@@ -90,7 +90,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use crossbeam_utils::CachePadded;
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -129,14 +132,18 @@ pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 /// Shards of the buffer. Notes for ids on different shards never touch the same lock.
-const SHARDS: usize = 32;
+const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<TokenId, DateTime<Utc>>>;
+/// Keyed by foldhash rather than SipHash: only ids of tokens that verified are ever inserted,
+/// so nobody can fill a shard with chosen colliding keys, and a note is on every request's
+/// path (SipHash was most of its cost).
+type Shard = Mutex<HashMap<TokenId, DateTime<Utc>, RandomState>>;
 
 /// The last-use times noted since the last flush: the latest per id, in sharded maps.
 pub(crate) struct LastUsedBuffer {
     hasher: RandomState,
-    shards: Box<[Shard]>,
+    // Each lock on its own cache line, so notes on different shards never share one.
+    shards: Box<[CachePadded<Shard>]>,
     flush_interval: Duration,
     max_pending: usize,
     /// Entries in all shards. Changed only under the lock of the shard that gains or loses
@@ -151,8 +158,10 @@ pub(crate) struct LastUsedBuffer {
 impl LastUsedBuffer {
     pub(crate) fn new(flush_interval: Duration, max_pending: usize) -> Self {
         Self {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::default(),
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(HashMap::with_hasher(RandomState::default()))))
+                .collect(),
             flush_interval: flush_interval.max(MIN_FLUSH_INTERVAL),
             max_pending,
             pending: AtomicUsize::new(0),
@@ -312,7 +321,7 @@ impl Drop for Draining<'_> {
 
 // A panic while a shard is locked cannot leave its map half-changed (every change is one
 // insert, one assignment or one drain), so a poisoned lock is still safe to use.
-fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<TokenId, DateTime<Utc>>> {
+fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<TokenId, DateTime<Utc>, RandomState>> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 

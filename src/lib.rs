@@ -13,6 +13,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod audit;
+#[cfg(feature = "client")]
+pub mod client;
 mod clock;
 mod error;
 pub mod format;
@@ -24,6 +26,8 @@ pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;
 pub mod middleware;
+#[cfg(feature = "oauth")]
+pub mod oauth;
 pub mod rate_limit;
 mod record;
 pub mod scope;

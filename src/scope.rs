@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -136,12 +137,34 @@ impl<'de> Deserialize<'de> for Scope {
 /// # Ok::<(), apitoken::InvalidScope>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct ScopeSet(Vec<Scope>);
+pub struct ScopeSet(
+    // Shared, so records with the same scopes can share one copy (the memory store and the
+    // cache do); `None` is the empty set, without an allocation.
+    Option<Arc<[Scope]>>,
+);
 
 impl ScopeSet {
     /// The empty set.
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self(None)
+    }
+
+    /// From sorted, deduplicated scopes.
+    fn from_sorted(scopes: Vec<Scope>) -> Self {
+        Self((!scopes.is_empty()).then(|| scopes.into()))
+    }
+
+    /// Whether both sets are one shared copy.
+    #[cfg(test)]
+    pub(crate) fn is_shared_with(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn as_slice(&self) -> &[Scope] {
+        self.0.as_deref().unwrap_or_default()
     }
 
     /// Validates each scope in `scopes`.
@@ -161,10 +184,12 @@ impl ScopeSet {
 
     /// Adds a scope; returns whether it was new.
     pub fn insert(&mut self, scope: Scope) -> bool {
-        match self.0.binary_search(&scope) {
+        match self.as_slice().binary_search(&scope) {
             Ok(_) => false,
             Err(at) => {
-                self.0.insert(at, scope);
+                let mut scopes = self.as_slice().to_vec();
+                scopes.insert(at, scope);
+                *self = Self::from_sorted(scopes);
                 true
             }
         }
@@ -173,22 +198,24 @@ impl ScopeSet {
     /// Whether the set holds exactly this scope (no wildcards, no implications; for those ask
     /// a [`ScopePolicy`]).
     pub fn contains(&self, scope: &str) -> bool {
-        self.0.binary_search_by(|s| s.as_str().cmp(scope)).is_ok()
+        self.as_slice()
+            .binary_search_by(|s| s.as_str().cmp(scope))
+            .is_ok()
     }
 
     /// The scopes in order.
     pub fn iter(&self) -> std::slice::Iter<'_, Scope> {
-        self.0.iter()
+        self.as_slice().iter()
     }
 
     /// Number of scopes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 }
 
@@ -197,7 +224,7 @@ impl FromIterator<Scope> for ScopeSet {
         let mut scopes: Vec<Scope> = iter.into_iter().collect();
         scopes.sort_unstable();
         scopes.dedup();
-        Self(scopes)
+        Self::from_sorted(scopes)
     }
 }
 
@@ -206,19 +233,19 @@ impl<'a> IntoIterator for &'a ScopeSet {
     type IntoIter = std::slice::Iter<'a, Scope>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.iter()
     }
 }
 
 impl fmt::Debug for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(&self.0).finish()
+        f.debug_set().entries(self.iter()).finish()
     }
 }
 
 impl fmt::Display for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, scope) in self.0.iter().enumerate() {
+        for (i, scope) in self.iter().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }
@@ -230,7 +257,7 @@ impl fmt::Display for ScopeSet {
 
 impl Serialize for ScopeSet {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(&self.0)
+        serializer.collect_seq(self.iter())
     }
 }
 
@@ -495,6 +522,14 @@ impl ScopePolicy {
                 return Ok(());
             }
             return Err(required.scopes.clone());
+        }
+        // The common case, everything held, without building a set of what is missing.
+        if required
+            .scopes
+            .iter()
+            .all(|r| self.covers(granted, r.as_str()))
+        {
+            return Ok(());
         }
         let missing: ScopeSet = required
             .scopes

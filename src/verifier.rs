@@ -281,14 +281,14 @@ impl<S: TokenStore> Verifier<S> {
         let record = match found {
             Some(stored) if secret_matches => stored.record,
             Some(stored) => {
-                self.balance_refusal(presented_id.as_ref());
+                self.balance_early_refusal(presented_id.as_ref());
                 return Err(Refused {
                     error: AuthError::invalid_token(RejectReason::WrongSecret, presented_id),
                     record: Some(stored.record),
                 });
             }
             None => {
-                self.balance_refusal(presented_id.as_ref());
+                self.balance_early_refusal(presented_id.as_ref());
                 return Err(Refused::early(AuthError::invalid_token(
                     RejectReason::UnknownToken,
                     presented_id,
@@ -385,6 +385,13 @@ impl<S: TokenStore> Verifier<S> {
         }
     }
 
+    /// The same for a refusal before the record's checks (unknown id, wrong secret), which
+    /// also skips the clock read that those checks make.
+    fn balance_early_refusal(&self, id: Option<&TokenId>) {
+        std::hint::black_box(self.inner.clock.now());
+        self.balance_refusal(id);
+    }
+
     fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {
         // Every format is tried: formats without a prefix cannot tell each other's tokens
         // apart by their first bytes.
@@ -400,6 +407,56 @@ impl<S: TokenStore> Verifier<S> {
             other => RejectReason::Malformed(other),
         };
         Err(AuthError::invalid_token(reason, None))
+    }
+
+    /// The record `token` names if the token is genuine and active (not revoked, expired,
+    /// too old or idle), ignoring client address and scopes; `None` otherwise. No audit event,
+    /// no last-use note: OAuth revocation and introspection look at a token, they do not use
+    /// it. The same steps as a verification (hash first, dummy compare on a miss).
+    #[cfg(feature = "oauth")]
+    pub(crate) async fn inspect(
+        &self,
+        token: &str,
+    ) -> Result<Option<Arc<TokenRecord>>, crate::store::StoreError> {
+        let inner = &*self.inner;
+        let Ok(parsed) = self.parse(token) else {
+            return Ok(None);
+        };
+        let presented = inner.hasher.hash(parsed.secret().as_bytes());
+        let found = match parsed.id() {
+            Some(id) => inner.store.get(id).await?,
+            None => inner.store.find_by_hash(&presented).await?,
+        };
+        let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
+        let matches: bool = presented.ct_eq(expected).into();
+        Ok(found
+            .filter(|_| matches)
+            .map(|stored| stored.record)
+            .filter(|record| inner.is_active(record, inner.clock.now())))
+    }
+
+    /// Whether `record` would pass every check but the secret, address and scopes now.
+    #[cfg(feature = "oauth")]
+    pub(crate) fn is_active(&self, record: &TokenRecord) -> bool {
+        self.inner.is_active(record, self.inner.clock.now())
+    }
+
+    /// The hasher, for secrets kept outside the token store (OAuth refresh tokens and codes).
+    #[cfg(feature = "oauth")]
+    pub(crate) fn hasher(&self) -> &SecretHasher {
+        &self.inner.hasher
+    }
+
+    /// The hash an unknown id is compared against.
+    #[cfg(feature = "oauth")]
+    pub(crate) fn dummy_hash(&self) -> &SecretHash {
+        &self.inner.dummy_hash
+    }
+
+    /// Whether this verifier parses tokens of `format` (one of its formats equals it).
+    #[cfg(feature = "oauth")]
+    pub(crate) fn accepts(&self, format: &TokenFormat) -> bool {
+        self.inner.formats.contains(format)
     }
 
     /// An [`Issuer`] that creates tokens in this verifier's first format, hashed with its

@@ -301,12 +301,10 @@ impl TokenFormat {
             return Err(FormatError::TooLong);
         }
         // One pass rejects whitespace, controls, quotes and every non-ASCII byte, so later
-        // steps may slice by byte without meeting a char boundary.
-        if raw
-            .iter()
-            .fold(TOKEN_BYTE, |acc, b| acc & BYTE_CLASS[usize::from(*b)])
-            != TOKEN_BYTE
-        {
+        // steps may slice by byte without meeting a char boundary. It also counts the bytes
+        // outside base62, which spares a valid token a second pass over its secret.
+        let (invalid, outside_base62) = classify(raw);
+        if invalid {
             return Err(FormatError::InvalidCharacter);
         }
         match &self.layout {
@@ -316,7 +314,7 @@ impl TokenFormat {
                 checksum,
                 accepted,
                 ..
-            } => self.parse_standard(text, *id, *separator, *checksum, accepted),
+            } => self.parse_standard(text, outside_base62, *id, *separator, *checksum, accepted),
             Layout::Sanctum => self.parse_sanctum(text),
         }
     }
@@ -324,6 +322,7 @@ impl TokenFormat {
     fn parse_standard<'a>(
         &self,
         text: &'a str,
+        outside_base62: usize,
         id_kind: IdKind,
         separator: Separator,
         checksum: Checksum,
@@ -359,7 +358,15 @@ impl TokenFormat {
                 secret
             }
         };
-        if !accepted.contains(&secret.len()) || !is_base62(secret) {
+        // Every byte outside base62 is in the prefix or is the separator (the id was checked):
+        // then the secret is base62 without looking at it again.
+        let expected_outside = self.prefix.as_deref().map_or(0, |p| {
+            p.bytes()
+                .filter(|b| BYTE_CLASS[usize::from(*b)] & BASE62_BYTE == 0)
+                .count()
+        }) + usize::from(id.is_some());
+        let base62 = outside_base62 == expected_outside || is_base62(secret);
+        if !accepted.contains(&secret.len()) || !base62 {
             return Err(FormatError::InvalidSecret);
         }
         Ok(ParsedToken { id, secret })
@@ -657,24 +664,30 @@ impl fmt::Debug for ParsedToken<'_> {
 fn parse_id(text: &str, kind: IdKind) -> Result<TokenId, FormatError> {
     let raw = text.as_bytes();
     let ok = match kind {
+        // Canonical decimal of a u64: no sign, no leading zero, nothing above u64::MAX (such
+        // as 2^64, also 20 digits).
         IdKind::Numeric => {
             !raw.is_empty()
                 && raw.len() <= 20
-                && raw.iter().all(u8::is_ascii_digit)
                 && (raw.len() == 1 || raw[0] != b'0')
+                && raw
+                    .iter()
+                    .try_fold(0u64, |n, b| {
+                        let digit = b.wrapping_sub(b'0');
+                        (digit <= 9)
+                            .then_some(n)?
+                            .checked_mul(10)?
+                            .checked_add(u64::from(digit))
+                    })
+                    .is_some()
         }
-        IdKind::Random { len } => raw.len() == len && is_base62(text),
+        IdKind::Random { len } => raw.len() == len && len <= MAX_ID_LEN && is_base62(text),
         IdKind::None => false,
     };
     if !ok {
         return Err(FormatError::InvalidId);
     }
-    let id = TokenId::new(text).map_err(|_| FormatError::InvalidId)?;
-    if kind == IdKind::Numeric && id.as_u64().is_none() {
-        // 20 digits above u64::MAX, such as 2^64.
-        return Err(FormatError::InvalidId);
-    }
-    Ok(id)
+    Ok(TokenId::from_checked(raw))
 }
 
 fn sanctum_body_ok(body: &str) -> Result<(), FormatError> {
@@ -731,6 +744,16 @@ static BYTE_CLASS: [u8; 256] = {
 };
 const BASE62_BYTE: u8 = 1;
 const TOKEN_BYTE: u8 = 2;
+
+/// Whether any byte is outside the token alphabet (`0-9A-Za-z` and `.|_-`), and how many are
+/// outside base62: one pass, one table lookup a byte, no branch.
+fn classify(raw: &[u8]) -> (bool, usize) {
+    let (class, outside) = raw.iter().fold((TOKEN_BYTE, 0usize), |(acc, n), b| {
+        let class = BYTE_CLASS[usize::from(*b)];
+        (acc & class, n + usize::from(class & BASE62_BYTE))
+    });
+    (class != TOKEN_BYTE, raw.len() - outside)
+}
 
 fn is_base62(text: &str) -> bool {
     // Branch-free over the bytes: the and of every class, checked once.

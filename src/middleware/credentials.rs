@@ -1,6 +1,6 @@
 //! Where a request carries its token: the `Authorization` header, or a custom header.
 
-use http::header::{AUTHORIZATION, HeaderMap, HeaderName};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{AuthError, RejectReason};
 use crate::format::{FormatError, MAX_TOKEN_LEN};
@@ -79,9 +79,7 @@ impl Credentials {
 
     /// Also accepts `Authorization: <scheme> <token>`, such as DCT's `apk`.
     pub fn scheme(mut self, scheme: &str) -> Result<Self, InvalidScheme> {
-        let valid =
-            !scheme.is_empty() && scheme.len() <= MAX_SCHEME_LEN && scheme.bytes().all(is_tchar);
-        if !valid {
+        if !is_valid_scheme(scheme) {
             return Err(InvalidScheme);
         }
         if !self.accepts_scheme(scheme.as_bytes()) {
@@ -110,6 +108,35 @@ impl Credentials {
         self.schemes
             .iter()
             .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+    }
+
+    /// Where the token is, for reading it again after the request has moved on: the header
+    /// value (a reference-counted handle on the same bytes) and the token's span in it.
+    pub(crate) fn locate(&self, headers: &HeaderMap) -> Result<Option<TokenSpan>, AuthError> {
+        let Some(token) = self.extract(headers)? else {
+            return Ok(None);
+        };
+        let (start, end) = {
+            let at = token.as_ptr() as usize;
+            (at, at + token.len())
+        };
+        // The token is a slice of one of the values `extract` read; find which.
+        let values = headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .chain(self.header.iter().flat_map(|name| headers.get_all(name)));
+        for value in values {
+            let base = value.as_bytes().as_ptr() as usize;
+            if base <= start && end <= base + value.len() {
+                return Ok(Some(TokenSpan {
+                    value: value.clone(),
+                    start: start - base,
+                    end: end - base,
+                }));
+            }
+        }
+        // Unreachable: the token borrows from one of those values. Fail closed.
+        Err(AuthError::malformed_request())
     }
 
     /// The token text, `Ok(None)` when the request has no credentials for us, or the error.
@@ -164,6 +191,31 @@ impl Credentials {
     }
 }
 
+/// A token found by [`Credentials::locate`]: checked once, read again without a second parse.
+#[derive(Clone)]
+pub(crate) struct TokenSpan {
+    value: HeaderValue,
+    start: usize,
+    end: usize,
+}
+
+impl TokenSpan {
+    /// The token. Visible ASCII, as `locate` checked; empty if the bytes were not text, which
+    /// no format accepts.
+    pub(crate) fn token(&self) -> &str {
+        // `HeaderValue` is bytes, not `str`: clippy's string_from_utf8_as_bytes misfires on the
+        // one-expression form.
+        let bytes = self.value.as_bytes();
+        std::str::from_utf8(&bytes[self.start..self.end]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for TokenSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSpan(<redacted>)")
+    }
+}
+
 /// Checks the token part of a header: bounded, one token, visible ASCII.
 fn token_text(token: &[u8]) -> Result<&str, AuthError> {
     if token.is_empty() {
@@ -206,6 +258,12 @@ fn trim_ows(value: &[u8]) -> &[u8] {
         .rposition(|b| !is_ows(b))
         .map_or(start, |i| i + 1);
     &value[start..end]
+}
+
+/// Whether `scheme` is 1 to [`MAX_SCHEME_LEN`] RFC 9110 token characters. The client side
+/// (`apitoken::client`) sends only schemes this side would accept.
+pub(crate) fn is_valid_scheme(scheme: &str) -> bool {
+    !scheme.is_empty() && scheme.len() <= MAX_SCHEME_LEN && scheme.bytes().all(is_tchar)
 }
 
 /// RFC 9110 §5.6.2 `tchar`.

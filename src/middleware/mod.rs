@@ -71,6 +71,8 @@ mod service;
 #[cfg(feature = "axum")]
 pub use self::axum::Unauthenticated;
 pub use client::{ClientIp, PeerAddr, TrustedProxies};
+#[cfg(feature = "client")]
+pub(crate) use credentials::is_valid_scheme;
 pub use credentials::{Credentials, InvalidScheme};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;

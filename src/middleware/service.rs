@@ -93,7 +93,7 @@ where
         }
 
         // Header problems are answered here, without a store and without allocating a future.
-        match credentials.extract(request.headers()) {
+        let span = match credentials.locate(request.headers()) {
             Err(error) => {
                 self.layer.verifier.audit_refusal(&error, client_ip);
                 count_failure(throttle.as_deref(), client_ip, &error);
@@ -107,25 +107,20 @@ where
                 self.layer.verifier.audit_refusal(&error, client_ip);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
-            Ok(Some(_)) => {}
-        }
+            Ok(Some(span)) => span,
+        };
 
         // Use the service that `poll_ready` readied; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.layer.verifier.clone();
-        let credentials = credentials.clone();
         let required = self.layer.required.clone();
         let rate_limit = self.layer.rate_limit.clone();
         let verify = Box::pin(async move {
-            // The token borrows from the request's headers, so it is read again here rather
-            // than copied out of `call`.
             let info = crate::verifier::RequestInfo::new().client_ip(client_ip);
-            let mut outcome = match credentials.extract(request.headers()) {
-                Ok(Some(token)) => verifier.verify_request(token, &required, &info).await,
-                Ok(None) => Err(AuthError::missing_credentials()),
-                Err(error) => Err(error),
-            };
+            let mut outcome = verifier
+                .verify_request(span.token(), &required, &info)
+                .await;
             match &outcome {
                 // Last, as in Unkey's order: a request refused for any other reason spends
                 // no budget.

@@ -1,6 +1,6 @@
 //! The in-memory store: the embedded default.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, RandomState};
 
@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
+use crossbeam_utils::CachePadded;
 
 use super::{StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};
+use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
 
 /// Shards per map. Lookups on different shards never touch the same lock.
@@ -24,15 +26,22 @@ const SHARDS: usize = 64;
 /// must resist collisions crafted in advance). Some middle bits of that one hash pick the shard,
 /// the table uses the rest.
 type IdShard = RwLock<HashTable<StoredToken>>;
-/// Ids by secret hash. The key is SHA-256 output, uniformly distributed and not chosen by the
-/// presenter: its first byte picks the shard and its next eight bytes are the table's hash.
-type HashShard = RwLock<HashTable<(SecretHash, TokenId)>>;
+/// Records by secret hash, for formats without an id: each entry is eight bytes of the secret
+/// hash (the table's hash; SHA-256 output is uniformly distributed and cannot be chosen by a
+/// presenter) and the id's hash, which finds the record in `by_id`, where the whole secret
+/// hash is compared. Sixteen bytes an entry instead of a copy of the hash and the id: this
+/// index was the largest part of a token's memory.
+type HashShard = RwLock<HashTable<HashEntry>>;
+
+/// An entry of the secret-hash index: `(secret_table_hash, id hash)`.
+type HashEntry = (u64, u64);
 
 /// A [`TokenStore`] in the process's memory: for tests, single-instance services, and as the
 /// default while an application has no database yet. Nothing survives a restart.
 ///
 /// Records sit in 64 independently locked shards keyed by id, with a second sharded map from
-/// secret hash to id and an index by owner. Verification takes one shard's read lock, so
+/// secret hash to id and an index by owner; about 430 bytes a token all told
+/// (`docs/performance.md`). Verification takes one shard's read lock, so
 /// verifying threads do not wait for each other. Records are shared (`Arc`) and replaced whole
 /// on change (revocation, last-used), so readers never see a half-written record.
 ///
@@ -55,10 +64,34 @@ type HashShard = RwLock<HashTable<(SecretHash, TokenId)>>;
 #[derive(Debug)]
 pub struct MemoryStore {
     hasher: RandomState,
-    by_id: Box<[IdShard]>,
-    by_hash: Box<[HashShard]>,
-    by_owner: RwLock<HashMap<Owner, BTreeSet<TokenId>>>,
+    // Each lock on its own cache line: a read lock writes its lock word, and two threads
+    // reading neighbouring shards must not contend for one line.
+    by_id: Box<[CachePadded<IdShard>]>,
+    by_hash: Box<[CachePadded<HashShard>]>,
+    by_owner: RwLock<OwnerIndex>,
     next_id: AtomicU64,
+}
+
+/// The index by owner, and the scope sets records share.
+#[derive(Debug, Default)]
+struct OwnerIndex {
+    /// The id hashes of each owner's records (eight bytes a token, not a copy of each id).
+    owners: HashMap<Owner, Vec<u64>>,
+    /// One copy of each distinct scope set: tokens mostly hold one of a few combinations, and
+    /// a shared set is 16 bytes a record instead of its own allocations. Never shrinks; it
+    /// holds each combination ever inserted.
+    scope_sets: HashSet<ScopeSet>,
+}
+
+impl OwnerIndex {
+    fn intern(&mut self, scopes: &mut ScopeSet) {
+        match self.scope_sets.get(scopes) {
+            Some(shared) => *scopes = shared.clone(),
+            None => {
+                self.scope_sets.insert(scopes.clone());
+            }
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -79,12 +112,12 @@ impl MemoryStore {
         Self {
             hasher: RandomState::new(),
             by_id: (0..SHARDS)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(RwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
             by_hash: (0..SHARDS)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(RwLock::new(HashTable::with_capacity(per_shard))))
                 .collect(),
-            by_owner: RwLock::new(HashMap::new()),
+            by_owner: RwLock::new(OwnerIndex::default()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -114,28 +147,31 @@ impl MemoryStore {
         &self.by_hash[usize::from(hash.as_bytes()[0]) % SHARDS]
     }
 
-    fn insert_now(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
-        // Lock order everywhere: owner index, then id shard, then hash shard.
+    fn insert_now(&self, mut record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        // Lock order everywhere: owner index, then id shard, then hash shard. Every change
+        // that adds or removes records holds the owner index's write lock throughout, so the
+        // duplicate-hash check below cannot be raced.
         let id = record.id;
         let id_hash = self.id_hash(&id);
         let mut owners = write(&self.by_owner);
+        if self.find_by_hash_now(&hash).is_some() {
+            return Err(StoreError::conflict(
+                "a token with this secret hash already exists",
+            ));
+        }
         let mut ids = write(self.id_shard(id_hash));
-        let mut hashes = write(self.hash_shard(&hash));
         let hasher = |stored: &StoredToken| self.id_hash(&stored.record.id);
         let Entry::Vacant(id_slot) = ids.entry(id_hash, |s| s.record.id == id, hasher) else {
             return Err(StoreError::conflict("a token with this id already exists"));
         };
-        let Entry::Vacant(hash_slot) = hashes.entry(
-            secret_table_hash(&hash),
-            |(h, _)| *h == hash,
-            |(h, _)| secret_table_hash(h),
-        ) else {
-            return Err(StoreError::conflict(
-                "a token with this secret hash already exists",
-            ));
-        };
-        owners.entry(record.owner.clone()).or_default().insert(id);
-        hash_slot.insert((hash, id));
+        let secret_hash = secret_table_hash(&hash);
+        write(self.hash_shard(&hash)).insert_unique(secret_hash, (secret_hash, id_hash), |e| e.0);
+        owners.intern(&mut record.scopes);
+        owners
+            .owners
+            .entry(record.owner.clone())
+            .or_default()
+            .push(id_hash);
         id_slot.insert(StoredToken::new(record, hash));
         Ok(())
     }
@@ -155,10 +191,20 @@ impl MemoryStore {
     }
 
     fn find_by_hash_now(&self, hash: &SecretHash) -> Option<StoredToken> {
-        let id = read(self.hash_shard(hash))
-            .find(secret_table_hash(hash), |(h, _)| h == hash)?
-            .1;
-        self.get_now(&id)
+        // Candidates first, then the id shards, one lock at a time: holding a hash shard
+        // while waiting for an id shard would invert the writers' lock order. Two records
+        // whose secret hashes share eight bytes are all but impossible, but each is checked.
+        let secret_hash = secret_table_hash(hash);
+        let candidates: Vec<u64> = read(self.hash_shard(hash))
+            .iter_hash(secret_hash)
+            .filter(|e| e.0 == secret_hash)
+            .map(|e| e.1)
+            .collect();
+        candidates.into_iter().find_map(|id_hash| {
+            read(self.id_shard(id_hash))
+                .find(id_hash, |s| s.hash == *hash)
+                .cloned()
+        })
     }
 
     /// Replaces the record `id` with `change(record)` if `change` returns one.
@@ -197,23 +243,40 @@ impl MemoryStore {
         let mut ids = write(self.id_shard(id_hash));
         if let Ok(slot) = ids.find_entry(id_hash, |s| s.record.id == *id) {
             let (stored, _) = slot.remove();
+            let secret_hash = secret_table_hash(&stored.hash);
             let mut hashes = write(self.hash_shard(&stored.hash));
-            if let Ok(slot) =
-                hashes.find_entry(secret_table_hash(&stored.hash), |(h, _)| *h == stored.hash)
-            {
+            if let Ok(slot) = hashes.find_entry(secret_hash, |e| *e == (secret_hash, id_hash)) {
                 slot.remove();
             }
-            if let Some(set) = owners.get_mut(&stored.record.owner) {
-                set.remove(id);
+            if let Some(hashes) = owners.owners.get_mut(&stored.record.owner)
+                && let Some(at) = hashes.iter().position(|h| *h == id_hash)
+            {
+                hashes.swap_remove(at);
             }
         }
     }
 
-    fn owner_ids(&self, owner: &Owner) -> Vec<TokenId> {
-        read(&self.by_owner)
+    /// The records of `owner`, as the id shards hold them now.
+    fn owner_records(&self, owner: &Owner) -> Vec<Arc<TokenRecord>> {
+        let mut id_hashes = read(&self.by_owner)
+            .owners
             .get(owner)
-            .map(|ids| ids.iter().copied().collect())
-            .unwrap_or_default()
+            .cloned()
+            .unwrap_or_default();
+        // Two of an owner's ids with one 64-bit hash would otherwise be listed twice.
+        id_hashes.sort_unstable();
+        id_hashes.dedup();
+        let mut records = Vec::with_capacity(id_hashes.len());
+        for id_hash in id_hashes {
+            let shard = read(self.id_shard(id_hash));
+            records.extend(
+                shard
+                    .iter_hash(id_hash)
+                    .filter(|s| s.record.owner == *owner)
+                    .map(|s| Arc::clone(&s.record)),
+            );
+        }
+        records
     }
 }
 
@@ -278,10 +341,9 @@ impl TokenStore for MemoryStore {
         owner: &Owner,
     ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
         let mut records: Vec<TokenRecord> = self
-            .owner_ids(owner)
+            .owner_records(owner)
             .iter()
-            .filter_map(|id| self.get_now(id))
-            .map(|stored| TokenRecord::clone(&stored.record))
+            .map(|record| TokenRecord::clone(record))
             .collect();
         records.sort_by_key(|r| (r.created_at, r.id));
         ready(Ok(records))
@@ -301,9 +363,9 @@ impl TokenStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
         let revoked = self
-            .owner_ids(owner)
+            .owner_records(owner)
             .iter()
-            .filter(|id| self.revoke_now(id, at))
+            .filter(|record| self.revoke_now(&record.id, at))
             .count();
         ready(Ok(revoked))
     }
@@ -392,6 +454,57 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn records_with_equal_scopes_share_one_copy() {
+        let store = MemoryStore::new();
+        let scoped = |id: u64, scopes: &[&str]| TokenRecord {
+            scopes: ScopeSet::try_from_iter(scopes).unwrap(),
+            ..record(id, "a")
+        };
+        block(store.insert(scoped(1, &["vps:read", "vps:write"]), hash(1))).unwrap();
+        block(store.insert(scoped(2, &["vps:write", "vps:read"]), hash(2))).unwrap();
+        block(store.insert(scoped(3, &["vps:read"]), hash(3))).unwrap();
+        let get = |id| {
+            block(store.get(&TokenId::from_u64(id)))
+                .unwrap()
+                .unwrap()
+                .record
+        };
+        assert!(get(1).scopes.is_shared_with(&get(2).scopes));
+        assert!(!get(1).scopes.is_shared_with(&get(3).scopes));
+        assert_eq!(
+            get(3).scopes,
+            ScopeSet::try_from_iter(["vps:read"]).unwrap()
+        );
+    }
+
+    #[test]
+    fn find_by_hash_after_removal_and_listing_by_owner() {
+        let store = MemoryStore::new();
+        for id in 1..=3 {
+            block(store.insert(record(id, "a"), hash(id))).unwrap();
+        }
+        store.remove_now(&TokenId::from_u64(2));
+        assert!(block(store.find_by_hash(&hash(2))).unwrap().is_none());
+        assert_eq!(
+            block(store.find_by_hash(&hash(3)))
+                .unwrap()
+                .unwrap()
+                .record
+                .id,
+            TokenId::from_u64(3)
+        );
+        let listed: Vec<TokenId> = block(store.list_by_owner(&Owner::new("a").unwrap()))
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&TokenId::from_u64(1)) && listed.contains(&TokenId::from_u64(3)));
+        // The hash of a removed token can be issued again.
+        block(store.insert(record(4, "a"), hash(2))).unwrap();
     }
 
     #[test]

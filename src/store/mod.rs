@@ -26,7 +26,7 @@ mod postgres;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sanctum;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod sql;
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 

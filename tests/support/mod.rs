@@ -146,8 +146,14 @@ impl Client {
             Some(_) => builder.header("content-type", "application/json"),
             None => builder,
         };
+        self.send_raw(builder, body.unwrap_or("")).await
+    }
+
+    /// Sends `builder` with `body` as it is (no content type added) and reads the whole
+    /// response.
+    pub async fn send_raw(&self, builder: http::request::Builder, body: &str) -> Reply {
         let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+            .body(Full::new(Bytes::from(body.to_owned())))
             .expect("a valid request");
         let exchange = async {
             let response = self.inner.request(request).await.expect("response");
@@ -175,6 +181,18 @@ impl Client {
             builder = builder.header("authorization", value);
         }
         self.send(builder, body).await
+    }
+
+    /// `POST path` with a form body (`application/x-www-form-urlencoded`) and
+    /// `Authorization: <authorization>` when given.
+    pub async fn post_form(&self, path: &str, authorization: Option<&str>, body: &str) -> Reply {
+        let mut builder = self
+            .request(Method::POST, path)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        self.send_raw(builder, body).await
     }
 
     /// `method path` with `Authorization: Bearer <token>`.

@@ -1,0 +1,597 @@
+//! Grant state kept outside the [`TokenStore`](crate::TokenStore): refresh-token families and
+//! authorization codes.
+//!
+//! Refresh tokens and codes live here, not in the token store the [`Verifier`](crate::Verifier)
+//! reads, so neither can ever verify as an access token or an API key. Both are stored only as
+//! the hash of their secret.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+
+use crate::id::TokenId;
+use crate::record::Owner;
+use crate::scope::ScopeSet;
+use crate::secret::SecretHash;
+use crate::store::StoreError;
+
+/// The grant a refresh-token family came from: every refresh token rotated from one
+/// authorization, the scope that authorization granted, and the access tokens issued under it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct GrantFamily {
+    /// The family's id (not secret).
+    pub id: TokenId,
+    /// The client the grant was made to; only it may refresh.
+    pub client_id: TokenId,
+    /// Whom the tokens act for (the user who approved the grant).
+    pub owner: Owner,
+    /// The scope granted: no refresh token of the family carries more.
+    pub scopes: ScopeSet,
+    /// When the grant was made. An absolute refresh lifetime counts from here.
+    pub created_at: DateTime<Utc>,
+    /// When the family was revoked (reuse of a rotated token, a replayed code, RFC 7009).
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Access tokens issued under the grant that had not expired when the last one was added:
+    /// `(id, expires_at)`. Revoking the family revokes these too.
+    pub access_tokens: Vec<(TokenId, DateTime<Utc>)>,
+}
+
+impl GrantFamily {
+    /// A family with no access tokens yet, not revoked.
+    pub fn new(
+        id: TokenId,
+        client_id: TokenId,
+        owner: Owner,
+        scopes: ScopeSet,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            client_id,
+            owner,
+            scopes,
+            created_at,
+            revoked_at: None,
+            access_tokens: Vec::new(),
+        }
+    }
+
+    /// Notes an access token issued under the grant, forgetting those expired by `now`.
+    pub fn add_access_token(&mut self, id: TokenId, expires_at: DateTime<Utc>, now: DateTime<Utc>) {
+        self.access_tokens.retain(|(_, end)| *end > now);
+        self.access_tokens.push((id, expires_at));
+    }
+}
+
+/// One refresh token: its hash, its family, and whether it has been used (rotated).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RefreshTokenRecord {
+    /// The id in the token text (not secret).
+    pub id: TokenId,
+    /// The family it belongs to.
+    pub family: TokenId,
+    /// The hash of its secret.
+    pub hash: SecretHash,
+    /// When it was issued: the family's last use, for inactivity expiry.
+    pub created_at: DateTime<Utc>,
+    /// When it was exchanged for a successor. A used token presented again revokes its family.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+impl RefreshTokenRecord {
+    /// An unused refresh token.
+    pub fn new(id: TokenId, family: TokenId, hash: SecretHash, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            family,
+            hash,
+            created_at,
+            used_at: None,
+        }
+    }
+}
+
+/// One authorization code (RFC 6749 §4.1.2), bound to its client, redirect URI and PKCE
+/// challenge (RFC 7636).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AuthorizationCodeRecord {
+    /// The id in the code text (not secret).
+    pub id: TokenId,
+    /// The hash of its secret.
+    pub hash: SecretHash,
+    /// The client it was issued to.
+    pub client_id: TokenId,
+    /// The redirect URI of the authorization request, compared exactly on redemption.
+    pub redirect_uri: String,
+    /// The S256 code challenge.
+    pub code_challenge: String,
+    /// The user who approved it.
+    pub owner: Owner,
+    /// The scopes the user approved.
+    pub scopes: ScopeSet,
+    /// The id the grant family will have once the code is redeemed, so a replayed code can
+    /// revoke what it was exchanged for.
+    pub family: TokenId,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being redeemable (`expires_at == now` is expired).
+    pub expires_at: DateTime<Utc>,
+    /// When it was presented for redemption. Codes are single-use.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+impl AuthorizationCodeRecord {
+    /// An unused code, for stores that read codes back from their own storage.
+    #[allow(clippy::too_many_arguments)] // one per column; a builder would only rename them
+    pub fn new(
+        id: TokenId,
+        hash: SecretHash,
+        client_id: TokenId,
+        redirect_uri: String,
+        code_challenge: String,
+        owner: Owner,
+        scopes: ScopeSet,
+        family: TokenId,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            hash,
+            client_id,
+            redirect_uri,
+            code_challenge,
+            owner,
+            scopes,
+            family,
+            created_at,
+            expires_at,
+            used_at: None,
+        }
+    }
+}
+
+/// Storage for grant state: refresh-token families and authorization codes.
+///
+/// Like [`TokenStore`](crate::TokenStore), methods return `impl Future + Send`, an error means
+/// the store could not answer (the endpoint fails closed with 503), and revoked or used
+/// entries are still returned so the endpoint can react to reuse. [`rotate_refresh`] and
+/// [`consume_code`] must be atomic: of two concurrent calls for the same token or code, at
+/// most one succeeds.
+///
+/// [`rotate_refresh`]: Self::rotate_refresh
+/// [`consume_code`]: Self::consume_code
+///
+/// ```
+/// use apitoken::oauth::{GrantFamily, GrantStore, MemoryGrantStore, RefreshTokenRecord};
+/// use apitoken::{Owner, ScopeSet, SecretHasher, TokenId};
+/// use chrono::{TimeDelta, Utc};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let grants = MemoryGrantStore::new();
+/// let now = Utc::now();
+/// let family = GrantFamily::new("fam1".parse()?, "client1".parse()?, Owner::new("u1")?, ScopeSet::parse("db:read")?, now);
+/// let first = RefreshTokenRecord::new("rt1".parse()?, family.id, SecretHasher::sha256().hash(b"s1"), now);
+/// grants.insert_family(family, first).await?;
+///
+/// let second = RefreshTokenRecord::new("rt2".parse()?, "fam1".parse()?, SecretHasher::sha256().hash(b"s2"), now);
+/// let access = ("at1".parse()?, now + TimeDelta::hours(1));
+/// assert!(grants.rotate_refresh(&"rt1".parse()?, second.clone(), access, now).await?);
+/// // rt1 is used now: a second rotation from it fails.
+/// assert!(!grants.rotate_refresh(&"rt1".parse()?, second, access, now).await?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub trait GrantStore: Send + Sync {
+    /// Stores a new family with its first refresh token.
+    fn insert_family(
+        &self,
+        family: GrantFamily,
+        first: RefreshTokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The family with this id, revoked ones included.
+    fn family(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send;
+
+    /// The refresh token with this id, used ones included.
+    fn refresh_token(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<RefreshTokenRecord>, StoreError>> + Send;
+
+    /// Marks `old` used at `now`, stores `new` in the same family, and notes the access token
+    /// `access` (`(id, expires_at)`) in the family, all or nothing. Returns `false`, changing
+    /// nothing, if `old` does not exist, is already used, or its family is revoked.
+    fn rotate_refresh(
+        &self,
+        old: &TokenId,
+        new: RefreshTokenRecord,
+        access: (TokenId, DateTime<Utc>),
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Revokes a family at `at` (its refresh tokens stop working). Returns the family as it
+    /// is afterwards, so the caller can revoke its access tokens; `None` if there is none.
+    fn revoke_family(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send;
+
+    /// Stores a new authorization code.
+    fn insert_code(
+        &self,
+        code: AuthorizationCodeRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The code with this id, used ones included.
+    fn code(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<AuthorizationCodeRecord>, StoreError>> + Send;
+
+    /// Marks the code used at `at`. Returns `true` if this call used it, `false` if it was
+    /// already used or does not exist.
+    fn consume_code(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Forgets what can no longer do anything: codes expired at `now`, and families whose
+    /// newest refresh token was issued before `refresh_before` (past the inactivity limit),
+    /// with all their refresh tokens. Returns how many
+    /// entries were removed. The default removes nothing.
+    fn purge(
+        &self,
+        now: DateTime<Utc>,
+        refresh_before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = (now, refresh_before);
+        std::future::ready(Ok(0))
+    }
+}
+
+/// A [`GrantStore`] in process memory, for tests and single-instance services. Everything is
+/// lost on restart (clients then authorize again).
+///
+/// ```
+/// use apitoken::oauth::MemoryGrantStore;
+/// let grants = MemoryGrantStore::new();
+/// # let _ = grants;
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryGrantStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    families: HashMap<TokenId, GrantFamily>,
+    refresh: HashMap<TokenId, RefreshTokenRecord>,
+    codes: HashMap<TokenId, AuthorizationCodeRecord>,
+}
+
+impl MemoryGrantStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic elsewhere while holding the lock leaves the maps consistent: every update
+        // below checks first and writes last.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state)
+    }
+}
+
+fn conflict() -> StoreError {
+    StoreError::conflict("an entry with this id already exists")
+}
+
+impl GrantStore for MemoryGrantStore {
+    fn insert_family(
+        &self,
+        family: GrantFamily,
+        first: RefreshTokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(self.with(|s| {
+            if s.families.contains_key(&family.id) || s.refresh.contains_key(&first.id) {
+                return Err(conflict());
+            }
+            s.refresh.insert(first.id, first);
+            s.families.insert(family.id, family);
+            Ok(())
+        }))
+    }
+
+    fn family(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send {
+        std::future::ready(Ok(self.with(|s| s.families.get(id).cloned())))
+    }
+
+    fn refresh_token(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<RefreshTokenRecord>, StoreError>> + Send {
+        std::future::ready(Ok(self.with(|s| s.refresh.get(id).cloned())))
+    }
+
+    fn rotate_refresh(
+        &self,
+        old: &TokenId,
+        new: RefreshTokenRecord,
+        access: (TokenId, DateTime<Utc>),
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        std::future::ready(self.with(|s| {
+            let Some(current) = s.refresh.get(old) else {
+                return Ok(false);
+            };
+            let family_id = current.family;
+            let family_live = s
+                .families
+                .get(&family_id)
+                .is_some_and(|f| f.revoked_at.is_none());
+            if current.used_at.is_some() || !family_live || new.family != family_id {
+                return Ok(false);
+            }
+            if s.refresh.contains_key(&new.id) {
+                return Err(conflict());
+            }
+            if let Some(current) = s.refresh.get_mut(old) {
+                current.used_at = Some(now);
+            }
+            if let Some(family) = s.families.get_mut(&family_id) {
+                family.add_access_token(access.0, access.1, now);
+            }
+            s.refresh.insert(new.id, new);
+            Ok(true)
+        }))
+    }
+
+    fn revoke_family(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send {
+        std::future::ready(Ok(self.with(|s| {
+            s.families.get_mut(id).map(|family| {
+                family.revoked_at.get_or_insert(at);
+                family.clone()
+            })
+        })))
+    }
+
+    fn insert_code(
+        &self,
+        code: AuthorizationCodeRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(self.with(|s| {
+            if s.codes.contains_key(&code.id) {
+                return Err(conflict());
+            }
+            s.codes.insert(code.id, code);
+            Ok(())
+        }))
+    }
+
+    fn code(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<AuthorizationCodeRecord>, StoreError>> + Send {
+        std::future::ready(Ok(self.with(|s| s.codes.get(id).cloned())))
+    }
+
+    fn consume_code(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        std::future::ready(Ok(self.with(|s| match s.codes.get_mut(id) {
+            Some(code) if code.used_at.is_none() => {
+                code.used_at = Some(at);
+                true
+            }
+            _ => false,
+        })))
+    }
+
+    fn purge(
+        &self,
+        now: DateTime<Utc>,
+        refresh_before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        std::future::ready(Ok(self.with(|s| {
+            let before = s.codes.len() + s.refresh.len() + s.families.len();
+            s.codes.retain(|_, code| code.expires_at > now);
+            // A family goes only when its newest token is past the limit, so a rotated token
+            // of a live family is kept and its reuse still revokes the family.
+            let mut newest: HashMap<TokenId, DateTime<Utc>> = HashMap::new();
+            for rt in s.refresh.values() {
+                let at = newest.entry(rt.family).or_insert(rt.created_at);
+                *at = (*at).max(rt.created_at);
+            }
+            s.families
+                .retain(|id, _| newest.get(id).is_some_and(|at| *at >= refresh_before));
+            let families = &s.families;
+            s.refresh.retain(|_, rt| families.contains_key(&rt.family));
+            before - (s.codes.len() + s.refresh.len() + s.families.len())
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::*;
+    use crate::secret::SecretHasher;
+
+    fn id(text: &str) -> TokenId {
+        text.parse().unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn refresh(text: &str, at: DateTime<Utc>) -> RefreshTokenRecord {
+        RefreshTokenRecord::new(
+            id(text),
+            id("fam"),
+            SecretHasher::sha256().hash(text.as_bytes()),
+            at,
+        )
+    }
+
+    async fn store_with_family() -> MemoryGrantStore {
+        let store = MemoryGrantStore::new();
+        let family = GrantFamily::new(
+            id("fam"),
+            id("client"),
+            Owner::new("user").unwrap(),
+            ScopeSet::parse("db:read").unwrap(),
+            now(),
+        );
+        store
+            .insert_family(family, refresh("rt1", now()))
+            .await
+            .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn rotation_uses_a_token_once_and_notes_the_access_token() {
+        let store = store_with_family().await;
+        let access = (id("at1"), now() + TimeDelta::hours(1));
+        assert!(
+            store
+                .rotate_refresh(&id("rt1"), refresh("rt2", now()), access, now())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .rotate_refresh(&id("rt1"), refresh("rt3", now()), access, now())
+                .await
+                .unwrap()
+        );
+        assert!(store.refresh_token(&id("rt3")).await.unwrap().is_none());
+        assert_eq!(
+            store
+                .refresh_token(&id("rt1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .used_at,
+            Some(now())
+        );
+        let family = store.family(&id("fam")).await.unwrap().unwrap();
+        assert_eq!(family.access_tokens, vec![access]);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_family_rotates_no_more() {
+        let store = store_with_family().await;
+        let revoked = store
+            .revoke_family(&id("fam"), now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.revoked_at, Some(now()));
+        let access = (id("at1"), now() + TimeDelta::hours(1));
+        assert!(
+            !store
+                .rotate_refresh(&id("rt1"), refresh("rt2", now()), access, now())
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .revoke_family(&id("nofam"), now())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_access_tokens_are_forgotten_as_new_ones_are_noted() {
+        let mut family = GrantFamily::new(
+            id("f"),
+            id("c"),
+            Owner::new("u").unwrap(),
+            ScopeSet::new(),
+            now(),
+        );
+        family.add_access_token(id("a1"), now() + TimeDelta::hours(1), now());
+        family.add_access_token(
+            id("a2"),
+            now() + TimeDelta::hours(2),
+            now() + TimeDelta::hours(1),
+        );
+        assert_eq!(
+            family.access_tokens,
+            vec![(id("a2"), now() + TimeDelta::hours(2))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_code_is_consumed_once() {
+        let store = MemoryGrantStore::new();
+        let code = AuthorizationCodeRecord {
+            id: id("code"),
+            hash: SecretHasher::sha256().hash(b"c"),
+            client_id: id("client"),
+            redirect_uri: "https://a.example/cb".into(),
+            code_challenge: "x".repeat(43),
+            owner: Owner::new("user").unwrap(),
+            scopes: ScopeSet::new(),
+            family: id("fam"),
+            created_at: now(),
+            expires_at: now() + TimeDelta::seconds(60),
+            used_at: None,
+        };
+        store.insert_code(code.clone()).await.unwrap();
+        assert!(store.insert_code(code).await.is_err());
+        assert!(store.consume_code(&id("code"), now()).await.unwrap());
+        assert!(!store.consume_code(&id("code"), now()).await.unwrap());
+        assert!(!store.consume_code(&id("other"), now()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_a_live_familys_rotated_tokens() {
+        let store = store_with_family().await;
+        let later = now() + TimeDelta::days(20);
+        let access = (id("at1"), later + TimeDelta::hours(1));
+        assert!(
+            store
+                .rotate_refresh(&id("rt1"), refresh("rt2", later), access, later)
+                .await
+                .unwrap()
+        );
+        // rt1 is older than the cut-off, but its family is alive: kept, so its reuse is seen.
+        let cut = now() + TimeDelta::days(10);
+        assert_eq!(store.purge(later, cut).await.unwrap(), 0);
+        assert!(store.refresh_token(&id("rt1")).await.unwrap().is_some());
+        // Once the newest token is past the cut-off, the family goes whole.
+        let removed = store
+            .purge(later, later + TimeDelta::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(removed, 3);
+        assert!(store.family(&id("fam")).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,293 @@
+//! An OAuth 2.0 authorization server (feature `oauth`): short-lived opaque access tokens in
+//! the application's own [`TokenStore`], rotating refresh tokens, and the token, revocation,
+//! introspection and authorization endpoints as one axum [`Router`].
+//!
+//! | route | speaks | does |
+//! |---|---|---|
+//! | `POST /token` | RFC 6749 §3.2, §4.1.3, §4.4, §6 | `client_credentials`, `authorization_code` (PKCE S256 required), `refresh_token` (rotation, reuse revokes the family) |
+//! | `POST /revoke` | RFC 7009 | revokes an access token, or a refresh token's whole family; 200 whatever the token |
+//! | `POST /introspect` | RFC 7662 | for clients holding the introspection scope (default `oauth:introspect`); `{"active":false}` and nothing else for any token not active |
+//! | `GET /authorize` | RFC 6749 §4.1.1, RFC 7636 | only with a [`Consent`]: the application's login and consent step, then a single-use code |
+//!
+//! **Clients are API keys.** `client_id` is a key's id and `client_secret` the whole key, sent
+//! with HTTP Basic or in the form body (not both). The key's scopes bound every token issued
+//! to the client; its metadata holds its [`ClientRegistration`] (redirect URIs, grants).
+//!
+//! **Access tokens are ordinary records.** The default [`OpaqueMinter`] issues each one into
+//! the verifier's store in [`access_token_format`] (`at_…`), expiring after an hour (or when
+//! the client's key does, if sooner), owned by the client's owner (client credentials) or the
+//! user (authorization code). A verifier that also accepts that format turns it into the same
+//! [`Principal`](crate::Principal) an API key gives, so one [`AuthLayer`] serves both.
+//! Revoking one is the store's `revoke`. Another [`AccessTokenMinter`] (JWTs) can replace it.
+//!
+//! **Refresh tokens and codes are not tokens the verifier knows.** They live in a
+//! [`GrantStore`] (`rt_…`, `ac_…`, hashed with the verifier's hasher), so neither ever passes
+//! as an access token.
+//!
+//! ```
+//! use apitoken::middleware::AuthLayer;
+//! use apitoken::oauth::{AuthorizationServer, MemoryGrantStore, access_token_format};
+//! use apitoken::{MemoryStore, Principal, Verifier};
+//! use axum::{Router, routing::get};
+//!
+//! let verifier = Verifier::builder(MemoryStore::new())
+//!     .also_accept(access_token_format())
+//!     .build();
+//! let oauth = AuthorizationServer::builder(verifier.clone(), MemoryGrantStore::new()).build()?;
+//! let app: Router = Router::new()
+//!     .route("/api/databases", get(|p: Principal| async move { p.owner().to_string() }))
+//!     .layer(AuthLayer::new(verifier))
+//!     .nest("/oauth", oauth.router());
+//! # Ok::<(), apitoken::oauth::FormatNotAccepted>(())
+//! ```
+//!
+//! See `docs/oauth.md` for the flows with `curl`, and for when to use API keys, opaque
+//! access tokens or JWTs.
+//!
+//! [`AuthLayer`]: crate::middleware::AuthLayer
+
+mod access;
+mod authorize;
+mod client;
+mod code;
+mod consent;
+mod endpoint;
+mod grants;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod refresh;
+mod response;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ::axum::Router;
+use chrono::TimeDelta;
+
+pub use access::{
+    ACCESS_TOKEN_PREFIX, AccessTokenMinter, AccessTokenRequest, FormatNotAccepted, GrantType,
+    METADATA_KEY, MintError, MintedAccessToken, OpaqueMinter, access_token_format,
+};
+pub use client::{CLIENT_METADATA_KEY, ClientRegistration};
+pub use code::{AUTHORIZATION_CODE_PREFIX, s256_challenge};
+pub use consent::{Consent, ConsentDecision, ConsentRequest};
+pub use grants::{
+    AuthorizationCodeRecord, GrantFamily, GrantStore, MemoryGrantStore, RefreshTokenRecord,
+};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresGrantStore;
+pub use refresh::{REFRESH_TOKEN_PREFIX, refresh_token_format};
+
+use crate::middleware::TrustedProxies;
+use crate::scope::{InvalidScope, ScopeRequirement};
+use crate::store::TokenStore;
+use crate::verifier::Verifier;
+
+/// A boxed `Send` future, as the [`AccessTokenMinter`] and [`Consent`] traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long an access token lives by default: one hour.
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: TimeDelta = TimeDelta::hours(1);
+
+/// How long a refresh token may go unused by default before it expires: 30 days.
+pub const DEFAULT_REFRESH_TOKEN_IDLE: TimeDelta = TimeDelta::days(30);
+
+/// How long an authorization code may wait for redemption by default: 60 seconds.
+pub const DEFAULT_CODE_LIFETIME: TimeDelta = TimeDelta::seconds(60);
+
+/// The longest an authorization code may live (RFC 6749 §4.1.2: ten minutes at most).
+pub const MAX_CODE_LIFETIME: TimeDelta = TimeDelta::minutes(10);
+
+/// The scope a client's key must hold to use the introspection endpoint, by default.
+pub const DEFAULT_INTROSPECTION_SCOPE: &str = "oauth:introspect";
+
+/// The OAuth 2.0 endpoints over a [`Verifier`] (clients' keys, access tokens) and a
+/// [`GrantStore`] (refresh tokens, codes). Cheap to clone. See the [module docs](self).
+pub struct AuthorizationServer<S, G> {
+    shared: Arc<Shared<S, G>>,
+}
+
+impl<S, G> Clone for AuthorizationServer<S, G> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S, G: fmt::Debug> fmt::Debug for AuthorizationServer<S, G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationServer")
+            .field("grants", &self.shared.grants)
+            .field("minter", &self.shared.minter)
+            .field("consent", &self.shared.consent)
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the handlers share.
+pub(crate) struct Shared<S, G> {
+    pub(crate) verifier: Verifier<S>,
+    pub(crate) grants: G,
+    pub(crate) minter: Arc<dyn AccessTokenMinter>,
+    pub(crate) consent: Option<Arc<dyn Consent>>,
+    pub(crate) proxies: TrustedProxies,
+    pub(crate) settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) access_lifetime: TimeDelta,
+    pub(crate) refresh_idle: TimeDelta,
+    pub(crate) refresh_max_lifetime: Option<TimeDelta>,
+    pub(crate) code_lifetime: TimeDelta,
+    pub(crate) introspection: ScopeRequirement,
+}
+
+impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServer<S, G> {
+    /// Starts configuring the endpoints. `verifier` authenticates clients (their API keys)
+    /// and is where opaque access tokens are issued; `grants` keeps refresh tokens and codes.
+    pub fn builder(verifier: Verifier<S>, grants: G) -> AuthorizationServerBuilder<S, G> {
+        AuthorizationServerBuilder {
+            verifier,
+            grants,
+            minter: None,
+            consent: None,
+            proxies: TrustedProxies::none(),
+            settings: Settings {
+                access_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME,
+                refresh_idle: DEFAULT_REFRESH_TOKEN_IDLE,
+                refresh_max_lifetime: None,
+                code_lifetime: DEFAULT_CODE_LIFETIME,
+                introspection: ScopeRequirement::all([DEFAULT_INTROSPECTION_SCOPE])
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
+    /// The routes (`/token`, `/revoke`, `/introspect`, and `/authorize` when a [`Consent`] is
+    /// configured), to `nest` under the application's own path. Mount them outside any
+    /// [`AuthLayer`](crate::middleware::AuthLayer): clients authenticate here with their key
+    /// as `client_secret`, not as a bearer token.
+    pub fn router(&self) -> Router {
+        endpoint::router(Arc::clone(&self.shared))
+    }
+
+    /// The grant store.
+    pub fn grants(&self) -> &G {
+        &self.shared.grants
+    }
+
+    /// Removes grant state that can no longer be used: expired codes, and families whose
+    /// newest refresh token is past the inactivity limit. Call it now and then (hourly, say);
+    /// returns how many entries went.
+    pub async fn purge(&self) -> Result<usize, crate::StoreError> {
+        let now = self.shared.verifier.now();
+        let refresh_before = now
+            .checked_sub_signed(self.shared.settings.refresh_idle)
+            .unwrap_or(now);
+        self.shared.grants.purge(now, refresh_before).await
+    }
+}
+
+/// Configures an [`AuthorizationServer`]. Made by [`AuthorizationServer::builder`].
+#[must_use]
+pub struct AuthorizationServerBuilder<S, G> {
+    verifier: Verifier<S>,
+    grants: G,
+    minter: Option<Arc<dyn AccessTokenMinter>>,
+    consent: Option<Arc<dyn Consent>>,
+    proxies: TrustedProxies,
+    settings: Settings,
+}
+
+impl<S, G: fmt::Debug> fmt::Debug for AuthorizationServerBuilder<S, G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationServerBuilder")
+            .field("grants", &self.grants)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServerBuilder<S, G> {
+    /// How long access tokens live. Default: [`DEFAULT_ACCESS_TOKEN_LIFETIME`] (one hour). A
+    /// token never outlives the client key it was issued to. At least one second.
+    pub fn access_token_lifetime(mut self, lifetime: TimeDelta) -> Self {
+        self.settings.access_lifetime = lifetime.max(TimeDelta::seconds(1));
+        self
+    }
+
+    /// How long a refresh token may go unused before it expires (RFC 9700 §4.14.2). Each
+    /// refresh issues a new token, so this is the time a client may stay away. Default:
+    /// [`DEFAULT_REFRESH_TOKEN_IDLE`] (30 days).
+    pub fn refresh_token_idle(mut self, idle: TimeDelta) -> Self {
+        self.settings.refresh_idle = idle.max(TimeDelta::seconds(1));
+        self
+    }
+
+    /// How long a grant's refresh tokens work at most, counted from the authorization, however
+    /// often they are used; then the user authorizes again. Default: no limit.
+    pub fn refresh_token_max_lifetime(mut self, lifetime: TimeDelta) -> Self {
+        self.settings.refresh_max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// How long an authorization code may wait for redemption. Default:
+    /// [`DEFAULT_CODE_LIFETIME`] (60 s); at most [`MAX_CODE_LIFETIME`] (10 minutes), longer is
+    /// lowered to it; at least one second.
+    pub fn code_lifetime(mut self, lifetime: TimeDelta) -> Self {
+        self.settings.code_lifetime = lifetime.clamp(TimeDelta::seconds(1), MAX_CODE_LIFETIME);
+        self
+    }
+
+    /// The scope a client's key must hold to introspect tokens. Default:
+    /// [`DEFAULT_INTROSPECTION_SCOPE`].
+    pub fn introspection_scope(mut self, scope: &str) -> Result<Self, InvalidScope> {
+        self.settings.introspection = ScopeRequirement::all([scope])?;
+        Ok(self)
+    }
+
+    /// Mints access tokens with `minter` instead of [`OpaqueMinter`] (JWTs, say).
+    pub fn minter(mut self, minter: impl AccessTokenMinter) -> Self {
+        self.minter = Some(Arc::new(minter));
+        self
+    }
+
+    /// Enables the authorization-code grant: `GET /authorize` asks `consent` who the user is
+    /// and what they approve.
+    pub fn consent(mut self, consent: impl Consent) -> Self {
+        self.consent = Some(Arc::new(consent));
+        self
+    }
+
+    /// Proxies whose forwarding header gives the client address (for client keys with an
+    /// IP allowlist). Default: none; the address is the connection's peer (axum's
+    /// `ConnectInfo`, or [`PeerAddr`](crate::middleware::PeerAddr)).
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
+        self
+    }
+
+    /// Builds the endpoints. Fails only with the default [`OpaqueMinter`] when the verifier
+    /// does not accept [`access_token_format`].
+    pub fn build(self) -> Result<AuthorizationServer<S, G>, FormatNotAccepted> {
+        let minter: Arc<dyn AccessTokenMinter> = match self.minter {
+            Some(minter) => minter,
+            None => Arc::new(OpaqueMinter::new(self.verifier.clone())?),
+        };
+        Ok(AuthorizationServer {
+            shared: Arc::new(Shared {
+                verifier: self.verifier,
+                grants: self.grants,
+                minter,
+                consent: self.consent,
+                proxies: self.proxies,
+                settings: self.settings,
+            }),
+        })
+    }
+}

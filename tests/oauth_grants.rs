@@ -1,0 +1,261 @@
+//! The `GrantStore` contract, kept by `MemoryGrantStore` and `PostgresGrantStore` alike:
+//! round trips, single-use rotation and codes (also under concurrency), family revocation and
+//! purge. The PostgreSQL half needs `APITOKEN_TEST_POSTGRES_URL` and prints "skipped"
+//! without it.
+
+#[path = "support/stores.rs"]
+mod stores;
+
+use std::sync::Arc;
+
+use apitoken::oauth::{
+    AuthorizationCodeRecord, GrantFamily, GrantStore, MemoryGrantStore, PostgresGrantStore,
+    RefreshTokenRecord,
+};
+use apitoken::{Owner, ScopeSet, SecretHasher, TokenId};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+
+use stores::{postgres_url, unique_name};
+
+fn id(text: &str) -> TokenId {
+    text.parse().unwrap()
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn refresh(text: &str, family: &str, at: DateTime<Utc>) -> RefreshTokenRecord {
+    RefreshTokenRecord::new(
+        id(text),
+        id(family),
+        SecretHasher::sha256().hash(text.as_bytes()),
+        at,
+    )
+}
+
+fn family(name: &str) -> GrantFamily {
+    GrantFamily::new(
+        id(name),
+        id("client1"),
+        Owner::new("user-7").unwrap(),
+        ScopeSet::parse("db:read db:write").unwrap(),
+        now(),
+    )
+}
+
+fn code(name: &str) -> AuthorizationCodeRecord {
+    AuthorizationCodeRecord::new(
+        id(name),
+        SecretHasher::sha256().hash(name.as_bytes()),
+        id("client1"),
+        "https://app.example/callback".to_owned(),
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
+        Owner::new("user-7").unwrap(),
+        ScopeSet::parse("db:read").unwrap(),
+        id("fam9"),
+        now(),
+        now() + TimeDelta::seconds(60),
+    )
+}
+
+/// Everything a `GrantStore` promises, on a fresh, empty store.
+async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
+    let hour = TimeDelta::hours(1);
+
+    // Round trips.
+    store
+        .insert_family(family("fam1"), refresh("rt1", "fam1", now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.family(&id("fam1")).await.unwrap(),
+        Some(family("fam1"))
+    );
+    assert_eq!(
+        store.refresh_token(&id("rt1")).await.unwrap(),
+        Some(refresh("rt1", "fam1", now()))
+    );
+    assert!(store.family(&id("nofam")).await.unwrap().is_none());
+    assert!(store.refresh_token(&id("nort")).await.unwrap().is_none());
+    // Ids are unique.
+    assert!(
+        store
+            .insert_family(family("fam1"), refresh("rt9", "fam1", now()))
+            .await
+            .is_err()
+    );
+
+    // Rotation: once per token, noting the access token.
+    let at1 = (id("at1"), now() + hour);
+    assert!(
+        store
+            .rotate_refresh(&id("rt1"), refresh("rt2", "fam1", now()), at1, now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_refresh(&id("rt1"), refresh("rt3", "fam1", now()), at1, now())
+            .await
+            .unwrap()
+    );
+    assert!(store.refresh_token(&id("rt3")).await.unwrap().is_none());
+    assert_eq!(
+        store
+            .refresh_token(&id("rt1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .used_at,
+        Some(now())
+    );
+    assert_eq!(
+        store
+            .family(&id("fam1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .access_tokens,
+        vec![at1]
+    );
+    // A token cannot be rotated into another family, nor an unknown one at all.
+    assert!(
+        !store
+            .rotate_refresh(&id("rt2"), refresh("rt4", "fam0", now()), at1, now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_refresh(&id("nort"), refresh("rt4", "fam1", now()), at1, now())
+            .await
+            .unwrap()
+    );
+
+    // Concurrent rotations of one token: exactly one wins.
+    let later = now() + TimeDelta::minutes(30);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let new = refresh(&format!("race{n}"), "fam1", later);
+            store
+                .rotate_refresh(
+                    &id("rt2"),
+                    new,
+                    (id(&format!("atr{n}")), later + hour),
+                    later,
+                )
+                .await
+        });
+    }
+    let wins = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1);
+    // The winner's access token is noted beside the first, which has not expired yet.
+    let noted = store
+        .family(&id("fam1"))
+        .await
+        .unwrap()
+        .unwrap()
+        .access_tokens;
+    assert_eq!(noted.len(), 2, "{noted:?}");
+
+    // Revocation: returns the family with its access tokens; a revoked family rotates no more.
+    let revoked = store
+        .revoke_family(&id("fam1"), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(later));
+    assert_eq!(revoked.access_tokens, noted);
+    // Revoking again keeps the first time.
+    let again = store
+        .revoke_family(&id("fam1"), later + hour)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.revoked_at, Some(later));
+    assert!(
+        store
+            .revoke_family(&id("nofam"), later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Codes: round trip, unique, used once (also under concurrency).
+    store.insert_code(code("code1")).await.unwrap();
+    assert_eq!(store.code(&id("code1")).await.unwrap(), Some(code("code1")));
+    assert!(store.insert_code(code("code1")).await.is_err());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { store.consume_code(&id("code1"), now()).await });
+    }
+    let wins = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1);
+    assert_eq!(
+        store.code(&id("code1")).await.unwrap().unwrap().used_at,
+        Some(now())
+    );
+    assert!(!store.consume_code(&id("nocode"), now()).await.unwrap());
+
+    // Purge: expired codes go; a family goes only with its newest refresh token.
+    store
+        .insert_family(family("fam2"), refresh("old2", "fam2", now()))
+        .await
+        .unwrap();
+    let day20 = now() + TimeDelta::days(20);
+    assert!(
+        store
+            .rotate_refresh(
+                &id("old2"),
+                refresh("new2", "fam2", day20),
+                (id("at2"), day20 + hour),
+                day20
+            )
+            .await
+            .unwrap()
+    );
+    let cut = now() + TimeDelta::days(10);
+    // code1 expired; fam1's tokens are all older than the cut.
+    // code1, fam1 and its three tokens (rt1, rt2 and the race's one successor).
+    assert_eq!(store.purge(day20, cut).await.unwrap(), 5);
+    assert!(
+        store.refresh_token(&id("old2")).await.unwrap().is_some(),
+        "a live family keeps its rotated tokens"
+    );
+    assert!(store.family(&id("fam1")).await.unwrap().is_none());
+    assert!(store.code(&id("code1")).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_grant_store_keeps_the_contract() {
+    contract(Arc::new(MemoryGrantStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_grant_store_keeps_the_contract() {
+    let Some(url) = postgres_url() else { return };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .expect("APITOKEN_TEST_POSTGRES_URL is set but PostgreSQL is unreachable");
+    let store = PostgresGrantStore::with_schema(pool, &unique_name("g")).expect("schema name");
+    store.migrate().await.expect("migrate");
+    // Twice: migrations are idempotent.
+    store.migrate().await.expect("migrate again");
+    contract(Arc::new(store)).await;
+}
