@@ -59,8 +59,8 @@ use crate::record::{Owner, TokenRecord};
 use crate::scope::{InvalidScope, ScopeSet};
 use crate::secret::{RandomnessUnavailable, Secret, random_base62};
 
-/// `docs/jwt.md`, whose Rust examples run as doctests.
-#[cfg(doctest)]
+/// `docs/jwt.md`, whose Rust examples run as doctests (one needs the `oauth` feature).
+#[cfg(all(doctest, feature = "oauth"))]
 #[doc = include_str!("../docs/jwt.md")]
 struct JwtGuide;
 
@@ -385,6 +385,10 @@ pub enum JwtError {
     /// The signature could not be made.
     #[error("signing the token failed")]
     Signing,
+    /// A token endpoint asked for a token restricted to an IP allowlist, which a JWT cannot
+    /// carry (feature `oauth`: the JWT minter refuses rather than drop the restriction).
+    #[error("a JWT access token cannot carry an IP allowlist")]
+    AllowlistUnsupported,
 }
 
 impl From<RandomnessUnavailable> for JwtError {
@@ -626,14 +630,50 @@ impl JwtIssuer {
     /// Signs an access token for `grant`, valid from now (by the issuer's clock) for the
     /// issuer's lifetime, with a fresh random `jti`.
     pub fn issue(&self, grant: &AccessGrant) -> Result<IssuedJwt, JwtError> {
-        // Whole seconds: NumericDate is in seconds, and the claims returned must be what the
-        // token says.
-        let now = self.clock.now();
-        let issued_at = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+        let issued_at = self.clock.now();
         let expires_at = issued_at
             .checked_add_signed(self.lifetime)
             .ok_or(JwtError::InvalidLifetime)?;
         let id = TokenId::new(&random_base62(JTI_LEN)?).map_err(|_| JwtError::Signing)?;
+        self.issue_as(grant, id, issued_at, expires_at)
+    }
+
+    /// Signs an access token for `grant` with an id and times chosen by the caller (a token
+    /// endpoint that tracks its tokens' ids): `jti` is `id`, `iat` and `nbf` are `issued_at`,
+    /// `exp` is `expires_at`, in whole seconds. The issuer's own lifetime is not used, but the
+    /// token's must be more than zero and at most [`MAX_LIFETIME`].
+    ///
+    /// ```
+    /// use apitoken::{Owner, TokenId};
+    /// use apitoken::jwt::{AccessGrant, JwtIssuer, JwtKey};
+    /// use chrono::{TimeDelta, TimeZone, Utc};
+    ///
+    /// let issuer = JwtIssuer::builder(JwtKey::hs256(&[3u8; 32])?, "https://auth.example", "api")
+    ///     .build()?;
+    /// let grant = AccessGrant::new(Owner::new("team-1")?, "cli")?;
+    /// let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    /// let id = TokenId::new("grant-7-token-3")?;
+    /// let issued = issuer.issue_as(&grant, id, t0, t0 + TimeDelta::minutes(5))?;
+    /// assert_eq!(issued.claims.id, id);
+    /// assert_eq!(issued.claims.expires_at, t0 + TimeDelta::minutes(5));
+    /// assert!(issuer.issue_as(&grant, id, t0, t0 + TimeDelta::days(2)).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn issue_as(
+        &self,
+        grant: &AccessGrant,
+        id: TokenId,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<IssuedJwt, JwtError> {
+        // Whole seconds: NumericDate is in seconds, and the claims returned must be what the
+        // token says.
+        let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
+        let (issued_at, expires_at) = (whole(issued_at), whole(expires_at));
+        let lifetime = expires_at - issued_at;
+        if lifetime <= TimeDelta::zero() || lifetime > MAX_LIFETIME {
+            return Err(JwtError::InvalidLifetime);
+        }
         let claims = AccessClaims {
             id,
             issuer: self.issuer.clone(),
@@ -1160,6 +1200,41 @@ impl WireIn {
     }
 }
 
+/// A [`JwtIssuer`] mints the OAuth token endpoint's access tokens (features `jwt` and
+/// `oauth`): plug it in with
+/// [`AuthorizationServerBuilder::minter`](crate::oauth::AuthorizationServerBuilder::minter).
+/// The endpoint chooses the `jti`, owner (`sub`), scopes, client (`client_id`) and times; the
+/// issuer signs them ([`JwtIssuer::issue_as`]). A request with an IP allowlist (a client key
+/// restricted to some networks, under client credentials) is refused, since a JWT cannot
+/// carry one. Revoking the grant a JWT came from does not reach the JWT before its `exp`.
+#[cfg(feature = "oauth")]
+impl crate::oauth::AccessTokenMinter for JwtIssuer {
+    fn mint(
+        &self,
+        request: crate::oauth::AccessTokenRequest,
+    ) -> crate::oauth::BoxFuture<'_, Result<crate::oauth::MintedAccessToken, crate::oauth::MintError>>
+    {
+        use crate::oauth::{MintError, MintedAccessToken};
+        let minted = (|| {
+            if !request.allowed_ips.is_empty() {
+                return Err(JwtError::AllowlistUnsupported);
+            }
+            let grant = AccessGrant::new(request.owner, request.client_id.as_str())?
+                .with_scope_set(request.scopes);
+            let issued =
+                self.issue_as(&grant, request.jti, request.issued_at, request.expires_at)?;
+            let seconds = (issued.claims.expires_at - issued.claims.issued_at).num_seconds();
+            Ok(MintedAccessToken::new(
+                issued.token,
+                u64::try_from(seconds).unwrap_or(0),
+            ))
+        })();
+        Box::pin(std::future::ready(
+            minted.map_err(|err| MintError::Failed(Box::new(err))),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1248,6 +1323,43 @@ mod tests {
             build(vec![key(Some("a")), key(None)]),
             Err(JwtError::AmbiguousKeys)
         );
+    }
+
+    #[cfg(feature = "oauth")]
+    #[tokio::test]
+    async fn as_a_minter_it_signs_what_the_endpoint_decided_and_refuses_allowlists() {
+        use crate::oauth::{AccessTokenMinter, AccessTokenRequest, GrantType};
+
+        let key = JwtKey::hs256(&[9u8; 32]).unwrap();
+        let issuer = JwtIssuer::builder(key, "iss", "aud").build().unwrap();
+        let validator = issuer.validator().build().unwrap();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut request = AccessTokenRequest {
+            jti: TokenId::new("family-1-3").unwrap(),
+            owner: Owner::new("acct-1").unwrap(),
+            scopes: ScopeSet::parse("db:read").unwrap(),
+            client_id: TokenId::new("client-7").unwrap(),
+            grant_type: GrantType::ClientCredentials,
+            issued_at: t0,
+            expires_at: t0 + TimeDelta::minutes(20),
+            allowed_ips: Vec::new(),
+        };
+        let minted = issuer.mint(request.clone()).await.unwrap();
+        assert_eq!(minted.expires_in, 1200);
+        let claims = validator
+            .validate(minted.token.expose_secret(), t0)
+            .unwrap();
+        assert_eq!(claims.id.as_str(), "family-1-3");
+        assert_eq!(claims.subject.as_str(), "acct-1");
+        assert_eq!(claims.client_id, "client-7");
+        assert_eq!(claims.scopes.to_string(), "db:read");
+        assert_eq!(
+            (claims.issued_at, claims.expires_at),
+            (t0, request.expires_at)
+        );
+
+        request.allowed_ips = vec!["192.0.2.0/24".parse().unwrap()];
+        assert!(issuer.mint(request).await.is_err());
     }
 
     #[test]

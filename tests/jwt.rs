@@ -970,3 +970,56 @@ async fn a_jwt_manages_its_teams_tokens_and_what_it_mints_expires_with_it() {
     .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn the_oauth_token_endpoint_mints_jwts_that_the_same_layer_accepts() {
+    use apitoken::oauth::{AuthorizationServer, ClientRegistration, MemoryGrantStore};
+
+    let f = Fixture::new(vec![hs_key()]);
+    let oauth = AuthorizationServer::builder(f.verifier.clone(), MemoryGrantStore::new())
+        .minter(f.issuer(hs_key()))
+        .build()
+        .unwrap();
+    let client_key = f
+        .verifier
+        .issuer()
+        .issue(
+            NewToken::new("reporting app", Owner::new("team-1").unwrap())
+                .scopes(["vps:read", "vps:write"])
+                .unwrap()
+                .metadata(ClientRegistration::new().to_metadata()),
+        )
+        .await
+        .unwrap();
+    let client_id = client_key.record.id.as_str().to_owned();
+    let router = app(f.verifier.clone()).nest("/oauth", oauth.router());
+
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", &client_id)
+        .append_pair("client_secret", client_key.token.expose_secret())
+        .append_pair("scope", "vps:read")
+        .finish();
+    let request = Request::post("/oauth/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let grant: Value =
+        serde_json::from_slice(&to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(grant["expires_in"], 3600, "{grant}");
+    let access = grant["access_token"].as_str().unwrap();
+    assert!(access.starts_with("eyJ"), "{grant}");
+
+    // The JWT reaches the route as a Principal for the client's owner, with the scope asked for.
+    let reply = f.get(access).await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    let who = reply.json();
+    assert_eq!(who["kind"], "Jwt");
+    assert_eq!(who["owner"], "team-1");
+    assert_eq!(who["name"], client_id.as_str());
+    assert_eq!(who["scopes"], "vps:read");
+    assert_eq!(who["expires_at"], json!(t0() + TimeDelta::hours(1)));
+    assert_eq!(f.send("POST", access).await.status, 403);
+}
