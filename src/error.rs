@@ -49,7 +49,7 @@ pub enum RejectReason {
     WrongSecret,
     /// The token was revoked.
     Revoked,
-    /// The token's `expires_at` has passed.
+    /// The token's `expires_at` has passed (for a JWT: `exp` plus the leeway).
     Expired,
     /// The token is older than the verifier's maximum lifetime.
     LifetimeExceeded,
@@ -58,6 +58,27 @@ pub enum RejectReason {
     /// The request came from outside the token's allowed networks, or from an unknown
     /// address while the token has an allowlist.
     AddressNotAllowed,
+    /// A JWT that is not a well-formed compact JWS: bad base64url or JSON, an unknown
+    /// algorithm (`none` included), or a `crit` header.
+    MalformedJwt,
+    /// A JWT whose `typ` is not an access token's (`at+jwt`): a refresh token, an ID token, a
+    /// plain `JWT`, or no `typ`.
+    WrongTokenType,
+    /// A JWT whose `kid` names no accepted key (or without a `kid` where several keys are
+    /// accepted).
+    UnknownKey,
+    /// A JWT whose `alg` is not the algorithm of the key it names.
+    WrongAlgorithm,
+    /// A JWT whose signature does not verify.
+    BadSignature,
+    /// A JWT from another issuer (`iss`).
+    WrongIssuer,
+    /// A JWT for another audience (`aud`).
+    WrongAudience,
+    /// A JWT with a required claim missing or malformed.
+    InvalidClaims,
+    /// A JWT used before its `nbf`, beyond the leeway.
+    NotYetValid,
 }
 
 /// Why a request was not authenticated or not authorized.

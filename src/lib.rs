@@ -20,6 +20,8 @@ mod error;
 pub mod format;
 mod id;
 mod issuer;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;
@@ -59,4 +61,4 @@ pub use store::{
     CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, Retire, StoreChange,
     StoreError, StoreErrorKind, StoredToken, TokenStore,
 };
-pub use verifier::{Principal, RequestInfo, Verifier, VerifierBuilder};
+pub use verifier::{CredentialKind, Principal, RequestInfo, Verifier, VerifierBuilder};

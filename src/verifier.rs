@@ -86,6 +86,9 @@ pub(crate) struct Inner<S> {
     last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
     dummy_hash: SecretHash,
+    /// Checks tokens with a JWT's shape, when configured.
+    #[cfg(feature = "jwt")]
+    jwt: Option<crate::jwt::JwtValidator>,
 }
 
 /// When a record's limits run out; `None` for a limit that does not apply.
@@ -167,6 +170,8 @@ impl<S: TokenStore> Verifier<S> {
             last_used: true,
             last_used_flush_interval: DEFAULT_FLUSH_INTERVAL,
             last_used_max_pending: DEFAULT_MAX_PENDING,
+            #[cfg(feature = "jwt")]
+            jwt: None,
         }
     }
 
@@ -256,6 +261,12 @@ impl<S: TokenStore> Verifier<S> {
         info: &RequestInfo,
     ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
+        #[cfg(feature = "jwt")]
+        if let Some(jwt) = &inner.jwt
+            && crate::jwt::has_jwt_shape(token)
+        {
+            return self.verify_jwt(jwt, token, required);
+        }
         let parsed = self.parse(token).map_err(Refused::early)?;
         let presented = inner.hasher.hash(parsed.secret().as_bytes());
         let found = match parsed.id() {
@@ -331,6 +342,37 @@ impl<S: TokenStore> Verifier<S> {
             },
             record,
             policy: PolicyRef::of(&inner.policy),
+            credential: CredentialKind::ApiKey,
+        })
+    }
+
+    /// A JWT access token: checked by the validator against the verifier's clock, then the
+    /// scopes as for an API key. No store access, so no revocation, lifetime, idle or
+    /// allowlist checks, and no last-use note.
+    #[cfg(feature = "jwt")]
+    #[allow(clippy::result_large_err)] // `verify_unlogged`'s own result, returned as is.
+    fn verify_jwt(
+        &self,
+        jwt: &crate::jwt::JwtValidator,
+        token: &str,
+        required: &ScopeRequirement,
+    ) -> Result<Principal, Refused> {
+        let inner = &*self.inner;
+        let claims = jwt
+            .validate(token, inner.clock.now())
+            .map_err(Refused::early)?;
+        let record = Arc::new(claims.to_record());
+        if let Err(missing) = inner.policy.check(&record.scopes, required) {
+            return Err(Refused {
+                error: AuthError::insufficient_scope(missing, record.id),
+                record: Some(record),
+            });
+        }
+        Ok(Principal {
+            effective_expiry: record.expires_at,
+            record,
+            policy: PolicyRef::of(&inner.policy),
+            credential: CredentialKind::Jwt,
         })
     }
 
@@ -522,6 +564,8 @@ pub struct VerifierBuilder<S> {
     last_used: bool,
     last_used_flush_interval: Duration,
     last_used_max_pending: usize,
+    #[cfg(feature = "jwt")]
+    jwt: Option<crate::jwt::JwtValidator>,
 }
 
 impl<S> fmt::Debug for VerifierBuilder<S> {
@@ -664,6 +708,32 @@ impl<S: TokenStore> VerifierBuilder<S> {
         self
     }
 
+    /// Also accepts JWT access tokens checked by `validator` (feature `jwt`), on the same
+    /// routes as API keys and with the same [`Principal`] ([`CredentialKind::Jwt`]). A token
+    /// with a JWT's shape (three dot-separated segments, starting `eyJ`) goes to the
+    /// validator only, and its `exp` and `nbf` are checked against this verifier's clock.
+    /// The scope requirement and [`ScopePolicy`] apply as for API keys; the maximum lifetime,
+    /// idle time, allowlists and last-use tracking do not (a JWT has no store record), and a
+    /// JWT cannot be revoked before it expires. See [`jwt`](crate::jwt).
+    ///
+    /// ```
+    /// use apitoken::jwt::{JwtKey, JwtValidator};
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let validator = JwtValidator::builder("https://auth.example", "api")
+    ///     .key(JwtKey::hs256(&[3u8; 32])?)
+    ///     .build()?;
+    /// let verifier = Verifier::builder(MemoryStore::new()).jwt(validator).build();
+    /// # let _ = verifier;
+    /// # Ok::<(), apitoken::jwt::JwtError>(())
+    /// ```
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn jwt(mut self, validator: crate::jwt::JwtValidator) -> Self {
+        self.jwt = Some(validator);
+        self
+    }
+
     /// Builds the verifier.
     pub fn build(self) -> Verifier<S> {
         let dummy_hash = self.hasher.hash(b"apitoken: no such token");
@@ -681,6 +751,8 @@ impl<S: TokenStore> VerifierBuilder<S> {
                     LastUsedBuffer::new(self.last_used_flush_interval, self.last_used_max_pending)
                 }),
                 dummy_hash,
+                #[cfg(feature = "jwt")]
+                jwt: self.jwt,
             }),
         }
     }
@@ -740,20 +812,49 @@ pub struct Principal {
     record: Arc<TokenRecord>,
     policy: PolicyRef,
     effective_expiry: Option<DateTime<Utc>>,
+    credential: CredentialKind,
+}
+
+/// How a [`Principal`] authenticated. Routes need not care; logs and audits may.
+///
+/// ```
+/// use apitoken::{CredentialKind, MemoryStore, NewToken, Owner, Verifier};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let issued = verifier.issuer().issue(NewToken::new("ci", Owner::new("team-1")?)).await?;
+/// let principal = verifier.authenticate(issued.token.expose_secret()).await?;
+/// assert_eq!(principal.credential_kind(), CredentialKind::ApiKey);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CredentialKind {
+    /// A token with a record in the store, in one of the verifier's [`TokenFormat`]s.
+    ApiKey,
+    /// A JWT access token checked by the verifier's JWT validator (feature `jwt`); its record
+    /// is made from its claims.
+    Jwt,
 }
 
 impl Principal {
-    /// The token's id.
+    /// How the client authenticated: an API key or a JWT access token.
+    pub fn credential_kind(&self) -> CredentialKind {
+        self.credential
+    }
+
+    /// The token's id (a JWT's `jti`).
     pub fn token_id(&self) -> &TokenId {
         &self.record.id
     }
 
-    /// Whom the token acts for.
+    /// Whom the token acts for (a JWT's `sub`).
     pub fn owner(&self) -> &Owner {
         &self.record.owner
     }
 
-    /// The token's name.
+    /// The token's name (a JWT's `client_id`).
     pub fn name(&self) -> &str {
         &self.record.name
     }

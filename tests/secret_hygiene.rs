@@ -326,3 +326,119 @@ async fn debug_checks() {
         assert_no_secret("what the inner service sees", text, &secrets);
     }
 }
+
+#[test]
+fn no_jwt_reaches_the_logs_or_errors() {
+    let _serial = serial();
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(capture.clone())
+        .finish();
+    let runtime = current_thread_runtime();
+    let (secrets, jti) = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        runtime.block_on(jwt_flow())
+    };
+    drop(runtime);
+
+    let logs = capture.text();
+    // The capture saw the accepted JWT (its jti is logged) and each refusal with its reason.
+    assert!(logs.contains(&jti), "no accepted-token event:\n{logs}");
+    for reason in ["BadSignature", "WrongTokenType", "Expired"] {
+        assert!(logs.contains(reason), "no {reason} event:\n{logs}");
+    }
+    assert_no_secret("the logs", &logs, &secrets);
+}
+
+/// JWTs accepted and refused over HTTP and by the verifier; returns every JWT and signature
+/// in play, and the accepted token's jti.
+async fn jwt_flow() -> (Vec<String>, String) {
+    use apitoken::ManualClock;
+    use apitoken::jwt::{AccessGrant, JwtIssuer, JwtKey};
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
+    ));
+    let key = JwtKey::hs256(b"hygiene-hmac-key-0123456789abcde")
+        .expect("key")
+        .with_kid("k1")
+        .expect("kid");
+    let issuer = JwtIssuer::builder(key, "https://auth.example", "api")
+        .clock(clock.clone())
+        .build()
+        .expect("issuer");
+    let verifier = Verifier::builder(MemoryStore::new())
+        .format(quickstart::token_format())
+        .clock(clock.clone())
+        .jwt(issuer.validator().build().expect("validator"))
+        .build();
+    let server = Server::start(quickstart::app(verifier.clone())).await;
+    let client = Client::new(&server);
+
+    let grant = AccessGrant::new(Owner::new("team-1").expect("owner"), "ci")
+        .expect("grant")
+        .scopes(["vps:read"])
+        .expect("scopes");
+    let issued = issuer.issue(&grant).expect("issued");
+    let token = issued.token.expose_secret().to_owned();
+    let (signed, signature) = token.rsplit_once('.').expect("three segments");
+    let mut flipped = signature.to_owned().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{signed}.{}", String::from_utf8(flipped).expect("ASCII"));
+    let mut refresh_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    refresh_header.typ = Some("rt+jwt".into());
+    refresh_header.kid = Some("k1".into());
+    let payload: serde_json::Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(&token).expect("claims");
+    let refresh = jsonwebtoken::encode(
+        &refresh_header,
+        &payload,
+        &jsonwebtoken::EncodingKey::from_secret(b"hygiene-hmac-key-0123456789abcde"),
+    )
+    .expect("signed");
+    let mut secrets = Vec::new();
+    for jwt in [&token, &tampered, &refresh] {
+        secrets.push(jwt.clone());
+        secrets.push(jwt.rsplit('.').next().expect("signature").to_owned());
+    }
+
+    let ok = client
+        .bearer(Method::GET, "/api/v1/vps", &token, None)
+        .await;
+    assert_eq!(ok.status, 200, "{ok:#?}");
+    let denied = client
+        .bearer(
+            Method::POST,
+            "/api/v1/vps",
+            &token,
+            Some(r#"{"name":"web-1"}"#),
+        )
+        .await;
+    assert_eq!(denied.status, 403, "{denied:#?}");
+    for refused in [&tampered, &refresh] {
+        let reply = client
+            .bearer(Method::GET, "/api/v1/vps", refused, None)
+            .await;
+        assert_eq!(reply.status, 401, "{reply:#?}");
+    }
+
+    // Errors and the Principal, from the verifier directly.
+    let principal = verifier.authenticate(&token).await.expect("valid");
+    assert_no_secret("Principal", &format!("{principal:#?}"), &secrets);
+    assert_no_secret("IssuedJwt", &format!("{issued:#?}"), &secrets);
+    clock.advance(TimeDelta::hours(2));
+    for presented in [&token, &tampered, &refresh] {
+        let error = verifier.authenticate(presented).await.expect_err("refused");
+        assert_eq!(error.kind(), AuthErrorKind::InvalidToken);
+        assert_no_secret("AuthError", &format!("{error:?}"), &secrets);
+        assert_no_secret("AuthError (Display)", &error.to_string(), &secrets);
+    }
+    let expired = client
+        .bearer(Method::GET, "/api/v1/vps", &token, None)
+        .await;
+    assert_eq!(expired.status, 401, "{expired:#?}");
+    (secrets, issued.claims.id.to_string())
+}

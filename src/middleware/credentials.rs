@@ -221,7 +221,7 @@ fn token_text(token: &[u8]) -> Result<&str, AuthError> {
     if token.is_empty() {
         return Err(AuthError::malformed_request());
     }
-    if token.len() > MAX_TOKEN_LEN {
+    if token.len() > max_token_len(token) {
         // Refused on length alone: no scan, no hash, no store.
         return Err(AuthError::invalid_token(
             RejectReason::Malformed(FormatError::TooLong),
@@ -232,6 +232,22 @@ fn token_text(token: &[u8]) -> Result<&str, AuthError> {
         return Err(AuthError::malformed_request());
     }
     std::str::from_utf8(token).map_err(|_| AuthError::malformed_request())
+}
+
+/// The longest token accepted: a JWT carries its claims, so one that starts as a JWT does
+/// may be longer than other tokens.
+#[cfg(feature = "jwt")]
+fn max_token_len(token: &[u8]) -> usize {
+    if token.starts_with(b"eyJ") {
+        crate::jwt::MAX_JWT_LEN
+    } else {
+        MAX_TOKEN_LEN
+    }
+}
+
+#[cfg(not(feature = "jwt"))]
+fn max_token_len(_: &[u8]) -> usize {
+    MAX_TOKEN_LEN
 }
 
 fn trim_ows(value: &[u8]) -> &[u8] {
@@ -352,6 +368,24 @@ mod tests {
         );
         let ok = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN));
         assert!(kind(&c, &[("authorization", ok.as_bytes())]).is_ok());
+    }
+
+    #[cfg(feature = "jwt")]
+    #[test]
+    fn a_jwt_may_be_longer_than_other_tokens_up_to_its_own_bound() {
+        use crate::jwt::MAX_JWT_LEN;
+        let c = Credentials::bearer();
+        let jwt = |len: usize| format!("Bearer eyJ{}", "a".repeat(len - 3));
+        assert!(kind(&c, &[("authorization", jwt(MAX_JWT_LEN).as_bytes())]).is_ok());
+        assert_eq!(
+            kind(&c, &[("authorization", jwt(MAX_JWT_LEN + 1).as_bytes())]),
+            Err(AuthErrorKind::InvalidToken)
+        );
+        let other = format!("Bearer x{}", "a".repeat(MAX_TOKEN_LEN));
+        assert_eq!(
+            kind(&c, &[("authorization", other.as_bytes())]),
+            Err(AuthErrorKind::InvalidToken)
+        );
     }
 
     #[test]
