@@ -4,7 +4,7 @@
 //! # The guarantee
 //!
 //! - **No write on the request path.** A successful verification notes `(token id, now)` in an
-//!   in-memory buffer: one short-held lock on one of 32 shards, chosen by a hash of the id, and
+//!   in-memory buffer: one short-held lock on one of 256 shards, chosen by a hash of the id, and
 //!   no I/O. A verification never waits on a last-used write, and a failing store cannot slow
 //!   it down or refuse it.
 //! - **One batch per interval.** [`Verifier::flush_last_used`] drains the buffer and writes it
@@ -132,7 +132,7 @@ pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 /// Shards of the buffer. Notes for ids on different shards never touch the same lock.
-const SHARDS: usize = 64;
+const SHARDS: usize = 256;
 
 /// Keyed by foldhash rather than SipHash: only ids of tokens that verified are ever inserted,
 /// so nobody can fill a shard with chosen colliding keys, and a note is on every request's

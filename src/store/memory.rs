@@ -19,7 +19,7 @@ use crate::scope::ScopeSet;
 use crate::secret::SecretHash;
 
 /// Shards per map. Lookups on different shards never touch the same lock.
-const SHARDS: usize = 64;
+const SHARDS: usize = 256;
 
 /// Records by id. An id is hashed once per lookup, with the store's keyed hasher (SipHash with
 /// a random key, as `std`'s `HashMap`: ids are chosen by whoever presents a token, so the hash
@@ -39,7 +39,7 @@ type HashEntry = (u64, u64);
 /// A [`TokenStore`] in the process's memory: for tests, single-instance services, and as the
 /// default while an application has no database yet. Nothing survives a restart.
 ///
-/// Records sit in 64 independently locked shards keyed by id, with a second sharded map from
+/// Records sit in 256 independently locked shards keyed by id, with a second sharded map from
 /// secret hash to id and an index by owner; about 430 bytes a token all told
 /// (`docs/performance.md`). Verification takes one shard's read lock, so
 /// verifying threads do not wait for each other. Records are shared (`Arc`) and replaced whole
