@@ -176,7 +176,7 @@ impl<I, S, R: Clone> Layer<I> for AuthLayer<S, R> {
     fn layer(&self, inner: I) -> Self::Service {
         Auth {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`Auth`]: the service that authenticates each request before the inner service sees it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -15,7 +16,9 @@ use crate::store::TokenStore;
 /// The authenticating service made by [`AuthLayer`].
 pub struct Auth<I, S, R> {
     pub(crate) inner: I,
-    pub(crate) layer: AuthLayer<S, R>,
+    /// Shared: routers clone the service for every request (axum does), and one reference
+    /// count is cheaper than one for each part of the configuration.
+    pub(crate) layer: Arc<AuthLayer<S, R>>,
 }
 
 impl<I, S, R> Auth<I, S, R> {
@@ -35,11 +38,11 @@ impl<I, S, R> Auth<I, S, R> {
     }
 }
 
-impl<I: Clone, S, R: Clone> Clone for Auth<I, S, R> {
+impl<I: Clone, S, R> Clone for Auth<I, S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            layer: self.layer.clone(),
+            layer: Arc::clone(&self.layer),
         }
     }
 }
@@ -77,8 +80,8 @@ where
         }
 
         // An address that failed too often is turned away before anything else is done.
-        let throttle = self.layer.throttle.clone();
-        if let Some(throttle) = &throttle {
+        let throttle = self.layer.throttle.as_deref();
+        if let Some(throttle) = throttle {
             match client_ip {
                 Some(ip) => {
                     if let Some(wait) = throttle.retry_after(ip) {
@@ -96,7 +99,7 @@ where
         let span = match credentials.locate(request.headers()) {
             Err(error) => {
                 self.layer.verifier.audit_refusal(&error, client_ip);
-                count_failure(throttle.as_deref(), client_ip, &error);
+                count_failure(throttle, client_ip, &error);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(None) if self.layer.allow_anonymous => {
@@ -113,25 +116,24 @@ where
         // Use the service that `poll_ready` readied; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let verifier = self.layer.verifier.clone();
-        let required = self.layer.required.clone();
-        let rate_limit = self.layer.rate_limit.clone();
+        let layer = Arc::clone(&self.layer);
         let verify = Box::pin(async move {
             let info = crate::verifier::RequestInfo::new().client_ip(client_ip);
-            let mut outcome = verifier
-                .verify_request(span.token(), &required, &info)
+            let mut outcome = layer
+                .verifier
+                .verify_request(span.token(), &layer.required, &info)
                 .await;
             match &outcome {
                 // Last, as in Unkey's order: a request refused for any other reason spends
                 // no budget.
                 Ok(principal) => {
-                    if let Some(step) = &rate_limit
+                    if let Some(step) = &layer.rate_limit
                         && let Err(error) = step.check(principal).await
                     {
                         outcome = Err(error);
                     }
                 }
-                Err(error) => count_failure(throttle.as_deref(), client_ip, error),
+                Err(error) => count_failure(layer.throttle.as_deref(), client_ip, error),
             }
             (request, outcome)
         });
