@@ -281,14 +281,14 @@ impl<S: TokenStore> Verifier<S> {
         let record = match found {
             Some(stored) if secret_matches => stored.record,
             Some(stored) => {
-                self.balance_early_refusal(presented_id.as_ref());
+                self.balance_early_refusal(Some(&stored.record), presented_id.as_ref(), required);
                 return Err(Refused {
                     error: AuthError::invalid_token(RejectReason::WrongSecret, presented_id),
                     record: Some(stored.record),
                 });
             }
             None => {
-                self.balance_early_refusal(presented_id.as_ref());
+                self.balance_early_refusal(None, presented_id.as_ref(), required);
                 return Err(Refused::early(AuthError::invalid_token(
                     RejectReason::UnknownToken,
                     presented_id,
@@ -315,7 +315,7 @@ impl<S: TokenStore> Verifier<S> {
             }
         };
         if let Some(reason) = reason {
-            self.balance_refusal(Some(&record.id));
+            self.balance_refusal(Some(&record.id), required);
             return Err(Refused {
                 error: AuthError::invalid_token(reason, Some(record.id)),
                 record: Some(record),
@@ -376,20 +376,33 @@ impl<S: TokenStore> Verifier<S> {
         })
     }
 
-    /// Work on a refusal after the lookup comparable to the last-use note a valid token
-    /// costs (a read of the same buffer shard), so a refused token is not measurably cheaper
-    /// than an accepted one.
-    fn balance_refusal(&self, id: Option<&TokenId>) {
+    /// Work on a refusal after the lookup comparable to what a valid token costs after it:
+    /// a passing scope check (the requirement against its own scopes: no allocation, whatever
+    /// the record holds) and the last-use note (a read of the same buffer shard), so a refused
+    /// token is not measurably cheaper than an accepted one.
+    fn balance_refusal(&self, id: Option<&TokenId>, required: &ScopeRequirement) {
+        let scopes = std::hint::black_box(required.scopes());
+        drop(std::hint::black_box(
+            self.inner.policy.check(scopes, required),
+        ));
         if let (Some(last_used), Some(id)) = (&self.inner.last_used, id) {
             std::hint::black_box(last_used.noted(id));
         }
     }
 
     /// The same for a refusal before the record's checks (unknown id, wrong secret), which
-    /// also skips the clock read that those checks make.
-    fn balance_early_refusal(&self, id: Option<&TokenId>) {
+    /// also skips the clock read and the limits those checks compute.
+    fn balance_early_refusal(
+        &self,
+        record: Option<&TokenRecord>,
+        id: Option<&TokenId>,
+        required: &ScopeRequirement,
+    ) {
         std::hint::black_box(self.inner.clock.now());
-        self.balance_refusal(id);
+        if let Some(record) = record {
+            std::hint::black_box(self.inner.ends(record));
+        }
+        self.balance_refusal(id, required);
     }
 
     fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {
