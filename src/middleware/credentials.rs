@@ -113,34 +113,29 @@ impl Credentials {
     /// Where the token is, for reading it again after the request has moved on: the header
     /// value (a reference-counted handle on the same bytes) and the token's span in it.
     pub(crate) fn locate(&self, headers: &HeaderMap) -> Result<Option<TokenSpan>, AuthError> {
-        let Some(token) = self.extract(headers)? else {
-            return Ok(None);
-        };
-        let (start, end) = {
-            let at = token.as_ptr() as usize;
-            (at, at + token.len())
-        };
-        // The token is a slice of one of the values `extract` read; find which.
-        let values = headers
-            .get_all(AUTHORIZATION)
-            .iter()
-            .chain(self.header.iter().flat_map(|name| headers.get_all(name)));
-        for value in values {
-            let base = value.as_bytes().as_ptr() as usize;
-            if base <= start && end <= base + value.len() {
-                return Ok(Some(TokenSpan {
-                    value: value.clone(),
-                    start: start - base,
-                    end: end - base,
-                }));
+        Ok(self.find(headers)?.map(|(value, token)| {
+            // The token is a subslice of the value's bytes: its offset is the distance between
+            // the two starts.
+            let start = token.as_ptr() as usize - value.as_bytes().as_ptr() as usize;
+            TokenSpan {
+                value: value.clone(),
+                start,
+                end: start + token.len(),
             }
-        }
-        // Unreachable: the token borrows from one of those values. Fail closed.
-        Err(AuthError::malformed_request())
+        }))
     }
 
     /// The token text, `Ok(None)` when the request has no credentials for us, or the error.
+    #[cfg(test)]
     pub(crate) fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
+        Ok(self.find(headers)?.map(|(_, token)| token))
+    }
+
+    /// The header value that carries the token, and the token in it.
+    fn find<'h>(
+        &self,
+        headers: &'h HeaderMap,
+    ) -> Result<Option<(&'h HeaderValue, &'h str)>, AuthError> {
         let mut from_authorization = None;
         if !self.schemes.is_empty() {
             let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -149,7 +144,9 @@ impl Credentials {
                     // RFC 9110 §5.3: Authorization is not a list; never "first one wins".
                     return Err(AuthError::malformed_request());
                 }
-                from_authorization = self.parse_authorization(value.as_bytes())?;
+                from_authorization = self
+                    .parse_authorization(value.as_bytes())?
+                    .map(|token| (value, token));
             }
         }
         if let Some(name) = &self.header {
@@ -159,7 +156,7 @@ impl Credentials {
                     // RFC 6750 §2: one transmission method per request.
                     return Err(AuthError::malformed_request());
                 }
-                return token_text(trim_ows(value.as_bytes())).map(Some);
+                return token_text(trim_ows(value.as_bytes())).map(|token| Some((value, token)));
             }
         }
         Ok(from_authorization)
