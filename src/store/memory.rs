@@ -215,12 +215,17 @@ impl MemoryStore {
         // while waiting for an id shard would invert the writers' lock order. Two records
         // whose secret hashes share eight bytes are all but impossible, but each is checked.
         let secret_hash = secret_table_hash(hash);
-        let candidates: Vec<u64> = read(self.hash_shard(hash))
-            .iter_hash(secret_hash)
-            .filter(|e| e.0 == secret_hash)
-            .map(|e| e.1)
-            .collect();
-        candidates.into_iter().find_map(|id_hash| {
+        // One candidate, nearly always: kept out of the heap; any others go in a `Vec`.
+        let (mut first, mut others) = (None, Vec::new());
+        for entry in read(self.hash_shard(hash)).iter_hash(secret_hash) {
+            if entry.0 == secret_hash {
+                match first {
+                    None => first = Some(entry.1),
+                    Some(_) => others.push(entry.1),
+                }
+            }
+        }
+        first.into_iter().chain(others).find_map(|id_hash| {
             read(self.id_shard(id_hash))
                 .find(id_hash, |s| s.hash == *hash)
                 .cloned()
