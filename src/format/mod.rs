@@ -360,11 +360,11 @@ impl TokenFormat {
         };
         // Every byte outside base62 is in the prefix or is the separator (the id was checked):
         // then the secret is base62 without looking at it again.
-        let expected_outside = self.prefix.as_deref().map_or(0, |p| {
-            p.bytes()
-                .filter(|b| BYTE_CLASS[usize::from(*b)] & BASE62_BYTE == 0)
-                .count()
-        }) + usize::from(id.is_some());
+        let expected_outside = self
+            .prefix
+            .as_deref()
+            .map_or(0, |p| classify(p.as_bytes()).1)
+            + usize::from(id.is_some());
         let base62 = outside_base62 == expected_outside || is_base62(secret);
         if !accepted.contains(&secret.len()) || !base62 {
             return Err(FormatError::InvalidSecret);
@@ -724,27 +724,6 @@ fn validate_prefix(prefix: &str) -> Result<Box<str>, FormatConfigError> {
     }
 }
 
-/// Bytes that can appear in a token of some format: base62, the separators, and the prefix
-/// characters.
-/// Byte classes, looked up once per byte: [`BASE62_BYTE`] for `0-9A-Za-z`, [`TOKEN_BYTE`] for
-/// those and `.`, `|`, `_`, `-`.
-static BYTE_CLASS: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        let byte = b as u8;
-        if byte.is_ascii_alphanumeric() {
-            table[b] = BASE62_BYTE | TOKEN_BYTE;
-        } else if matches!(byte, b'.' | b'|' | b'_' | b'-') {
-            table[b] = TOKEN_BYTE;
-        }
-        b += 1;
-    }
-    table
-};
-const BASE62_BYTE: u8 = 1;
-const TOKEN_BYTE: u8 = 2;
-
 /// Whether any byte is outside the token alphabet (`0-9A-Za-z` and `.|_-`), and how many are
 /// outside base62: eight bytes at a time, in the bits of a `u64` (SWAR), about twice as fast
 /// as a table lookup a byte. `classify_bytewise` in the tests is the plain definition.
@@ -784,10 +763,7 @@ fn classify_word(word: u64) -> (u64, u32) {
 }
 
 fn is_base62(text: &str) -> bool {
-    // Branch-free over the bytes: the and of every class, checked once.
-    text.bytes()
-        .fold(BASE62_BYTE, |acc, b| acc & BYTE_CLASS[usize::from(b)])
-        == BASE62_BYTE
+    classify(text.as_bytes()).1 == 0
 }
 
 /// Base62 characters needed for `bits` of entropy (log2 62 ≈ 5.954).
