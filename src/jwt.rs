@@ -1233,6 +1233,10 @@ impl crate::oauth::AccessTokenMinter for JwtIssuer {
             minted.map_err(|err| MintError::Failed(Box::new(err))),
         ))
     }
+
+    fn self_contained(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -466,6 +466,13 @@ impl<S: TokenStore> Verifier<S> {
         &self.inner.dummy_hash
     }
 
+    /// The JWT validator, when one is configured: OAuth introspection checks the server's own
+    /// JWT access tokens with it.
+    #[cfg(all(feature = "oauth", feature = "jwt"))]
+    pub(crate) fn jwt_validator(&self) -> Option<&crate::jwt::JwtValidator> {
+        self.inner.jwt.as_ref()
+    }
+
     /// Whether this verifier parses tokens of `format` (one of its formats equals it).
     #[cfg(feature = "oauth")]
     pub(crate) fn accepts(&self, format: &TokenFormat) -> bool {

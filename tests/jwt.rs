@@ -1023,3 +1023,136 @@ async fn the_oauth_token_endpoint_mints_jwts_that_the_same_layer_accepts() {
     assert_eq!(who["expires_at"], json!(t0() + TimeDelta::hours(1)));
     assert_eq!(f.send("POST", access).await.status, 403);
 }
+
+/// POSTs a form to the OAuth router; the status and the JSON body.
+async fn oauth_post(router: &Router, path: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in fields {
+        body.append_pair(key, value);
+    }
+    let request = Request::post(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body.finish()))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_jwt_access_token_is_no_client_secret_and_introspects_as_active() {
+    use apitoken::oauth::{AuthorizationServer, ClientRegistration, MemoryGrantStore};
+
+    let f = Fixture::new(vec![hs_key()]);
+    let oauth = AuthorizationServer::builder(f.verifier.clone(), MemoryGrantStore::new())
+        .minter(f.issuer(hs_key()))
+        .build()
+        .unwrap();
+    let client_key = f
+        .verifier
+        .issuer()
+        .issue(
+            NewToken::new("reporting app", Owner::new("team-1").unwrap())
+                .scopes(["vps:read", "oauth:introspect"])
+                .unwrap()
+                .metadata(ClientRegistration::new().to_metadata()),
+        )
+        .await
+        .unwrap();
+    let client_id = client_key.record.id.as_str().to_owned();
+    let secret = client_key.token.expose_secret().to_owned();
+    let router = oauth.router();
+    let (status, grant) = oauth_post(
+        &router,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &client_id),
+            ("client_secret", &secret),
+            ("scope", "vps:read"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{grant}");
+    let jwt = grant["access_token"].as_str().unwrap().to_owned();
+    let jti = f
+        .verifier
+        .authenticate(&jwt)
+        .await
+        .unwrap()
+        .token_id()
+        .to_string();
+
+    // The JWT, presented as a client secret under its own id, authenticates no client: it
+    // would mint itself successors forever.
+    let (status, body) = oauth_post(
+        &router,
+        "/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &jti),
+            ("client_secret", &jwt),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client")),
+        "{body}"
+    );
+
+    // Introspection describes the server's own JWT (RFC 7662), with its claims.
+    let introspect = |token: String| {
+        let (router, client_id, secret) = (router.clone(), client_id.clone(), secret.clone());
+        async move {
+            oauth_post(
+                &router,
+                "/introspect",
+                &[
+                    ("client_id", &client_id),
+                    ("client_secret", &secret),
+                    ("token", &token),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, body) = introspect(jwt.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["jti"], jti.as_str());
+    assert_eq!(body["client_id"], client_id.as_str());
+    assert_eq!(body["sub"], "team-1");
+    assert_eq!(body["scope"], "vps:read");
+    assert_eq!(body["exp"], (t0() + TimeDelta::hours(1)).timestamp());
+    // Tampered, or expired: inactive, and nothing else said.
+    let mut tampered = jwt.clone();
+    tampered.pop();
+    tampered.push(if jwt.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(introspect(tampered).await, (200, json!({"active": false})));
+    f.clock.advance(TimeDelta::hours(2));
+    assert_eq!(introspect(jwt).await, (200, json!({"active": false})));
+}
+
+#[test]
+fn a_jwt_minter_needs_a_verifier_that_validates_jwts() {
+    use apitoken::oauth::{AuthorizationServer, BuildError, MemoryGrantStore, access_token_format};
+
+    let verifier = Verifier::builder(MemoryStore::new())
+        .also_accept(access_token_format())
+        .build();
+    let issuer = JwtIssuer::builder(hs_key(), ISS, AUD).build().unwrap();
+    let refused = AuthorizationServer::builder(verifier, MemoryGrantStore::new())
+        .minter(issuer)
+        .build()
+        .unwrap_err();
+    assert_eq!(refused, BuildError::NoJwtValidator);
+    assert!(
+        refused.to_string().contains("VerifierBuilder::jwt"),
+        "{refused}"
+    );
+}

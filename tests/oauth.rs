@@ -165,14 +165,20 @@ impl GrantStore for FlakyGrants {
         async move { down.and(call.await) }
     }
 
-    fn consume_code(
+    fn redeem_code(
         &self,
         id: &TokenId,
         at: DateTime<Utc>,
+        family: GrantFamily,
+        first: Option<RefreshTokenRecord>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         let down = self.check();
-        let call = self.inner.consume_code(id, at);
-        async move { down.and(call.await) }
+        // Only touch the inner store when up: a failed call must change nothing.
+        let call = self.inner.redeem_code(id, at, family, first);
+        async move {
+            down?;
+            call.await
+        }
     }
 }
 
@@ -878,6 +884,65 @@ async fn a_code_used_twice_is_refused_and_revokes_what_it_gave() {
         .refresh(&client, str_field(&first, "refresh_token"), None)
         .await;
     assert_error(&reply, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_replayed_code_revokes_the_access_token_of_a_client_without_refresh_tokens() {
+    let f = fixture().await;
+    let client = f
+        .oauth_client(
+            "acct-1",
+            &["db:read"],
+            ClientRegistration::new()
+                .redirect_uri(REDIRECT)
+                .grant_types([GrantType::AuthorizationCode]),
+        )
+        .await;
+    let code = f.code(&client, "user-7", None).await;
+    let first = f.redeem(&client, &code, VERIFIER).await;
+    assert_eq!(first.status, 200, "{first:#?}");
+    let first = first.json();
+    assert!(first.get("refresh_token").is_none(), "{first}");
+    let access = str_field(&first, "access_token");
+    assert_eq!(f.api(access).await.status, 200);
+
+    assert_error(
+        &f.redeem(&client, &code, VERIFIER).await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(f.api(access).await.status, 401, "RFC 6749 §4.1.2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_while_the_first_redemption_mints_leaves_no_usable_token() {
+    let store = support::GatedStore::default();
+    let gate = store.gate();
+    let f = fixture_with(store, MemoryGrantStore::new()).await;
+    let client = f.app_client().await;
+    let code = f.code(&client, "user-7", None).await;
+    // The first redemption stops while its access token is being stored; the replay comes
+    // in then, and the first goes on only after the replay has been answered.
+    gate.arm();
+    let (first, replay) = tokio::join!(f.redeem(&client, &code, VERIFIER), async {
+        gate.arrived().await;
+        let replay = f.redeem(&client, &code, VERIFIER).await;
+        gate.release();
+        replay
+    });
+    assert_error(&replay, 400, "invalid_grant");
+    assert_error(&first, 400, "invalid_grant");
+    let records = f
+        .verifier
+        .store()
+        .list_by_owner(&Owner::new("user-7").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "the access token was stored: {records:?}");
+    assert!(
+        records.iter().all(|r| r.revoked_at.is_some()),
+        "{records:?}"
+    );
 }
 
 #[tokio::test]

@@ -193,30 +193,80 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
     store.insert_code(code("code1")).await.unwrap();
     assert_eq!(store.code(&id("code1")).await.unwrap(), Some(code("code1")));
     assert!(store.insert_code(code("code1")).await.is_err());
+    // Eight redemptions at once, each bringing its own first refresh token: one wins, and
+    // the family it stored is the only one, with only its refresh token.
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
+    for n in 0..8 {
         let store = Arc::clone(&store);
-        tasks.spawn(async move { store.consume_code(&id("code1"), now()).await });
+        tasks.spawn(async move {
+            let mut issued = family("famc");
+            issued.add_access_token(id("atc"), now() + hour, now());
+            let first = refresh(&format!("rc{n}"), "famc", now());
+            let won = store
+                .redeem_code(&id("code1"), now(), issued, Some(first))
+                .await
+                .unwrap();
+            (n, won)
+        });
     }
-    let wins = tasks
+    let winners: Vec<_> = tasks
         .join_all()
         .await
         .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
-    assert_eq!(wins, 1);
+        .filter(|(_, won)| *won)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(winners.len(), 1, "{winners:?}");
     assert_eq!(
         store.code(&id("code1")).await.unwrap().unwrap().used_at,
         Some(now())
     );
-    assert!(!store.consume_code(&id("nocode"), now()).await.unwrap());
+    let stored = store.family(&id("famc")).await.unwrap().unwrap();
+    assert_eq!(stored.access_tokens, vec![(id("atc"), now() + hour)]);
+    for n in 0..8 {
+        let kept = store.refresh_token(&id(&format!("rc{n}"))).await.unwrap();
+        assert_eq!(kept.is_some(), n == winners[0], "rc{n}");
+    }
+    // A used or unknown code stores nothing.
+    assert!(
+        !store
+            .redeem_code(&id("code1"), now(), family("famd"), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .redeem_code(&id("nocode"), now(), family("famd"), None)
+            .await
+            .unwrap()
+    );
+    assert!(store.family(&id("famd")).await.unwrap().is_none());
+    // A redemption without a refresh token (a client without that grant) still stores the
+    // family, so a replay can revoke its access token.
+    let mut code2 = code("code2");
+    code2.family = id("famx");
+    store.insert_code(code2).await.unwrap();
+    let mut issued = family("famx");
+    let day20 = now() + TimeDelta::days(20);
+    issued.add_access_token(id("atx"), day20 + hour, now());
+    assert!(
+        store
+            .redeem_code(&id("code2"), now(), issued, None)
+            .await
+            .unwrap()
+    );
+    let revoked = store
+        .revoke_family(&id("famx"), now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.access_tokens, vec![(id("atx"), day20 + hour)]);
 
     // Purge: expired codes go; a family goes only with its newest refresh token.
     store
         .insert_family(family("fam2"), refresh("old2", "fam2", now()))
         .await
         .unwrap();
-    let day20 = now() + TimeDelta::days(20);
     assert!(
         store
             .rotate_refresh(
@@ -229,9 +279,17 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
             .unwrap()
     );
     let cut = now() + TimeDelta::days(10);
-    // code1 expired; fam1's tokens are all older than the cut.
-    // code1, fam1 and its three tokens (rt1, rt2 and the race's one successor).
-    assert_eq!(store.purge(day20, cut).await.unwrap(), 5);
+    // code1 and code2 expired; fam1's tokens are all older than the cut: code1, code2, fam1
+    // and its three tokens (rt1, rt2 and the race's one successor), famc and its one
+    // refresh token (its access token expired long ago). famx has no refresh token, but its
+    // access token is still live on day 20: it stays.
+    assert_eq!(store.purge(day20, cut).await.unwrap(), 8);
+    assert!(
+        store.family(&id("famx")).await.unwrap().is_some(),
+        "a family whose access token is live stays for a replay to revoke"
+    );
+    assert!(store.family(&id("famc")).await.unwrap().is_none());
+    assert_eq!(store.purge(day20 + hour, cut).await.unwrap(), 1);
     assert!(
         store.refresh_token(&id("old2")).await.unwrap().is_some(),
         "a live family keeps its rotated tokens"

@@ -167,6 +167,14 @@ pub trait AccessTokenMinter: Send + Sync + fmt::Debug + 'static {
         &self,
         request: AccessTokenRequest,
     ) -> BoxFuture<'_, Result<MintedAccessToken, MintError>>;
+
+    /// Whether the tokens are checked without the token store (signed tokens such as JWTs).
+    /// The server then needs a verifier with a JWT validator, which introspection checks them
+    /// with; [`AuthorizationServerBuilder::build`](super::AuthorizationServerBuilder::build)
+    /// refuses one without. Default: `false` (the tokens are records in the store).
+    fn self_contained(&self) -> bool {
+        false
+    }
 }
 
 /// Opaque access tokens: records in the application's [`TokenStore`], issued in

@@ -20,7 +20,7 @@ use crate::id::TokenId;
 use crate::record::Metadata;
 use crate::scope::ScopeRequirement;
 use crate::store::TokenStore;
-use crate::verifier::{Principal, RequestInfo, Verifier};
+use crate::verifier::{CredentialKind, Principal, RequestInfo, Verifier};
 
 /// The metadata key of a client's registration in its API key's record.
 pub const CLIENT_METADATA_KEY: &str = "oauth_client";
@@ -197,9 +197,13 @@ pub(crate) async fn authenticate<S: TokenStore>(
         }
         Err(_) => return Err(refused()),
     };
-    // The key must be the client it claims, and an API key: an access token is no client
-    // secret (it would mint itself successors forever).
-    if principal.token_id() != &claimed || is_oauth_token(principal.metadata()) {
+    // The key must be the client it claims, and an API key: an access token (opaque or JWT)
+    // is no client secret (it would mint itself successors forever). A JWT's record carries
+    // no metadata, so its credential kind is what tells it apart.
+    if principal.token_id() != &claimed
+        || principal.credential_kind() != CredentialKind::ApiKey
+        || is_oauth_token(principal.metadata())
+    {
         return Err(refused());
     }
     let registration = ClientRegistration::from_metadata(principal.metadata());

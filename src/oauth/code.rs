@@ -176,36 +176,12 @@ pub(crate) async fn code_grant<S: TokenStore + 'static, G: GrantStore + 'static>
         return Err(invalid_grant());
     }
     let now = shared.verifier.now();
-    // Single use, whatever the outcome: a second presentation is a replay (RFC 6749 §4.1.2),
-    // and the tokens the first one produced are revoked.
-    let first_use = shared
-        .grants
-        .consume_code(&code.id, now)
-        .await
-        .map_err(|_| OAuthError::unavailable())?;
-    if !first_use {
-        tracing::warn!(client = %client.id(), "authorization code replayed: grant revoked");
-        shared.revoke_family(&code.family).await?;
-        return Err(invalid_grant());
-    }
-    if code.expires_at <= now
-        || code.redirect_uri != redirect_uri
-        || !verifier_matches(verifier, &code.code_challenge)
-    {
-        return Err(invalid_grant());
-    }
-    let (jti, expires_at, access) = shared
-        .mint_access(
-            client,
-            code.owner.clone(),
-            code.scopes.clone(),
-            GrantType::AuthorizationCode,
-            Vec::new(),
-        )
-        .await?;
-    if !client.registration.allows(GrantType::RefreshToken) {
-        return Ok(token_response(access, None, &code.scopes));
-    }
+    let genuine = code.expires_at > now
+        && code.redirect_uri == redirect_uri
+        && verifier_matches(verifier, &code.code_challenge);
+    // What this redemption will issue is decided, and stored with the code's use in one step,
+    // before anything is minted: a replay, however it interleaves, finds the family and
+    // revokes what the first redemption gave (RFC 6749 §4.1.2).
     let mut family = GrantFamily::new(
         code.family,
         code.client_id,
@@ -213,13 +189,70 @@ pub(crate) async fn code_grant<S: TokenStore + 'static, G: GrantStore + 'static>
         code.scopes.clone(),
         now,
     );
-    family.add_access_token(jti, expires_at, now);
-    let (refresh_text, first) = refresh::mint(shared.verifier.hasher(), family.id, now)?;
-    if shared.grants.insert_family(family, first).await.is_err() {
-        shared.discard_access(&jti).await;
-        return Err(OAuthError::unavailable());
+    let mut issue = None;
+    if genuine {
+        let request = shared.access_request(
+            client,
+            code.owner.clone(),
+            code.scopes.clone(),
+            GrantType::AuthorizationCode,
+            Vec::new(),
+        )?;
+        family.add_access_token(request.jti, request.expires_at, now);
+        let refresh = if client.registration.allows(GrantType::RefreshToken) {
+            Some(refresh::mint(shared.verifier.hasher(), family.id, now)?)
+        } else {
+            None
+        };
+        issue = Some((request, refresh));
+    } else {
+        // Spent all the same, with nothing to revoke.
+        family.revoked_at = Some(now);
     }
-    Ok(token_response(access, Some(refresh_text), &code.scopes))
+    let first = issue
+        .as_ref()
+        .and_then(|(_, refresh)| refresh.as_ref().map(|(_, record)| record.clone()));
+    // Single use, whatever the outcome: a second presentation is a replay.
+    let first_use = shared
+        .grants
+        .redeem_code(&code.id, now, family, first)
+        .await
+        .map_err(|_| OAuthError::unavailable())?;
+    if !first_use {
+        tracing::warn!(client = %client.id(), "authorization code replayed: grant revoked");
+        shared.revoke_family(&code.family).await?;
+        return Err(invalid_grant());
+    }
+    let Some((request, refresh)) = issue else {
+        return Err(invalid_grant());
+    };
+    let jti = request.jti;
+    let access = match shared.mint(request).await {
+        Ok(access) => access,
+        Err(err) => {
+            // Nothing reaches the client: the refresh token stored with the code goes too.
+            let _ = shared.grants.revoke_family(&code.family, now).await;
+            return Err(err);
+        }
+    };
+    // A replay that revoked the family while the token was being minted may have missed the
+    // token (not stored yet): look again, and withdraw it if so.
+    match shared.grants.family(&code.family).await {
+        Ok(Some(family)) if family.revoked_at.is_none() => {}
+        Ok(_) => {
+            shared.discard_access(&jti).await;
+            return Err(invalid_grant());
+        }
+        Err(_) => {
+            shared.discard_access(&jti).await;
+            return Err(OAuthError::unavailable());
+        }
+    }
+    Ok(token_response(
+        access,
+        refresh.map(|(text, _)| text),
+        &code.scopes,
+    ))
 }
 
 #[cfg(test)]

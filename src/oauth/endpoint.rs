@@ -131,6 +131,21 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> Shared<S, G> {
         grant_type: GrantType,
         allowed_ips: Vec<IpNet>,
     ) -> Result<(TokenId, DateTime<Utc>, super::MintedAccessToken), OAuthError> {
+        let request = self.access_request(client, owner, scopes, grant_type, allowed_ips)?;
+        let (jti, expires_at) = (request.jti, request.expires_at);
+        Ok((jti, expires_at, self.mint(request).await?))
+    }
+
+    /// What an access token for `client` acting for `owner` will be: its id chosen, its
+    /// expiry and limits set, nothing stored yet.
+    pub(crate) fn access_request(
+        &self,
+        client: &AuthenticatedClient,
+        owner: Owner,
+        scopes: ScopeSet,
+        grant_type: GrantType,
+        allowed_ips: Vec<IpNet>,
+    ) -> Result<AccessTokenRequest, OAuthError> {
         let now = self.verifier.now();
         let lifetime_end = now
             .checked_add_signed(self.settings.access_lifetime)
@@ -140,9 +155,8 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> Shared<S, G> {
             .principal
             .effective_expiry()
             .map_or(lifetime_end, |end| end.min(lifetime_end));
-        let jti = random_id(&super::access_token_format())?;
-        let request = AccessTokenRequest {
-            jti,
+        Ok(AccessTokenRequest {
+            jti: random_id(&super::access_token_format())?,
             owner,
             scopes,
             client_id: *client.id(),
@@ -150,15 +164,21 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> Shared<S, G> {
             issued_at: now,
             expires_at,
             allowed_ips,
-        };
-        let minted = self.minter.mint(request).await.map_err(|err| {
+        })
+    }
+
+    /// Mints the token `request` describes.
+    pub(crate) async fn mint(
+        &self,
+        request: AccessTokenRequest,
+    ) -> Result<super::MintedAccessToken, OAuthError> {
+        self.minter.mint(request).await.map_err(|err| {
             tracing::warn!(error = %err, "access token not minted");
             match err {
                 MintError::Unavailable(_) => OAuthError::unavailable(),
                 _ => OAuthError::server_error(),
             }
-        })?;
-        Ok((jti, expires_at, minted))
+        })
     }
 
     /// Revokes an access token issued by this server, ignoring failure: used when a response
@@ -406,6 +426,27 @@ async fn introspect_token<S: TokenStore + 'static, G: GrantStore + 'static>(
                 "token_type": "refresh_token",
             }),
             None => inactive,
+        });
+    }
+    #[cfg(feature = "jwt")]
+    if let Some(validator) = shared.verifier.jwt_validator()
+        && crate::jwt::has_jwt_shape(token)
+    {
+        // The server's own JWT access tokens: valid by signature and claims, not by a record.
+        return Ok(match validator.validate(token, shared.verifier.now()) {
+            Ok(claims) => json!({
+                "active": true,
+                "scope": claims.scopes.to_string(),
+                "client_id": claims.client_id,
+                "sub": claims.subject.as_str(),
+                "iat": claims.issued_at.timestamp(),
+                "exp": claims.expires_at.timestamp(),
+                "iss": claims.issuer,
+                "aud": claims.audience,
+                "token_type": "Bearer",
+                "jti": claims.id.as_str(),
+            }),
+            Err(_) => inactive,
         });
     }
     let record = shared

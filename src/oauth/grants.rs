@@ -238,18 +238,28 @@ pub trait GrantStore: Send + Sync {
         id: &TokenId,
     ) -> impl Future<Output = Result<Option<AuthorizationCodeRecord>, StoreError>> + Send;
 
-    /// Marks the code used at `at`. Returns `true` if this call used it, `false` if it was
+    /// Marks the code used at `at` and, in the same atomic step, stores `family`: what the
+    /// redemption issues (the access token it is about to mint, noted in
+    /// [`GrantFamily::access_tokens`], and the first refresh token `first`, if the client gets
+    /// one). Returns `true` if this call used the code, `false`, changing nothing, if it was
     /// already used or does not exist.
-    fn consume_code(
+    ///
+    /// One step, so that a replayed code always finds the family of the first redemption and
+    /// can revoke what it issued (RFC 6749 §4.1.2), however the two requests interleave. A
+    /// redemption that fails its checks stores an empty, revoked family.
+    fn redeem_code(
         &self,
         id: &TokenId,
         at: DateTime<Utc>,
+        family: GrantFamily,
+        first: Option<RefreshTokenRecord>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Forgets what can no longer do anything: codes expired at `now`, and families whose
-    /// newest refresh token was issued before `refresh_before` (past the inactivity limit),
-    /// with all their refresh tokens. Returns how many
-    /// entries were removed. The default removes nothing.
+    /// newest refresh token was issued before `refresh_before` (past the inactivity limit;
+    /// a family without refresh tokens counts as such) and none of whose noted access tokens
+    /// is still unexpired at `now`, with all their refresh tokens. Returns how many entries
+    /// were removed. The default removes nothing.
     fn purge(
         &self,
         now: DateTime<Utc>,
@@ -394,18 +404,33 @@ impl GrantStore for MemoryGrantStore {
         std::future::ready(Ok(self.with(|s| s.codes.get(id).cloned())))
     }
 
-    fn consume_code(
+    fn redeem_code(
         &self,
         id: &TokenId,
         at: DateTime<Utc>,
+        family: GrantFamily,
+        first: Option<RefreshTokenRecord>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        std::future::ready(Ok(self.with(|s| match s.codes.get_mut(id) {
-            Some(code) if code.used_at.is_none() => {
-                code.used_at = Some(at);
-                true
+        std::future::ready(self.with(|s| {
+            if s.codes.get(id).is_none_or(|code| code.used_at.is_some()) {
+                return Ok(false);
             }
-            _ => false,
-        })))
+            if s.families.contains_key(&family.id)
+                || first
+                    .as_ref()
+                    .is_some_and(|rt| s.refresh.contains_key(&rt.id))
+            {
+                return Err(conflict());
+            }
+            if let Some(code) = s.codes.get_mut(id) {
+                code.used_at = Some(at);
+            }
+            if let Some(first) = first {
+                s.refresh.insert(first.id, first);
+            }
+            s.families.insert(family.id, family);
+            Ok(true)
+        }))
     }
 
     fn purge(
@@ -423,8 +448,12 @@ impl GrantStore for MemoryGrantStore {
                 let at = newest.entry(rt.family).or_insert(rt.created_at);
                 *at = (*at).max(rt.created_at);
             }
-            s.families
-                .retain(|id, _| newest.get(id).is_some_and(|at| *at >= refresh_before));
+            // A family also stays while an access token it issued may still be used: a
+            // replayed code must find it to revoke that token.
+            s.families.retain(|id, family| {
+                newest.get(id).is_some_and(|at| *at >= refresh_before)
+                    || family.access_tokens.iter().any(|(_, end)| *end > now)
+            });
             let families = &s.families;
             s.refresh.retain(|_, rt| families.contains_key(&rt.family));
             before - (s.codes.len() + s.refresh.len() + s.families.len())
@@ -549,7 +578,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_code_is_consumed_once() {
+    async fn a_code_is_redeemed_once_and_stores_its_family() {
         let store = MemoryGrantStore::new();
         let code = AuthorizationCodeRecord {
             id: id("code"),
@@ -566,9 +595,36 @@ mod tests {
         };
         store.insert_code(code.clone()).await.unwrap();
         assert!(store.insert_code(code).await.is_err());
-        assert!(store.consume_code(&id("code"), now()).await.unwrap());
-        assert!(!store.consume_code(&id("code"), now()).await.unwrap());
-        assert!(!store.consume_code(&id("other"), now()).await.unwrap());
+        let family = |name: &str| {
+            GrantFamily::new(
+                id(name),
+                id("client"),
+                Owner::new("user").unwrap(),
+                ScopeSet::new(),
+                now(),
+            )
+        };
+        assert!(
+            store
+                .redeem_code(&id("code"), now(), family("fam"), None)
+                .await
+                .unwrap()
+        );
+        assert!(store.family(&id("fam")).await.unwrap().is_some());
+        assert!(
+            !store
+                .redeem_code(&id("code"), now(), family("fam2"), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .redeem_code(&id("other"), now(), family("fam3"), None)
+                .await
+                .unwrap()
+        );
+        assert!(store.family(&id("fam2")).await.unwrap().is_none());
+        assert!(store.family(&id("fam3")).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -586,9 +642,12 @@ mod tests {
         let cut = now() + TimeDelta::days(10);
         assert_eq!(store.purge(later, cut).await.unwrap(), 0);
         assert!(store.refresh_token(&id("rt1")).await.unwrap().is_some());
-        // Once the newest token is past the cut-off, the family goes whole.
+        // Once the newest token is past the cut-off, the family goes whole, but not while an
+        // access token it issued still works (a replayed code or a reuse must reach it).
+        let past = later + TimeDelta::seconds(1);
+        assert_eq!(store.purge(later, past).await.unwrap(), 0);
         let removed = store
-            .purge(later, later + TimeDelta::seconds(1))
+            .purge(later + TimeDelta::hours(1), past)
             .await
             .unwrap();
         assert_eq!(removed, 3);

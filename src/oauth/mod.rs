@@ -38,7 +38,7 @@
 //!     .route("/api/databases", get(|p: Principal| async move { p.owner().to_string() }))
 //!     .layer(AuthLayer::new(verifier))
 //!     .nest("/oauth", oauth.router());
-//! # Ok::<(), apitoken::oauth::FormatNotAccepted>(())
+//! # Ok::<(), apitoken::oauth::BuildError>(())
 //! ```
 //!
 //! See `docs/oauth.md` for the flows with `curl`, and for when to use API keys, opaque
@@ -102,6 +102,21 @@ pub const MAX_CODE_LIFETIME: TimeDelta = TimeDelta::minutes(10);
 
 /// The scope a client's key must hold to use the introspection endpoint, by default.
 pub const DEFAULT_INTROSPECTION_SCOPE: &str = "oauth:introspect";
+
+/// Why [`AuthorizationServerBuilder::build`] refused a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The default [`OpaqueMinter`] needs a verifier that accepts [`access_token_format`].
+    #[error(transparent)]
+    FormatNotAccepted(#[from] FormatNotAccepted),
+    /// The minter issues self-contained tokens (JWTs) but the verifier has no JWT validator,
+    /// so introspection would call the server's own tokens inactive.
+    #[error(
+        "the minter issues JWTs but the verifier has no JWT validator to check them; add one with `VerifierBuilder::jwt`"
+    )]
+    NoJwtValidator,
+}
 
 /// The OAuth 2.0 endpoints over a [`Verifier`] (clients' keys, access tokens) and a
 /// [`GrantStore`] (refresh tokens, codes). Cheap to clone. See the [module docs](self).
@@ -272,13 +287,23 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServerBuilde
         self
     }
 
-    /// Builds the endpoints. Fails only with the default [`OpaqueMinter`] when the verifier
-    /// does not accept [`access_token_format`].
-    pub fn build(self) -> Result<AuthorizationServer<S, G>, FormatNotAccepted> {
+    /// Builds the endpoints. Fails with the default [`OpaqueMinter`] when the verifier does
+    /// not accept [`access_token_format`], and with a minter of
+    /// [self-contained](AccessTokenMinter::self_contained) tokens (a
+    /// [`JwtIssuer`](crate::jwt::JwtIssuer)) when the verifier has no JWT validator: the
+    /// introspection endpoint (and the verifier's own routes) could not check them.
+    pub fn build(self) -> Result<AuthorizationServer<S, G>, BuildError> {
         let minter: Arc<dyn AccessTokenMinter> = match self.minter {
             Some(minter) => minter,
             None => Arc::new(OpaqueMinter::new(self.verifier.clone())?),
         };
+        #[cfg(feature = "jwt")]
+        let validates_jwts = self.verifier.jwt_validator().is_some();
+        #[cfg(not(feature = "jwt"))]
+        let validates_jwts = false;
+        if minter.self_contained() && !validates_jwts {
+            return Err(BuildError::NoJwtValidator);
+        }
         Ok(AuthorizationServer {
             shared: Arc::new(Shared {
                 verifier: self.verifier,

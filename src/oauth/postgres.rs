@@ -142,6 +142,45 @@ impl PostgresGrantStore {
     fn q(&self, text: String) -> SqlStr {
         sql::text(text)
     }
+
+    /// Inserts a family and its first refresh token, if any, inside `tx`.
+    async fn store_family(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        family: &GrantFamily,
+        first: Option<&RefreshTokenRecord>,
+    ) -> Result<(), sqlx::Error> {
+        let insert_family = self.q(format!(
+            "INSERT INTO {} ({FAMILY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.families
+        ));
+        sqlx::query(insert_family)
+            .bind(family.id.as_str())
+            .bind(family.client_id.as_str())
+            .bind(family.owner.as_str())
+            .bind(family.scopes.to_string())
+            .bind(family.created_at)
+            .bind(family.revoked_at)
+            .bind(access_json(&family.access_tokens))
+            .execute(&mut **tx)
+            .await?;
+        if let Some(first) = first {
+            let insert_refresh = self.q(format!(
+                "INSERT INTO {} (id, family, secret_hash, created_at, used_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                self.refresh
+            ));
+            sqlx::query(insert_refresh)
+                .bind(first.id.as_str())
+                .bind(first.family.as_str())
+                .bind(first.hash.as_bytes().as_slice())
+                .bind(first.created_at)
+                .bind(first.used_at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// An access token noted in a family, as stored in `access_tokens`.
@@ -224,35 +263,9 @@ impl GrantStore for PostgresGrantStore {
         family: GrantFamily,
         first: RefreshTokenRecord,
     ) -> Result<(), StoreError> {
-        let insert_family = self.q(format!(
-            "INSERT INTO {} ({FAMILY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            self.families
-        ));
-        let insert_refresh = self.q(format!(
-            "INSERT INTO {} (id, family, secret_hash, created_at, used_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-            self.refresh
-        ));
         let work = async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query(insert_family)
-                .bind(family.id.as_str())
-                .bind(family.client_id.as_str())
-                .bind(family.owner.as_str())
-                .bind(family.scopes.to_string())
-                .bind(family.created_at)
-                .bind(family.revoked_at)
-                .bind(access_json(&family.access_tokens))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(insert_refresh)
-                .bind(first.id.as_str())
-                .bind(first.family.as_str())
-                .bind(first.hash.as_bytes().as_slice())
-                .bind(first.created_at)
-                .bind(first.used_at)
-                .execute(&mut *tx)
-                .await?;
+            self.store_family(&mut tx, &family, Some(&first)).await?;
             tx.commit().await
         };
         timed(self.timeout, work).await
@@ -398,14 +411,33 @@ impl GrantStore for PostgresGrantStore {
         row.map(|row| decode_code(&row)).transpose()
     }
 
-    async fn consume_code(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let query = self.q(format!(
+    async fn redeem_code(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+        family: GrantFamily,
+        first: Option<RefreshTokenRecord>,
+    ) -> Result<bool, StoreError> {
+        let spend = self.q(format!(
             "UPDATE {} SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
             self.codes
         ));
-        let query = sqlx::query(query).bind(id.as_str()).bind(at);
-        let done = timed(self.timeout, query.execute(&self.pool)).await?;
-        Ok(done.rows_affected() == 1)
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            let spent = sqlx::query(spend)
+                .bind(id.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            if spent.rows_affected() != 1 {
+                return Ok(false);
+            }
+            self.store_family(&mut tx, &family, first.as_ref()).await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        // A transaction dropped without commit (the early return) rolls back.
+        timed(self.timeout, work).await
     }
 
     fn purge(
@@ -416,7 +448,10 @@ impl GrantStore for PostgresGrantStore {
         let query = self.q(format!(
             "WITH dead AS ( \
                  SELECT f.id FROM {families} f WHERE NOT EXISTS ( \
-                     SELECT 1 FROM {refresh} r WHERE r.family = f.id AND r.created_at >= $2)), \
+                     SELECT 1 FROM {refresh} r WHERE r.family = f.id AND r.created_at >= $2) \
+                 AND NOT EXISTS ( \
+                     SELECT 1 FROM jsonb_array_elements(f.access_tokens) a \
+                     WHERE (a->>'expires_at')::timestamptz > $1)), \
              gone_codes AS (DELETE FROM {codes} WHERE expires_at <= $1 RETURNING 1), \
              gone_tokens AS (DELETE FROM {refresh} WHERE family IN (SELECT id FROM dead) RETURNING 1), \
              gone_families AS (DELETE FROM {families} WHERE id IN (SELECT id FROM dead) RETURNING 1) \

@@ -415,6 +415,129 @@ impl TokenStore for FlakyStore {
     }
 }
 
+/// A [`MemoryStore`] whose next insert, once [`Gate::arm`]ed, stops at a gate: the test
+/// learns it arrived ([`Gate::arrived`]), does what it wants meanwhile, and lets it through
+/// ([`Gate::release`]). For interleavings that sleeps would only make likely.
+#[derive(Debug, Default)]
+pub struct GatedStore {
+    inner: MemoryStore,
+    gate: Arc<Gate>,
+}
+
+/// The gate of a [`GatedStore`].
+#[derive(Debug)]
+pub struct Gate {
+    armed: AtomicBool,
+    arrived: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            armed: AtomicBool::new(false),
+            arrived: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Stops the next insert.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until an armed insert has stopped at the gate (at most [`TIMEOUT`]).
+    pub async fn arrived(&self) {
+        tokio::time::timeout(TIMEOUT, self.arrived.notified())
+            .await
+            .expect("an insert reached the gate");
+    }
+
+    /// Lets the stopped insert through.
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+impl GatedStore {
+    /// The gate, to arm and release from the test.
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.gate)
+    }
+}
+
+impl TokenStore for GatedStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let gate = Arc::clone(&self.gate);
+        async move {
+            if gate.armed.swap(false, Ordering::SeqCst) {
+                gate.arrived.notify_one();
+                let permit = tokio::time::timeout(TIMEOUT, gate.release.acquire())
+                    .await
+                    .expect("the test released the gate")
+                    .expect("the gate is open");
+                permit.forget();
+            }
+            self.inner.insert(record, hash).await
+        }
+    }
+
+    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+        self.inner.next_id()
+    }
+
+    fn get(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        self.inner.get(id)
+    }
+
+    fn find_by_hash(
+        &self,
+        hash: &SecretHash,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        self.inner.find_by_hash(hash)
+    }
+
+    fn list_by_owner(
+        &self,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+        self.inner.list_by_owner(owner)
+    }
+
+    fn revoke(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.inner.revoke(id, at)
+    }
+
+    fn revoke_owner(
+        &self,
+        owner: &Owner,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        self.inner.revoke_owner(owner, at)
+    }
+
+    fn record_last_used(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.inner.record_last_used(id, at)
+    }
+}
+
 /// Names that must never appear in captured output for `token`: the whole text and its secret.
 pub fn forbidden_strings(format: &TokenFormat, token: &str) -> [String; 2] {
     [token.to_owned(), secret_part(format, token)]
