@@ -99,3 +99,55 @@ async fn a_revoke_on_one_replica_is_refused_by_the_other_within_100_ms() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A schema name at `len` bytes: the unique name, padded with `x` or cut to length.
+fn schema_of_len(len: usize) -> String {
+    let mut name = stores::unique_name("s");
+    name.truncate(len);
+    while name.len() < len {
+        name.push('x');
+    }
+    name
+}
+
+#[tokio::test]
+async fn schema_names_up_to_the_longest_allowed_keep_writes_and_notifications_working() {
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    // 46 bytes is the longest whose channel `apitoken_changes_{schema}` fits PostgreSQL's
+    // 63-byte identifiers; 47 and 48 (the longest a schema may be here) used to break every
+    // write that notifies.
+    for len in [46, 47, 48] {
+        let schema = schema_of_len(len);
+        let a = replica(&url, &schema).await;
+        let b = replica(&url, &schema).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let issued = a
+            .issuer()
+            .issue(NewToken::new("svc", Owner::new("team-1").unwrap()))
+            .await
+            .unwrap_or_else(|err| panic!("issue with a {len}-byte schema: {err}"));
+        let token = issued.token.expose_secret();
+        b.authenticate(token).await.expect("B caches the token");
+        assert!(
+            a.store().revoke(&issued.record.id, a.now()).await.unwrap(),
+            "revoke with a {len}-byte schema"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.authenticate(token).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "B never heard of the revocation with a {len}-byte schema"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            a.store()
+                .revoke_owner(&Owner::new("team-1").unwrap(), a.now())
+                .await
+                .unwrap(),
+            0
+        );
+    }
+}

@@ -77,11 +77,7 @@ impl Queries {
         };
         let table = qualify("apitoken_tokens");
         let sequence = qualify("apitoken_token_ids");
-        // NOTIFY channels are per schema, so tenants in one database do not see each other.
-        let channel = match &schema {
-            Some(schema) => format!("apitoken_changes_{schema}"),
-            None => "apitoken_changes".to_owned(),
-        };
+        let channel = change_channel(schema.as_deref());
         Self {
             insert: sql::text(format!(
                 "WITH inserted AS (INSERT INTO {table} ({COLUMNS}) \
@@ -270,6 +266,29 @@ impl PostgresStore {
             }
         })
     }
+}
+
+/// PostgreSQL's longest identifier, in bytes: a longer channel name is cut (and `pg_notify`
+/// refuses it), so writes that notify would fail.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The `NOTIFY` channel of the tables in `schema`. Channels are per schema, so tenants in one
+/// database do not see each other's changes: `apitoken_changes_{schema}`, or, when that would
+/// pass PostgreSQL's 63-byte limit, `apitoken_changes_0` and 16 hex digits of the schema
+/// name's SHA-256. No schema name starts with a digit, so the hashed form never meets a plain
+/// one.
+fn change_channel(schema: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let Some(schema) = schema else {
+        return "apitoken_changes".to_owned();
+    };
+    let plain = format!("apitoken_changes_{schema}");
+    if plain.len() <= MAX_IDENTIFIER_BYTES {
+        return plain;
+    }
+    let digest = Sha256::digest(schema.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("apitoken_changes_0{hex}")
 }
 
 impl PostgresStore {
@@ -553,5 +572,29 @@ impl TokenStore for PostgresStore {
             .await?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_channels_fit_postgresqls_identifiers() {
+        assert_eq!(change_channel(None), "apitoken_changes");
+        let fits = "a".repeat(46);
+        assert_eq!(
+            change_channel(Some(&fits)),
+            format!("apitoken_changes_{fits}")
+        );
+        let long = "a".repeat(48);
+        let hashed = change_channel(Some(&long));
+        assert!(hashed.len() <= MAX_IDENTIFIER_BYTES, "{hashed}");
+        assert!(hashed.starts_with("apitoken_changes_0"), "{hashed}");
+        // Per schema still: two long names sharing a prefix get two channels.
+        assert_ne!(
+            hashed,
+            change_channel(Some(&format!("{}b", "a".repeat(47))))
+        );
     }
 }
