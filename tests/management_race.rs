@@ -1,88 +1,27 @@
 //! "Revoke all" means all: a token being minted while its team's tokens are revoked does not
-//! survive, even when the revocation lands between the caller's verification and the insert.
+//! survive, even when the revocation lands between the caller's verification and the insert,
+//! or (on PostgreSQL) when the revoke-all is held open while the insert commits.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+#[path = "support/stores.rs"]
+mod stores;
+mod support;
+
+use std::time::{Duration, Instant};
 
 use apitoken::management::TokenApi;
 use apitoken::middleware::AuthLayer;
-use apitoken::{
-    MemoryStore, NewToken, Owner, SecretHash, StoreError, StoredToken, TokenId, TokenRecord,
-    TokenStore, Verifier,
-};
+use apitoken::{NewToken, Owner, TokenRecord, TokenStore, Verifier};
 use axum::Router;
 use axum::body::Body;
-use chrono::{DateTime, Utc};
 use http::{Request, StatusCode};
-use tokio::sync::Notify;
+use sqlx::{Connection, Row};
 use tower::ServiceExt;
-
-/// A store whose next insert stops half-way until the test lets it go on.
-#[derive(Default)]
-struct Gate {
-    inner: MemoryStore,
-    armed: AtomicBool,
-    reached: Notify,
-    release: Notify,
-}
-
-impl TokenStore for Gate {
-    async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.release.notified().await;
-        }
-        self.inner.insert(record, hash).await
-    }
-    fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
-        self.inner.next_id()
-    }
-    fn get(
-        &self,
-        id: &TokenId,
-    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
-        self.inner.get(id)
-    }
-    fn find_by_hash(
-        &self,
-        hash: &SecretHash,
-    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
-        self.inner.find_by_hash(hash)
-    }
-    fn list_by_owner(
-        &self,
-        owner: &Owner,
-    ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
-        self.inner.list_by_owner(owner)
-    }
-    fn revoke(
-        &self,
-        id: &TokenId,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.inner.revoke(id, at)
-    }
-    fn revoke_owner(
-        &self,
-        owner: &Owner,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        self.inner.revoke_owner(owner, at)
-    }
-    fn record_last_used(
-        &self,
-        id: &TokenId,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.inner.record_last_used(id, at)
-    }
-}
 
 #[tokio::test]
 async fn a_token_minted_during_revoke_all_does_not_survive() {
-    let gate = Arc::new(Gate::default());
-    let verifier = Verifier::builder(Arc::clone(&gate)).build();
+    let store = support::GatedStore::default();
+    let gate = store.gate();
+    let verifier = Verifier::builder(store).build();
     let team = Owner::new("team-1").unwrap();
     let stolen = verifier
         .issuer()
@@ -97,7 +36,7 @@ async fn a_token_minted_during_revoke_all_does_not_survive() {
         .nest("/tokens", TokenApi::new(verifier.clone()).router())
         .layer(AuthLayer::new(verifier.clone()));
 
-    gate.armed.store(true, Ordering::SeqCst);
+    gate.arm();
     let request = Request::post("/tokens")
         .header(
             "authorization",
@@ -107,7 +46,7 @@ async fn a_token_minted_during_revoke_all_does_not_survive() {
         .body(Body::from(r#"{"name":"backdoor"}"#))
         .unwrap();
     let create = tokio::spawn(app.oneshot(request));
-    gate.reached.notified().await;
+    gate.arrived().await;
     // The admin revokes everything of the team while the insert is in flight.
     assert_eq!(
         verifier
@@ -117,9 +56,119 @@ async fn a_token_minted_during_revoke_all_does_not_survive() {
             .unwrap(),
         1
     );
-    gate.release.notify_one();
+    gate.release();
 
     let response = create.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let records = verifier.store().list_by_owner(&team).await.unwrap();
+    assert_eq!(
+        records.len(),
+        2,
+        "the stolen token and the one minted with it"
+    );
+    assert!(records.iter().all(TokenRecord::is_revoked), "{records:#?}");
+}
+
+/// Polls `query` (one integer) on `conn` until it is at least 1 or `done` says to stop;
+/// bounded by a deadline.
+async fn wait_for(
+    conn: &mut sqlx::PgConnection,
+    query: &'static str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query(query)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get(0);
+        if n >= 1 || done() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {query}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_create_racing_a_revoke_all_held_open_does_not_survive() {
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    let schema = stores::unique_name("race");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .connect(&url)
+        .await
+        .expect("PostgreSQL");
+    let verifier = Verifier::builder(stores::postgres_on(pool, &schema).await).build();
+    let team = Owner::new("team-1").unwrap();
+    let stolen = verifier
+        .issuer()
+        .issue(
+            NewToken::new("stolen", team.clone())
+                .scopes(["tokens:write"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+
+    // Another session holds the stolen token's row, so the revoke-all's UPDATE, once it
+    // runs, waits with its snapshot already taken: a revoke-all held open.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM {schema}.apitoken_tokens WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(stolen.record.id.as_str())
+    .fetch_one(&mut holder)
+    .await
+    .unwrap();
+    let revoke_all = tokio::spawn({
+        let verifier = verifier.clone();
+        let team = team.clone();
+        async move { verifier.store().revoke_owner(&team, verifier.now()).await }
+    });
+    wait_for(
+        &mut watcher,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid' \
+         AND query LIKE '%revoked_at%'",
+        || false,
+    )
+    .await;
+
+    // The team's own token creates another while the revoke-all is open.
+    let request = Request::post("/tokens")
+        .header(
+            "authorization",
+            format!("Bearer {}", stolen.token.expose_secret()),
+        )
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"name":"backdoor"}"#))
+        .unwrap();
+    let create = tokio::spawn(app.oneshot(request));
+    // Either the insert waits for the revoke-all (the owner lock), or it went through.
+    wait_for(
+        &mut watcher,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        || create.is_finished(),
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+
+    let revoked = revoke_all.await.unwrap().unwrap();
+    let response = create.await.unwrap().unwrap();
+    assert_eq!(
+        revoked, 1,
+        "only the stolen token existed when the revoke-all ran"
+    );
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let records = verifier.store().list_by_owner(&team).await.unwrap();
     assert_eq!(

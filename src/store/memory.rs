@@ -387,11 +387,27 @@ impl TokenStore for MemoryStore {
         owner: &Owner,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        let revoked = self
-            .owner_records(owner)
-            .iter()
-            .filter(|record| self.revoke_now(&record.id, at))
-            .count();
+        // The owner index's write lock is held throughout: an insert for this owner (which
+        // takes it too) lands wholly before, and is revoked, or wholly after. A snapshot of
+        // the ids revoked one by one would miss a token inserted in between.
+        let owners = write(&self.by_owner);
+        let mut id_hashes = owners.owners.get(owner).cloned().unwrap_or_default();
+        id_hashes.sort_unstable();
+        id_hashes.dedup();
+        let mut revoked = 0;
+        for id_hash in id_hashes {
+            let mut shard = write(self.id_shard(id_hash));
+            for stored in shard.iter_hash_mut(id_hash) {
+                if stored.record.owner == *owner && !stored.record.is_revoked() {
+                    stored.record = Arc::new(TokenRecord {
+                        revoked_at: Some(at),
+                        ..TokenRecord::clone(&stored.record)
+                    });
+                    revoked += 1;
+                }
+            }
+        }
+        drop(owners);
         ready(Ok(revoked))
     }
 

@@ -64,6 +64,12 @@ struct Queries {
     retire_revoke: SqlStr,
     retire_expire: SqlStr,
     notify: SqlStr,
+    /// Taken by inserts and rotations: they may run together, but not during a revoke-all of
+    /// the same owner.
+    owner_shared: SqlStr,
+    /// Taken by a revoke-all before its `UPDATE`, which then sees every insert committed
+    /// before it, and which every later insert waits for.
+    owner_exclusive: SqlStr,
 }
 
 const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
@@ -80,8 +86,10 @@ impl Queries {
         let channel = change_channel(schema.as_deref());
         Self {
             insert: sql::text(format!(
-                "WITH inserted AS (INSERT INTO {table} ({COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id) \
+                "WITH owner_lock AS (SELECT pg_advisory_xact_lock_shared($13)), \
+                 inserted AS (INSERT INTO {table} ({COLUMNS}) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM owner_lock \
+                 RETURNING id) \
                  SELECT pg_notify($12, id) FROM inserted"
             )),
             get: sql::text(format!("SELECT {COLUMNS} FROM {table} WHERE id = $1")),
@@ -120,6 +128,8 @@ impl Queries {
                  WHERE id = $1 AND revoked_at IS NULL RETURNING id"
             )),
             notify: sql::text("SELECT pg_notify($1, $2)".to_owned()),
+            owner_shared: sql::text("SELECT pg_advisory_xact_lock_shared($1)".to_owned()),
+            owner_exclusive: sql::text("SELECT pg_advisory_xact_lock($1)".to_owned()),
             schema,
             table,
             channel,
@@ -291,6 +301,26 @@ fn change_channel(schema: Option<&str>) -> String {
     format!("apitoken_changes_0{hex}")
 }
 
+/// The advisory-lock key that serialises a revoke-all of `owner` in `table` against inserts
+/// and rotations of that owner's tokens: 64 bits of a SHA-256, the same in every replica.
+///
+/// Under READ COMMITTED, a revoke-all's single `UPDATE … WHERE owner = $1` does not see a row
+/// inserted while it runs, and a management API checking its caller afterwards cannot see
+/// the revoke-all that has not committed yet: without this lock a create racing a revoke-all
+/// could hand out a token that outlives it.
+fn owner_lock_key(table: &str, owner: &Owner) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"apitoken owner lock\0");
+    hasher.update(table.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(owner.as_str().as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(bytes)
+}
+
 impl PostgresStore {
     fn insert_query<'q>(
         &'q self,
@@ -310,6 +340,7 @@ impl PostgresStore {
             .bind(record.revoked_at)
             .bind(sql::networks_text(&record.allowed_ips))
             .bind(&self.queries.channel)
+            .bind(owner_lock_key(&self.queries.table, &record.owner))
     }
 }
 
@@ -400,6 +431,12 @@ impl TokenStore for PostgresStore {
         let old = *old;
         let work = async {
             let mut tx = self.pool.begin().await?;
+            // First, before any row lock: a revoke-all holding the owner's lock may be
+            // waiting for the old token's row.
+            sqlx::query(self.queries.owner_shared.clone())
+                .bind(owner_lock_key(&self.queries.table, &new.owner))
+                .execute(&mut *tx)
+                .await?;
             let retired = sqlx::query(retire_query)
                 .bind(old.as_str())
                 .bind(at)
@@ -514,18 +551,26 @@ impl TokenStore for PostgresStore {
         owner: &Owner,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let key = owner_lock_key(&self.queries.table, owner);
         let owner = owner.as_str().to_owned();
         async move {
-            let rows = timed(
-                self.timeout,
-                sqlx::query(self.queries.revoke_owner.clone())
+            let work = async {
+                let mut tx = self.pool.begin().await?;
+                // Waits for inserts of this owner in flight; later ones wait for the commit.
+                sqlx::query(self.queries.owner_exclusive.clone())
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(self.queries.revoke_owner.clone())
                     .bind(owner)
                     .bind(at)
                     .bind(&self.queries.channel)
-                    .fetch_all(&self.pool),
-            )
-            .await?;
-            Ok(rows.len())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows.len())
+            };
+            timed(self.timeout, work).await
         }
     }
 
