@@ -389,6 +389,11 @@ pub enum JwtError {
     /// carry (feature `oauth`: the JWT minter refuses rather than drop the restriction).
     #[error("a JWT access token cannot carry an IP allowlist")]
     AllowlistUnsupported,
+    /// A token endpoint asked for a token bound to its client key's per-token rate limit,
+    /// which a JWT cannot carry (each JWT would start with a fresh budget): the JWT minter
+    /// refuses rather than drop the limit.
+    #[error("a JWT access token cannot carry a per-token rate limit")]
+    RateLimitUnsupported,
 }
 
 impl From<RandomnessUnavailable> for JwtError {
@@ -1219,6 +1224,9 @@ impl crate::oauth::AccessTokenMinter for JwtIssuer {
             if !request.allowed_ips.is_empty() {
                 return Err(JwtError::AllowlistUnsupported);
             }
+            if request.rate_limit.is_some() {
+                return Err(JwtError::RateLimitUnsupported);
+            }
             let grant = AccessGrant::new(request.owner, request.client_id.as_str())?
                 .with_scope_set(request.scopes);
             let issued =
@@ -1331,7 +1339,7 @@ mod tests {
 
     #[cfg(feature = "oauth")]
     #[tokio::test]
-    async fn as_a_minter_it_signs_what_the_endpoint_decided_and_refuses_allowlists() {
+    async fn as_a_minter_it_signs_what_the_endpoint_decided_and_refuses_allowlists_and_limits() {
         use crate::oauth::{AccessTokenMinter, AccessTokenRequest, GrantType};
 
         let key = JwtKey::hs256(&[9u8; 32]).unwrap();
@@ -1347,6 +1355,7 @@ mod tests {
             issued_at: t0,
             expires_at: t0 + TimeDelta::minutes(20),
             allowed_ips: Vec::new(),
+            rate_limit: None,
         };
         let minted = issuer.mint(request.clone()).await.unwrap();
         assert_eq!(minted.expires_in, 1200);
@@ -1362,6 +1371,12 @@ mod tests {
             (t0, request.expires_at)
         );
 
+        let mut limited = request.clone();
+        limited.rate_limit = Some(crate::rate_limit::RateLimit::per_hour(1));
+        assert!(
+            issuer.mint(limited).await.is_err(),
+            "a JWT cannot keep a rate limit"
+        );
         request.allowed_ips = vec!["192.0.2.0/24".parse().unwrap()];
         assert!(issuer.mint(request).await.is_err());
     }

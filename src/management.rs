@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::id::TokenId;
 use crate::issuer::{IssueError, IssuedToken, NewToken};
 use crate::middleware::RequireScopesLayer;
-use crate::record::TokenRecord;
+use crate::rate_limit::{self, RateLimit};
+use crate::record::{Metadata, TokenRecord};
 use crate::scope::{InvalidScope, ScopeRequirement, ScopeSet};
 use crate::store::{StoreErrorKind, TokenStore};
 use crate::verifier::{CredentialKind, Principal, Verifier};
@@ -40,7 +41,8 @@ pub const DEFAULT_ROTATION_GRACE: TimeDelta = TimeDelta::days(1);
 /// with everything they imply under the verifier's policy
 /// ([`Principal::can_delegate`](crate::Principal::can_delegate)); only for its own owner; no
 /// later than its own [effective expiry](crate::Principal::effective_expiry); and no wider
-/// than its own IP allowlist. Rotating a token hands out a working copy of it, so the same
+/// than its own IP allowlist; and with its own per-token rate limit, if it has one. Rotating a
+/// token hands out a working copy of it, so the same
 /// rules decide who may rotate which token. Another team's token ids answer 404, so they cannot
 /// be probed. Scopes default to `tokens:read` / `tokens:write`.
 ///
@@ -232,9 +234,18 @@ async fn create<S: TokenStore>(
     } else {
         return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
     };
+    // Nor spend faster than it may: the maker's own rate limit goes with what it mints.
+    let mut metadata = Metadata::new();
+    if let Some(limit) = RateLimit::of_token(principal.metadata()) {
+        metadata.insert(
+            rate_limit::METADATA_KEY.to_owned(),
+            limit.to_metadata_value(),
+        );
+    }
     let mut new = NewToken::new(body.name, principal.owner().clone())
         .scope_set(requested.scopes().clone())
-        .allowed_ips(allowed_ips);
+        .allowed_ips(allowed_ips)
+        .metadata(metadata);
     if let Some(at) = expires_at {
         new = new.expires_at(at);
     }
@@ -297,7 +308,12 @@ async fn rotate<S: TokenStore>(
     } else {
         !within(&target.allowed_ips, own_ips)
     };
-    if !principal.can_delegate(&target.scopes) || wider {
+    // A rate-limited caller may not hand itself a copy of a token with a looser limit (or
+    // with none, which is the layer's default and may be anything).
+    let faster = RateLimit::of_token(principal.metadata()).is_some_and(|own| {
+        RateLimit::of_token(&target.metadata).is_none_or(|theirs| !theirs.is_within(&own))
+    });
+    if !principal.can_delegate(&target.scopes) || wider || faster {
         return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
     }
     let grace = match body.and_then(|Json(b)| b.grace_seconds) {

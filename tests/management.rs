@@ -379,3 +379,76 @@ async fn a_minted_token_cannot_outlive_its_maker_under_a_maximum_lifetime() {
             .is_err()
     );
 }
+
+/// A token with its own per-token rate limit of `requests` an hour.
+fn limited(requests: u32) -> apitoken::Metadata {
+    let mut metadata = apitoken::Metadata::new();
+    metadata.insert(
+        "rate_limit".into(),
+        json!({"requests": requests, "period_secs": 3600}),
+    );
+    metadata
+}
+
+#[tokio::test]
+async fn a_rate_limited_token_mints_and_rotates_only_tokens_as_limited() {
+    use apitoken::rate_limit::{MemoryRateLimiter, RateLimit, RateLimitPolicy};
+
+    let verifier = Verifier::builder(MemoryStore::new()).build();
+    let whoami = axum::routing::get(|| async { "ok" });
+    let app = Router::new()
+        .route("/vps", whoami)
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()).rate_limit(
+            MemoryRateLimiter::new(),
+            RateLimitPolicy::new(RateLimit::per_minute(100)),
+        ));
+    let api = Api { verifier, app };
+    let issue = |name: &str, scopes: &[&str], metadata: apitoken::Metadata| {
+        let new = NewToken::new(name, Owner::new("team-1").unwrap())
+            .scopes(scopes)
+            .unwrap()
+            .metadata(metadata);
+        let issuer = api.verifier.issuer();
+        async move { issuer.issue(new).await.unwrap() }
+    };
+    let maker = issue("maker", &["tokens:write", "vps:read"], limited(5)).await;
+    let maker_text = maker.token.expose_secret();
+
+    // What it mints keeps its limit: five an hour, not the layer's hundred a minute.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/tokens",
+            maker_text,
+            Some(json!({"name": "child", "scopes": ["vps:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let child = body["token"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        assert_eq!(
+            api.call("GET", "/vps", &child, None).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        api.call("GET", "/vps", &child, None).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // It may not rotate a token without a limit of its own (the layer's default may be
+    // anything), nor one allowed more than itself; one allowed less, it may.
+    let free = issue("free", &["vps:read"], apitoken::Metadata::new()).await;
+    let looser = issue("looser", &["vps:read"], limited(50)).await;
+    let stricter = issue("stricter", &["vps:read"], limited(1)).await;
+    for (target, expected) in [
+        (&free, StatusCode::FORBIDDEN),
+        (&looser, StatusCode::FORBIDDEN),
+        (&stricter, StatusCode::CREATED),
+    ] {
+        let path = format!("/tokens/{}/rotate", target.record.id);
+        let (status, body) = api.call("POST", &path, maker_text, None).await;
+        assert_eq!(status, expected, "rotating {}: {body}", target.record.name);
+    }
+}

@@ -751,6 +751,53 @@ async fn revoked_keys_and_access_tokens_are_not_client_secrets() {
 }
 
 #[tokio::test]
+async fn access_tokens_keep_the_client_keys_rate_limit() {
+    use apitoken::rate_limit::{RateLimit, RateLimitPolicy};
+
+    let f = fixture().await;
+    let mut metadata = ClientRegistration::new()
+        .redirect_uri(REDIRECT)
+        .to_metadata();
+    metadata.insert(
+        "rate_limit".into(),
+        json!({"requests": 1, "period_secs": 3600}),
+    );
+    let issued = f
+        .verifier
+        .issuer()
+        .issue(
+            NewToken::new("limited app", Owner::new("acct-1").unwrap())
+                .scopes(["db:read"])
+                .unwrap()
+                .metadata(metadata),
+        )
+        .await
+        .unwrap();
+    let client = OAuthClient {
+        id: issued.record.id.as_str().to_owned(),
+        secret: issued.token.expose_secret().to_owned(),
+    };
+    let by_credentials = f.client_token(&client, None).await;
+    let by_code = f.user_tokens(&client, "user-7", None).await;
+    let refreshed = f
+        .refresh(&client, str_field(&by_code, "refresh_token"), None)
+        .await
+        .json();
+    // The layer's default is a hundred a minute; the client key may make one an hour, and so
+    // may every token it obtains, whatever the grant.
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(100));
+    for grant in [&by_credentials, &by_code, &refreshed] {
+        let access = str_field(grant, "access_token");
+        let principal = f.verifier.authenticate(access).await.unwrap();
+        assert_eq!(
+            policy.resolve(&principal).1,
+            RateLimit::per_hour(1),
+            "{grant}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn access_tokens_expire_after_an_hour_and_never_outlive_the_client_key() {
     let f = fixture().await;
     let client = f.app_client().await;

@@ -12,6 +12,7 @@ use super::BoxFuture;
 use crate::format::{Separator, TokenFormat};
 use crate::id::TokenId;
 use crate::issuer::{IssueError, NewToken};
+use crate::rate_limit::RateLimit;
 use crate::record::{Metadata, Owner};
 use crate::scope::ScopeSet;
 use crate::secret::Secret;
@@ -106,6 +107,10 @@ pub struct AccessTokenRequest {
     /// credentials); empty means anywhere. A minter that cannot enforce an allowlist must
     /// refuse a non-empty one.
     pub allowed_ips: Vec<IpNet>,
+    /// The client key's own per-token rate limit, which the token must keep (never looser
+    /// than its maker's); `None` when the key has none. A minter that cannot enforce a limit
+    /// must refuse a request with one.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A minted access token.
@@ -183,7 +188,7 @@ pub trait AccessTokenMinter: Send + Sync + fmt::Debug + 'static {
 ///
 /// The record's owner, scopes, expiry and allowlist are the request's; its name is
 /// `"OAuth access token"`, and its metadata notes `{"oauth": {"kind": "access_token",
-/// "client_id": …, "grant_type": …}}`. The verifier turns it into an ordinary
+/// "client_id": …, "grant_type": …}}` and the client key's `rate_limit`, if it has one. The verifier turns it into an ordinary
 /// [`Principal`](crate::Principal).
 ///
 /// ```
@@ -256,11 +261,18 @@ impl<S: TokenStore + 'static> AccessTokenMinter for OpaqueMinter<S> {
         request: AccessTokenRequest,
     ) -> BoxFuture<'_, Result<MintedAccessToken, MintError>> {
         Box::pin(async move {
+            let mut metadata = access_metadata(&request.client_id, request.grant_type);
+            if let Some(limit) = request.rate_limit {
+                metadata.insert(
+                    crate::rate_limit::METADATA_KEY.to_owned(),
+                    limit.to_metadata_value(),
+                );
+            }
             let new = NewToken::new("OAuth access token", request.owner)
                 .scope_set(request.scopes)
                 .expires_at(request.expires_at)
                 .allowed_ips(request.allowed_ips)
-                .metadata(access_metadata(&request.client_id, request.grant_type));
+                .metadata(metadata);
             let (issued_at, expires_at) = (request.issued_at, request.expires_at);
             let issued = self
                 .verifier

@@ -23,6 +23,7 @@ use super::response::{ErrorCode, OAuthError, no_store};
 use super::{GrantStore, Shared, authorize, code};
 use crate::format::TokenFormat;
 use crate::id::TokenId;
+use crate::rate_limit::RateLimit;
 use crate::record::Owner;
 use crate::scope::ScopeSet;
 use crate::secret::Secret;
@@ -164,6 +165,7 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> Shared<S, G> {
             issued_at: now,
             expires_at,
             allowed_ips,
+            rate_limit: RateLimit::of_token(client.principal.metadata()),
         })
     }
 

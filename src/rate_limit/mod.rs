@@ -137,6 +137,50 @@ impl RateLimit {
     pub fn interval(&self) -> Duration {
         self.period / self.requests
     }
+
+    /// The token's own limit: its metadata's [`METADATA_KEY`] entry, if there is one and it
+    /// is valid (an invalid one is ignored, and the policy's default applies).
+    ///
+    /// ```
+    /// use apitoken::Metadata;
+    /// use apitoken::rate_limit::RateLimit;
+    ///
+    /// let mut metadata = Metadata::new();
+    /// assert_eq!(RateLimit::of_token(&metadata), None);
+    /// metadata.insert("rate_limit".into(), RateLimit::per_hour(1).to_metadata_value());
+    /// assert_eq!(RateLimit::of_token(&metadata), Some(RateLimit::per_hour(1)));
+    /// ```
+    pub fn of_token(metadata: &crate::Metadata) -> Option<Self> {
+        metadata.get(METADATA_KEY).and_then(limit_from_metadata)
+    }
+
+    /// The limit as a token's metadata entry reads it: `{"requests", "period_secs", "burst"}`.
+    /// Periods are whole seconds there; a shorter remainder is dropped.
+    pub fn to_metadata_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests": self.requests,
+            "period_secs": self.period.as_secs(),
+            "burst": self.burst,
+        })
+    }
+
+    /// Whether this limit allows no more than `other`: a sustained rate and a burst each at
+    /// most `other`'s. A token minted by one with limit `other` must have such a limit (least
+    /// privilege).
+    ///
+    /// ```
+    /// use apitoken::rate_limit::RateLimit;
+    ///
+    /// assert!(RateLimit::per_hour(1).is_within(&RateLimit::per_minute(1)));
+    /// assert!(!RateLimit::per_minute(1).is_within(&RateLimit::per_hour(1)));
+    /// assert!(!RateLimit::per_hour(60).is_within(&RateLimit::per_minute(1)), "a larger burst");
+    /// ```
+    pub fn is_within(&self, other: &RateLimit) -> bool {
+        // requests / period <= other.requests / other.period, without division.
+        let rate = u128::from(self.requests) * other.period.as_nanos();
+        let other_rate = u128::from(other.requests) * self.period.as_nanos();
+        rate <= other_rate && self.burst <= other.burst
+    }
 }
 
 /// What a [`RateLimiter`] decided about one request.
