@@ -61,4 +61,6 @@ pub use store::{
     CacheInvalidator, CachedStore, CachedStoreBuilder, MemoryStore, Retire, StoreChange,
     StoreError, StoreErrorKind, StoredToken, TokenStore,
 };
-pub use verifier::{CredentialKind, Principal, RequestInfo, Verifier, VerifierBuilder};
+pub use verifier::{
+    CredentialKind, Principal, RequestInfo, Verifier, VerifierBuildError, VerifierBuilder,
+};

@@ -679,7 +679,9 @@ impl<S: TokenStore> VerifierBuilder<S> {
     }
 
     /// Never records last use, whatever the other last-used settings: no buffer, no
-    /// flushes, and the background flusher spawns no task.
+    /// flushes, and the background flusher spawns no task. Cannot be combined with
+    /// [`max_idle`](Self::max_idle), which counts from the last use
+    /// ([`try_build`](Self::try_build) refuses it).
     ///
     /// ```
     /// use apitoken::{MemoryStore, Verifier};
@@ -699,7 +701,9 @@ impl<S: TokenStore> VerifierBuilder<S> {
     /// The last use is the later of the stored `last_used_at` and a use noted in this process
     /// but not yet flushed. Uses on other replicas count once flushed, so the limit can be late
     /// by up to one flush interval (plus a cache's TTL): choose an idle time much longer than
-    /// that (days, not minutes).
+    /// that (days, not minutes). Needs last use recorded: with
+    /// [`disable_last_used`](Self::disable_last_used) or a `last_used_max_pending` of zero,
+    /// [`try_build`](Self::try_build) refuses the configuration and `build` panics.
     ///
     /// ```
     /// use apitoken::{MemoryStore, Verifier};
@@ -755,9 +759,37 @@ impl<S: TokenStore> VerifierBuilder<S> {
     }
 
     /// Builds the verifier.
+    ///
+    /// # Panics
+    ///
+    /// On a configuration [`try_build`](Self::try_build) refuses: a [`max_idle`](Self::max_idle)
+    /// with last use not recorded. Like a route conflict in axum, that is a programming
+    /// error to see at start-up, not at the first request.
     pub fn build(self) -> Verifier<S> {
+        self.try_build().unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// Builds the verifier, or says why the configuration cannot work.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier, VerifierBuildError};
+    /// use chrono::TimeDelta;
+    ///
+    /// // The idle time counts from the last use, which would never be recorded.
+    /// let refused = Verifier::builder(MemoryStore::new())
+    ///     .max_idle(TimeDelta::days(30))
+    ///     .disable_last_used()
+    ///     .try_build()
+    ///     .unwrap_err();
+    /// assert_eq!(refused, VerifierBuildError::IdleWithoutLastUse);
+    /// ```
+    pub fn try_build(self) -> Result<Verifier<S>, VerifierBuildError> {
+        let records_last_use = self.last_used && self.last_used_max_pending > 0;
+        if self.max_idle.is_some() && !records_last_use {
+            return Err(VerifierBuildError::IdleWithoutLastUse);
+        }
         let dummy_hash = self.hasher.hash(b"apitoken: no such token");
-        Verifier {
+        Ok(Verifier {
             inner: Arc::new(Inner {
                 store: self.store,
                 formats: self.formats,
@@ -774,8 +806,22 @@ impl<S: TokenStore> VerifierBuilder<S> {
                 #[cfg(feature = "jwt")]
                 jwt: self.jwt,
             }),
-        }
+        })
     }
+}
+
+/// Why [`VerifierBuilder::try_build`] refused a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifierBuildError {
+    /// [`max_idle`](VerifierBuilder::max_idle) counts from the last use, which is not recorded
+    /// ([`disable_last_used`](VerifierBuilder::disable_last_used), or
+    /// [`last_used_max_pending(0)`](VerifierBuilder::last_used_max_pending)): every token
+    /// would expire that long after its creation however often it is used.
+    #[error(
+        "max_idle needs last use to be recorded, and it is not (disable_last_used or last_used_max_pending(0))"
+    )]
+    IdleWithoutLastUse,
 }
 
 /// What the verifier may know about a request besides its token.

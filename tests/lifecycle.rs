@@ -188,6 +188,33 @@ async fn owner_revocation_is_seen_by_another_replicas_cache() {
     assert!(b.authenticate(other.token.expose_secret()).await.is_ok());
 }
 
+#[test]
+fn an_idle_limit_without_last_use_is_refused_at_build_time() {
+    use apitoken::VerifierBuildError;
+
+    // Idle time counts from the last use; with none recorded every token in use would
+    // expire max_idle after its creation.
+    let idle = || Verifier::builder(MemoryStore::new()).max_idle(TimeDelta::days(30));
+    assert_eq!(
+        idle().disable_last_used().try_build().unwrap_err(),
+        VerifierBuildError::IdleWithoutLastUse
+    );
+    assert_eq!(
+        idle().last_used_max_pending(0).try_build().unwrap_err(),
+        VerifierBuildError::IdleWithoutLastUse
+    );
+    assert!(idle().last_used_max_pending(1).try_build().is_ok());
+    assert!(
+        Verifier::builder(MemoryStore::new())
+            .disable_last_used()
+            .try_build()
+            .is_ok()
+    );
+    let panicked = std::panic::catch_unwind(|| idle().disable_last_used().build()).unwrap_err();
+    let message = panicked.downcast_ref::<String>().expect("a message");
+    assert!(message.contains("max_idle"), "{message}");
+}
+
 #[tokio::test]
 async fn idle_tokens_expire_and_use_keeps_them_alive() {
     let clock = Arc::new(ManualClock::new(t0()));
