@@ -828,6 +828,46 @@ async fn access_tokens_expire_after_an_hour_and_never_outlive_the_client_key() {
 }
 
 #[tokio::test]
+async fn revoking_a_client_key_ends_its_grants_at_once_and_its_access_tokens_by_their_expiry() {
+    let f = fixture().await;
+    let client = f.app_client().await;
+    let by_credentials = f.client_token(&client, None).await;
+    let by_code = f.user_tokens(&client, "user-7", None).await;
+    let key: TokenId = client.id.parse().unwrap();
+    assert!(
+        f.verifier
+            .store()
+            .revoke(&key, f.verifier.now())
+            .await
+            .unwrap()
+    );
+
+    // No new token, by any grant.
+    let reply = f
+        .token(&with(
+            client.post(),
+            &[("grant_type", "client_credentials")],
+        ))
+        .await;
+    assert_error(&reply, 400, "invalid_client");
+    let reply = f
+        .refresh(&client, str_field(&by_code, "refresh_token"), None)
+        .await;
+    assert_error(&reply, 400, "invalid_client");
+    // The access tokens it already obtained are records of their own: they keep working
+    // until they expire, at most the access-token lifetime (an hour) after issue. This is
+    // the bound docs/oauth.md states.
+    f.clock.advance(TimeDelta::minutes(59));
+    for grant in [&by_credentials, &by_code] {
+        assert_eq!(f.api(str_field(grant, "access_token")).await.status, 200);
+    }
+    f.clock.advance(TimeDelta::minutes(1));
+    for grant in [&by_credentials, &by_code] {
+        assert_eq!(f.api(str_field(grant, "access_token")).await.status, 401);
+    }
+}
+
+#[tokio::test]
 async fn a_token_store_outage_answers_503_and_issues_nothing() {
     let (store, down) = FlakyStore::new();
     let f = fixture_with(store, MemoryGrantStore::new()).await;

@@ -230,7 +230,9 @@ impl<S, G: fmt::Debug> fmt::Debug for AuthorizationServerBuilder<S, G> {
 
 impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServerBuilder<S, G> {
     /// How long access tokens live. Default: [`DEFAULT_ACCESS_TOKEN_LIFETIME`] (one hour). A
-    /// token never outlives the client key it was issued to. At least one second.
+    /// token never outlives the client key's expiry; a revoked key's tokens work until their
+    /// own expiry, so this is also how long a revocation of the key takes to reach them. At
+    /// least one second.
     pub fn access_token_lifetime(mut self, lifetime: TimeDelta) -> Self {
         self.settings.access_lifetime = lifetime.max(TimeDelta::seconds(1));
         self
