@@ -148,7 +148,8 @@ async fn settle<S: TokenStore>(
         return issued(token);
     }
     let store = verifier.store();
-    let verdict = match store.get(principal.token_id()).await {
+    // Past any cache: a caller revoked on another replica may still be cached here.
+    let verdict = match store.get_current(principal.token_id()).await {
         Ok(Some(stored)) if !stored.record.is_revoked() => return issued(token),
         Ok(_) => message(StatusCode::UNAUTHORIZED, "Unauthenticated."),
         Err(_) => unavailable(),

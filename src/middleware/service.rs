@@ -79,18 +79,22 @@ where
             request.extensions_mut().insert(super::ClientIp(ip));
         }
 
-        // An address that failed too often is turned away before anything else is done.
+        // An address that failed too often is turned away before anything else is done; an
+        // attempt is counted from here, so a burst is judged before any of it reaches the
+        // store.
         let throttle = self.layer.throttle.as_deref();
+        let mut attempt = None;
         if let Some(throttle) = throttle {
             match client_ip {
-                Some(ip) => {
-                    if let Some(wait) = throttle.retry_after(ip) {
+                Some(ip) => match throttle.admit(ip) {
+                    Ok(admitted) => attempt = Some(admitted),
+                    Err(wait) => {
                         tracing::debug!(client_ip = %ip, "failed-authentication throttle");
                         let error = AuthError::rate_limited(wait, None, None);
                         self.layer.verifier.audit_refusal(&error, client_ip);
                         return ResponseFuture::refused(self.layer.responder.respond(&error));
                     }
-                }
+                },
                 None => throttle.note_unknown_client(),
             }
         }
@@ -99,7 +103,7 @@ where
         let span = match credentials.locate(request.headers()) {
             Err(error) => {
                 self.layer.verifier.audit_refusal(&error, client_ip);
-                count_failure(throttle, client_ip, &error);
+                settle(attempt, &error);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(None) if self.layer.allow_anonymous => {
@@ -127,13 +131,16 @@ where
                 // Last, as in Unkey's order: a request refused for any other reason spends
                 // no budget.
                 Ok(principal) => {
+                    if let Some(attempt) = attempt {
+                        attempt.succeeded();
+                    }
                     if let Some(step) = &layer.rate_limit
                         && let Err(error) = step.check(principal).await
                     {
                         outcome = Err(error);
                     }
                 }
-                Err(error) => count_failure(layer.throttle.as_deref(), client_ip, error),
+                Err(error) => settle(attempt, error),
             }
             (request, outcome)
         });
@@ -141,21 +148,17 @@ where
     }
 }
 
-/// Counts a failed authentication against the client's address: invalid tokens and
-/// malformed credentials only. Missing credentials, missing scopes and outages are not an
-/// attacker guessing.
-fn count_failure(
-    throttle: Option<&crate::rate_limit::FailureThrottle>,
-    client_ip: Option<std::net::IpAddr>,
-    error: &AuthError,
-) {
-    if let (Some(throttle), Some(ip)) = (throttle, client_ip)
+/// Settles a failed attempt: invalid tokens and malformed credentials count against the
+/// address. Missing credentials, missing scopes and outages are not an attacker guessing, and
+/// count as neither failure nor success.
+fn settle(attempt: Option<crate::rate_limit::Attempt>, error: &AuthError) {
+    if let Some(attempt) = attempt
         && matches!(
             error.kind(),
             AuthErrorKind::InvalidToken | AuthErrorKind::MalformedRequest
         )
     {
-        throttle.record_failure(ip);
+        attempt.failed();
     }
 }
 

@@ -188,7 +188,8 @@ pub trait AccessTokenMinter: Send + Sync + fmt::Debug + 'static {
 ///
 /// The record's owner, scopes, expiry and allowlist are the request's; its name is
 /// `"OAuth access token"`, and its metadata notes `{"oauth": {"kind": "access_token",
-/// "client_id": …, "grant_type": …}}` and the client key's `rate_limit`, if it has one. The verifier turns it into an ordinary
+/// "client_id": …, "grant_type": …}}`, the client key's `rate_limit` if it has one, and
+/// `rate_limit_budget`: the client key's id, so the token spends the key's budget. The verifier turns it into an ordinary
 /// [`Principal`](crate::Principal).
 ///
 /// ```
@@ -262,6 +263,11 @@ impl<S: TokenStore + 'static> AccessTokenMinter for OpaqueMinter<S> {
     ) -> BoxFuture<'_, Result<MintedAccessToken, MintError>> {
         Box::pin(async move {
             let mut metadata = access_metadata(&request.client_id, request.grant_type);
+            // Its requests spend its client key's budget, not a fresh one of its own.
+            metadata.insert(
+                crate::rate_limit::BUDGET_METADATA_KEY.to_owned(),
+                request.client_id.as_str().into(),
+            );
             if let Some(limit) = request.rate_limit {
                 metadata.insert(
                     crate::rate_limit::METADATA_KEY.to_owned(),

@@ -33,7 +33,7 @@ use std::time::Duration;
 pub use memory::MemoryRateLimiter;
 #[cfg(feature = "redis")]
 pub use redis::RedisRateLimiter;
-pub use throttle::FailureThrottle;
+pub use throttle::{Attempt, FailureThrottle};
 
 use crate::verifier::Principal;
 
@@ -45,6 +45,12 @@ struct RateLimitsGuide;
 /// The metadata key a token's own limit is read from: `{"requests": 100, "period_secs": 60}`,
 /// with an optional `"burst"`. See [`RateLimitPolicy`].
 pub const METADATA_KEY: &str = "rate_limit";
+
+/// The metadata key naming whose budget a token spends under a per-token policy: another
+/// token's id, whose budget it shares (`{"rate_limit_budget": "Xq3c9TzA1b2C"}`). OAuth access
+/// tokens name their client's key, so a client cannot multiply its budget by obtaining more
+/// tokens. Ignored under [`RateLimitPolicy::per_owner`] and when it is not a valid id.
+pub const BUDGET_METADATA_KEY: &str = "rate_limit_budget";
 
 /// A budget: `requests` per `period` on average, with bursts of up to `burst` requests at once
 /// (by default `burst == requests`).
@@ -155,11 +161,26 @@ impl RateLimit {
     }
 
     /// The limit as a token's metadata entry reads it: `{"requests", "period_secs", "burst"}`.
-    /// Periods are whole seconds there; a shorter remainder is dropped.
+    /// Periods are whole seconds there, so a fraction is rounded up (to at least a second):
+    /// the limit read back is never looser than this one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::rate_limit::RateLimit;
+    ///
+    /// let limit = RateLimit::new(10, Duration::from_millis(1500)).unwrap();
+    /// assert_eq!(limit.to_metadata_value()["period_secs"], 2);
+    /// ```
     pub fn to_metadata_value(&self) -> serde_json::Value {
+        let whole = self.period.as_secs();
+        let seconds = if self.period.subsec_nanos() > 0 {
+            whole.saturating_add(1)
+        } else {
+            whole
+        };
         serde_json::json!({
             "requests": self.requests,
-            "period_secs": self.period.as_secs(),
+            "period_secs": seconds.max(1),
             "burst": self.burst,
         })
     }
@@ -424,8 +445,8 @@ impl RateLimitPolicy {
         self.key
     }
 
-    /// The budget key and the limit for `principal`. Keys are `token:{id}` or
-    /// `owner:{owner}`.
+    /// The budget key and the limit for `principal`. Keys are `token:{id}` (the id named
+    /// under [`BUDGET_METADATA_KEY`], if any, else the token's own) or `owner:{owner}`.
     ///
     /// ```
     /// use apitoken::rate_limit::{RateLimit, RateLimitPolicy};
@@ -451,7 +472,17 @@ impl RateLimitPolicy {
     /// ```
     pub fn resolve(&self, principal: &Principal) -> (String, RateLimit) {
         let key = match self.key {
-            RateLimitKey::Token => format!("token:{}", principal.token_id()),
+            RateLimitKey::Token => {
+                let shared = principal
+                    .metadata()
+                    .get(BUDGET_METADATA_KEY)
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|id| crate::TokenId::new(id).ok());
+                match shared {
+                    Some(id) => format!("token:{id}"),
+                    None => format!("token:{}", principal.token_id()),
+                }
+            }
             RateLimitKey::Owner => format!("owner:{}", principal.owner()),
         };
         let limit = match principal.metadata().get(METADATA_KEY) {

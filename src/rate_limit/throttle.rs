@@ -72,7 +72,35 @@ struct Window {
     failures: u32,
     /// When the window ends, in nanoseconds since the epoch.
     ends: i128,
+    /// Attempts admitted whose outcome is not known yet (their lookups are in flight).
+    in_flight: u32,
+    /// Until when the address counts as proven (it authenticated successfully), in
+    /// nanoseconds since the epoch; before its first success, `i128::MIN`.
+    proven_until: i128,
 }
+
+impl Window {
+    fn fresh(now: i128, window: Duration) -> Self {
+        Self {
+            failures: 0,
+            ends: now + window.as_nanos() as i128,
+            in_flight: 0,
+            proven_until: i128::MIN,
+        }
+    }
+
+    /// Starts a new window at `now` if this one has ended; attempts in flight carry over.
+    fn roll(&mut self, now: i128, window: Duration) {
+        if now >= self.ends {
+            self.failures = 0;
+            self.ends = now + window.as_nanos() as i128;
+        }
+    }
+}
+
+/// How long an address waits when it has as many attempts in flight as it may still fail:
+/// about as long as a lookup takes, after which it may well be let in.
+const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 
 const DEFAULT_CAPACITY: usize = 100_000;
 
@@ -160,6 +188,64 @@ impl FailureThrottle {
         }
     }
 
+    /// Admits one authentication attempt from `ip`, counted from this moment: the answer to
+    /// a burst does not depend on how fast the store answers. Refused (with how long to wait)
+    /// when the address has failed `max_failures` times in its window, or, until it has
+    /// authenticated once, when its failures plus its attempts still in flight reach
+    /// `max_failures`. Settle the [`Attempt`] with [`failed`](Attempt::failed) or
+    /// [`succeeded`](Attempt::succeeded); dropped unsettled, it counts as neither.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::rate_limit::FailureThrottle;
+    ///
+    /// let throttle = FailureThrottle::new(2, Duration::from_secs(60));
+    /// let ip = "203.0.113.9".parse().unwrap();
+    /// // Two lookups in flight at once are all a new address may have.
+    /// let first = throttle.admit(ip).unwrap();
+    /// let second = throttle.admit(ip).unwrap();
+    /// assert!(throttle.admit(ip).is_err());
+    /// first.succeeded();
+    /// // Proven now: its concurrency is no longer capped; failures still are.
+    /// let third = throttle.admit(ip).unwrap();
+    /// let fourth = throttle.admit(ip).unwrap();
+    /// second.failed();
+    /// third.failed();
+    /// drop(fourth);
+    /// assert!(throttle.admit(ip).is_err());
+    /// ```
+    pub fn admit(&self, ip: IpAddr) -> Result<Attempt, Duration> {
+        let now = nanos(&*self.clock);
+        let entry = self.entry(ip, now);
+        let mut window = entry.lock().unwrap_or_else(|e| e.into_inner());
+        window.roll(now, self.window);
+        if window.failures >= self.max_failures {
+            return Err(wait_until(window.ends, now));
+        }
+        let proven = now < window.proven_until;
+        if !proven && window.failures.saturating_add(window.in_flight) >= self.max_failures {
+            return Err(IN_FLIGHT_RETRY);
+        }
+        window.in_flight = window.in_flight.saturating_add(1);
+        drop(window);
+        Ok(Attempt {
+            entry: Some(entry),
+            clock: Arc::clone(&self.clock),
+            window: self.window,
+        })
+    }
+
+    fn entry(&self, ip: IpAddr, now: i128) -> Arc<Mutex<Window>> {
+        self.entries
+            .get_or_insert_with(&self.bucket(ip), || {
+                Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(Window::fresh(
+                    now,
+                    self.window,
+                ))))
+            })
+            .unwrap_or_else(|never| match never {})
+    }
+
     /// How long `ip` is still turned away, or `None` if it may try.
     pub fn retry_after(&self, ip: IpAddr) -> Option<Duration> {
         let entry = self.entries.get(&self.bucket(ip))?;
@@ -168,27 +254,16 @@ impl FailureThrottle {
         if window.failures < self.max_failures || now >= window.ends {
             return None;
         }
-        let wait = u64::try_from(window.ends - now).unwrap_or(u64::MAX);
-        Some(Duration::from_nanos(wait))
+        Some(wait_until(window.ends, now))
     }
 
-    /// Counts one failed authentication from `ip`.
+    /// Counts one failed authentication from `ip` (one that was never admitted, such as a
+    /// malformed header).
     pub fn record_failure(&self, ip: IpAddr) {
         let now = nanos(&*self.clock);
-        let fresh = || Window {
-            failures: 0,
-            ends: now + self.window.as_nanos() as i128,
-        };
-        let entry = self
-            .entries
-            .get_or_insert_with(&self.bucket(ip), || {
-                Ok::<_, std::convert::Infallible>(Arc::new(Mutex::new(fresh())))
-            })
-            .unwrap_or_else(|never| match never {});
+        let entry = self.entry(ip, now);
         let mut window = entry.lock().unwrap_or_else(|e| e.into_inner());
-        if now >= window.ends {
-            *window = fresh();
-        }
+        window.roll(now, self.window);
         window.failures = window.failures.saturating_add(1);
     }
 
@@ -222,6 +297,59 @@ impl FailureThrottle {
                  are never throttled"
             );
         }
+    }
+}
+
+fn wait_until(ends: i128, now: i128) -> Duration {
+    Duration::from_nanos(u64::try_from(ends - now).unwrap_or(u64::MAX))
+}
+
+/// One admitted authentication attempt ([`FailureThrottle::admit`]), in flight until it is
+/// settled or dropped.
+#[must_use = "an attempt counts as in flight until it is settled or dropped"]
+pub struct Attempt {
+    entry: Option<Arc<Mutex<Window>>>,
+    clock: Arc<dyn Clock>,
+    window: Duration,
+}
+
+impl Attempt {
+    /// The attempt failed (an invalid token, a malformed credential): one failure counts.
+    pub fn failed(mut self) {
+        self.settle(|window, _, _| window.failures = window.failures.saturating_add(1));
+    }
+
+    /// The attempt authenticated: the address is proven for a window, and its concurrency
+    /// is no longer capped (failures still are).
+    pub fn succeeded(mut self) {
+        self.settle(|window, now, length| {
+            window.proven_until = now.saturating_add(length.as_nanos() as i128);
+        });
+    }
+
+    fn settle(&mut self, outcome: impl FnOnce(&mut Window, i128, Duration)) {
+        if let Some(entry) = self.entry.take() {
+            let now = nanos(&*self.clock);
+            let mut window = entry.lock().unwrap_or_else(|e| e.into_inner());
+            window.in_flight = window.in_flight.saturating_sub(1);
+            window.roll(now, self.window);
+            outcome(&mut window, now, self.window);
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        // Neither outcome (a store outage, a missing scope, a request given up half-way).
+        self.settle(|_, _, _| {});
+    }
+}
+
+impl fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("settled", &self.entry.is_none())
+            .finish_non_exhaustive()
     }
 }
 

@@ -742,6 +742,13 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         Ok(answer)
     }
 
+    fn get_current(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        self.inner.get_current(id)
+    }
+
     async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<StoredToken>, StoreError> {
         match self.cache.fresh(&CacheKey::Hash(*hash)) {
             Some(CachedAnswer::NotFound) => return Ok(None),

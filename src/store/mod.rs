@@ -114,6 +114,17 @@ pub trait TokenStore: Send + Sync {
         id: &TokenId,
     ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send;
 
+    /// The record with this id as the backing store holds it now, past any cache: for a
+    /// decision that must not rest on an answer cached before a revocation elsewhere (the
+    /// management API's check that its caller was not revoked while it minted). Default:
+    /// [`get`](Self::get); a caching wrapper asks the store it wraps.
+    fn get_current(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        self.get(id)
+    }
+
     /// The record whose secret has this hash, for formats that carry no id.
     fn find_by_hash(
         &self,
@@ -198,6 +209,13 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
         id: &TokenId,
     ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
         (**self).get(id)
+    }
+
+    fn get_current(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+        (**self).get_current(id)
     }
 
     fn find_by_hash(

@@ -278,6 +278,10 @@ impl PostgresStore {
     }
 }
 
+/// The first statement of the transactions whose correctness rests on seeing what committed
+/// while they waited for a lock.
+const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
+
 /// PostgreSQL's longest identifier, in bytes: a longer channel name is cut (and `pg_notify`
 /// refuses it), so writes that notify would fail.
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -431,6 +435,7 @@ impl TokenStore for PostgresStore {
         let old = *old;
         let work = async {
             let mut tx = self.pool.begin().await?;
+            sqlx::query(READ_COMMITTED).execute(&mut *tx).await?;
             // First, before any row lock: a revoke-all holding the owner's lock may be
             // waiting for the old token's row.
             sqlx::query(self.queries.owner_shared.clone())
@@ -556,6 +561,10 @@ impl TokenStore for PostgresStore {
         async move {
             let work = async {
                 let mut tx = self.pool.begin().await?;
+                // READ COMMITTED whatever the connection's default: under REPEATABLE READ the
+                // snapshot would be taken by the lock statement, before it waits, and the
+                // UPDATE would miss the inserts it waited for.
+                sqlx::query(READ_COMMITTED).execute(&mut *tx).await?;
                 // Waits for inserts of this owner in flight; later ones wait for the commit.
                 sqlx::query(self.queries.owner_exclusive.clone())
                     .bind(key)
