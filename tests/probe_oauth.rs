@@ -372,12 +372,17 @@ fn field<'a>(json: &'a Value, key: &str) -> &'a str {
 }
 
 async fn postgres_pair(url: &str) -> (apitoken::PostgresStore, PostgresGrantStore) {
-    let tokens = stores::postgres(url).await;
-    let grants =
-        PostgresGrantStore::with_schema(tokens.pool().clone(), &stores::unique_name("probe_g"))
-            .unwrap();
-    grants.migrate().await.unwrap();
+    let (tokens, grants, _) = postgres_pair_in(url).await;
     (tokens, grants)
+}
+
+/// The same, with the grant store's schema name.
+async fn postgres_pair_in(url: &str) -> (apitoken::PostgresStore, PostgresGrantStore, String) {
+    let tokens = stores::postgres(url).await;
+    let schema = stores::unique_name("probe_g");
+    let grants = PostgresGrantStore::with_schema(tokens.pool().clone(), &schema).unwrap();
+    grants.migrate().await.unwrap();
+    (tokens, grants, schema)
 }
 
 // ---- claim 1: a replayed code revokes what the first redemption issued ----
@@ -500,24 +505,7 @@ async fn over_postgres_a_redemption_dropped_mid_transaction_is_all_or_nothing() 
     let Some(url) = stores::postgres_url() else {
         return;
     };
-    let (tokens, grants) = postgres_pair(&url).await;
-    let codes: String = {
-        // The grant store's schema: the only one whose name starts with probe_g and holds
-        // this pool's codes table; read it back from the catalog by the table we just made.
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query(
-            "SELECT table_schema FROM information_schema.tables \
-             WHERE table_name = 'apitoken_oauth_codes' AND table_schema LIKE 'probe_g%' \
-             ORDER BY table_schema DESC",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|row| row.get::<String, _>(0))
-        .next()
-        .unwrap()
-    };
+    let (tokens, grants, codes) = postgres_pair_in(&url).await;
     let e = env(tokens, grants, |l| l, |b| b);
     let client = e
         .client(

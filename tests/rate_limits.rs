@@ -28,16 +28,22 @@ use tower::{Layer, ServiceExt, service_fn};
 const TOO_MANY: &str = r#"{"message":"Too Many Attempts."}"#;
 const REDIS_URL_VAR: &str = "APITOKEN_TEST_REDIS_URL";
 
-/// A `MemoryStore` that counts the lookups made through it.
+/// A `MemoryStore` that counts the lookups made through it, and can make each take a while.
 #[derive(Clone, Default)]
 struct CountingStore {
     inner: Arc<MemoryStore>,
     lookups: Arc<AtomicUsize>,
+    latency_ms: Arc<AtomicUsize>,
 }
 
 impl CountingStore {
     fn lookups(&self) -> usize {
         self.lookups.load(Ordering::SeqCst)
+    }
+
+    fn set_latency(&self, latency: Duration) {
+        let ms = usize::try_from(latency.as_millis()).expect("a short latency");
+        self.latency_ms.store(ms, Ordering::SeqCst);
     }
 }
 
@@ -57,7 +63,14 @@ impl TokenStore for CountingStore {
         id: &TokenId,
     ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(id)
+        let latency = self.latency_ms.load(Ordering::SeqCst) as u64;
+        let lookup = self.inner.get(id);
+        async move {
+            if latency > 0 {
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+            }
+            lookup.await
+        }
     }
     fn find_by_hash(
         &self,
@@ -385,6 +398,68 @@ async fn a_flood_of_bad_tokens_is_turned_away_before_the_store() {
         send(&svc, Some(attacker), Some(&guess(9))).await.status(),
         429
     );
+}
+
+/// Sends `tokens` from `peer` all at once; how many of each status came back.
+async fn burst(
+    svc: &Svc,
+    peer: &str,
+    tokens: Vec<String>,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut sends: Vec<_> = tokens
+        .iter()
+        .map(|t| Box::pin(send(svc, Some(peer), Some(t))))
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut done = vec![false; sends.len()];
+    // Every request is polled before any answers: all are in flight together.
+    std::future::poll_fn(|cx| {
+        for (finished, request) in done.iter_mut().zip(sends.iter_mut()) {
+            if !*finished && let std::task::Poll::Ready(response) = request.as_mut().poll(cx) {
+                *finished = true;
+                *statuses.entry(response.status().as_u16()).or_insert(0) += 1;
+            }
+        }
+        if done.iter().all(|d| *d) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    statuses
+}
+
+#[tokio::test]
+async fn a_concurrent_burst_of_forged_tokens_is_judged_as_it_starts() {
+    // DCT tokens have no checksum: as a canonical token with a valid checksum, every guess
+    // would reach the store. Each lookup takes 5 ms, so all 500 are in flight together.
+    let format = TokenFormat::dct();
+    let s = setup(format.clone());
+    let throttle = FailureThrottle::new(5, Duration::from_secs(60)).clock(s.clock.clone());
+    let svc = app(AuthLayer::new(s.verifier.clone()).throttle_failures(throttle));
+    let victim = issue(&s.verifier, token("victim")).await;
+    s.store.set_latency(Duration::from_millis(5));
+    let before = s.store.lookups();
+    let guesses = (0..500)
+        .map(|n| format!("{}.{}", 1000 + n, "x".repeat(64)))
+        .collect();
+    let statuses = burst(&svc, "203.0.113.9", guesses).await;
+    assert_eq!(s.store.lookups() - before, 5, "{statuses:?}");
+    assert_eq!(statuses.get(&401), Some(&5), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&495), "{statuses:?}");
+
+    // An address that has authenticated is not capped in its concurrency: fifty requests at
+    // once from a busy client all go through.
+    let client = "198.51.100.7";
+    assert_eq!(send(&svc, Some(client), Some(&victim)).await.status(), 200);
+    let statuses = burst(&svc, client, vec![victim.clone(); 50]).await;
+    assert_eq!(statuses, [(200, 50)].into(), "{statuses:?}");
+
+    // An address that has not yet authenticated may have at most five lookups in flight:
+    // the rest are told to come back in a second.
+    let statuses = burst(&svc, "192.0.2.44", vec![victim.clone(); 50]).await;
+    assert_eq!(statuses, [(200, 5), (429, 45)].into(), "{statuses:?}");
 }
 
 #[tokio::test]

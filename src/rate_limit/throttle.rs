@@ -15,9 +15,11 @@ use crate::clock::{Clock, SystemClock};
 /// once it has failed `max_failures` times within `window` (OWASP API2, API4).
 ///
 /// Wired in with [`AuthLayer::throttle_failures`](crate::middleware::AuthLayer::throttle_failures),
-/// the layer asks [`retry_after`](Self::retry_after) first thing for each request, before it
-/// parses a header, hashes a secret or asks the store: a flood of bad tokens from one address
-/// costs a map lookup per request once the address is turned away. Invalid tokens and
+/// the layer [admits](Self::admit) each request first thing, before it parses a header,
+/// hashes a secret or asks the store: a flood of bad tokens from one address costs a map
+/// lookup per request once the address is turned away. An attempt counts from its start, so
+/// a burst sent at once cannot overtake the count: until an address has authenticated once,
+/// its failures plus its lookups in flight never pass `max_failures`. Invalid tokens and
 /// malformed credentials count as failures; missing credentials, missing scopes, store
 /// outages and rate-limit refusals do not.
 ///
