@@ -366,9 +366,30 @@ fn bench_postgres(c: &mut Criterion) {
     group.finish();
 }
 
+/// What hostile input costs before the throttle can answer: the client address behind a
+/// trusted proxy, with 64 KB of commas a client wrote into `X-Forwarded-For`.
+fn bench_hostile(c: &mut Criterion) {
+    use apitoken::middleware::{PeerAddr, TrustedProxies};
+
+    let proxies = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+    let header = format!("{}198.51.100.7, 10.0.0.5", ",".repeat(65_536));
+    let mut request = Request::get("/")
+        .header("x-forwarded-for", header)
+        .body(())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(PeerAddr("10.0.0.2:5000".parse().unwrap()));
+    let mut group = c.benchmark_group("hostile");
+    group.bench_function("client_ip_xff_64k_commas", |b| {
+        b.iter(|| proxies.client_ip(black_box(&request)).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_formats, bench_verify, bench_threads, bench_middleware, bench_postgres
+    targets = bench_formats, bench_verify, bench_threads, bench_middleware, bench_postgres, bench_hostile
 }
 criterion_main!(benches);

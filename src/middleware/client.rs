@@ -4,7 +4,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::Request;
-use http::header::HeaderMap;
 use ipnet::IpNet;
 
 use crate::record::canonical_ip as canonical;
@@ -88,22 +87,59 @@ impl TrustedProxies {
     }
 
     /// The client's address for `request`, or `None` when it cannot be determined.
+    ///
+    /// The forwarding header is read lazily from its right end and at most [`MAX_FORWARDED_HOPS`] hops
+    /// deep: what a client put further left costs nothing, however long it is.
     pub fn client_ip<B>(&self, request: &Request<B>) -> Option<IpAddr> {
         let peer = canonical(peer_addr(request)?.ip());
         if !self.trusts(peer) {
             return Some(peer);
         }
-        let hops = forwarded_for(request.headers(), self.rfc7239)?;
-        for hop in hops.iter().rev() {
-            let ip = canonical((*hop)?);
-            if !self.trusts(ip) {
-                return Some(ip);
+        let name = if self.rfc7239 {
+            http::header::FORWARDED
+        } else {
+            http::header::HeaderName::from_static("x-forwarded-for")
+        };
+        let mut hops = 0;
+        for value in request.headers().get_all(name).iter().rev() {
+            for hop in value.as_bytes().rsplit(|b| *b == b',') {
+                hops += 1;
+                if hops > MAX_FORWARDED_HOPS {
+                    // Past the deepest chain of proxies worth believing: unknown.
+                    return None;
+                }
+                let ip = canonical(self.parse_hop(hop)?);
+                if !self.trusts(ip) {
+                    return Some(ip);
+                }
             }
         }
-        // Nothing but trusted proxies: the leftmost hop may have been written by the client.
+        // Nothing forwarded, or nothing but trusted proxies: the leftmost hop may have been
+        // written by the client.
         None
     }
+
+    /// One hop of the header this set reads; `None` when it cannot be parsed (`unknown`, an
+    /// obfuscated identifier, garbage), which leaves the client unknown.
+    fn parse_hop(&self, hop: &[u8]) -> Option<IpAddr> {
+        let text = std::str::from_utf8(hop).ok()?.trim();
+        if self.rfc7239 {
+            let node = text.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then_some(value.trim())
+            })?;
+            parse_forwarded_node(node)
+        } else {
+            parse_bare(text)
+        }
+    }
 }
+
+/// The most forwarding hops [`TrustedProxies`] reads from the right before the client counts
+/// as unknown.
+pub const MAX_FORWARDED_HOPS: usize = 32;
 
 fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
     #[cfg(feature = "axum")]
@@ -114,51 +150,6 @@ fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
         return Some(info.0);
     }
     request.extensions().get::<PeerAddr>().map(|p| p.0)
-}
-
-/// The forwarded chain, oldest first, from RFC 7239 `Forwarded` or from `X-Forwarded-For`.
-/// `None` when the header is not sent; an unparseable hop is `Some(None)` inside.
-fn forwarded_for(headers: &HeaderMap, rfc7239: bool) -> Option<Vec<Option<IpAddr>>> {
-    const MAX_HOPS: usize = 32;
-    let mut hops = Vec::new();
-    if rfc7239 {
-        let forwarded: Vec<_> = headers.get_all(http::header::FORWARDED).iter().collect();
-        if forwarded.is_empty() {
-            return None;
-        }
-        for value in forwarded {
-            let Ok(text) = value.to_str() else {
-                hops.push(None);
-                continue;
-            };
-            for element in text.split(',') {
-                let node = element.split(';').find_map(|pair| {
-                    let (key, value) = pair.trim().split_once('=')?;
-                    key.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then_some(value.trim())
-                });
-                hops.push(node.and_then(parse_forwarded_node));
-            }
-        }
-    } else {
-        let xff: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
-        if xff.is_empty() {
-            return None;
-        }
-        for value in xff {
-            let Ok(text) = value.to_str() else {
-                hops.push(None);
-                continue;
-            };
-            hops.extend(text.split(',').map(|hop| parse_bare(hop.trim())));
-        }
-    }
-    // A client can append any number of hops; only the rightmost ones matter.
-    if hops.len() > MAX_HOPS {
-        hops.drain(..hops.len() - MAX_HOPS);
-    }
-    Some(hops)
 }
 
 /// RFC 7239 node: `192.0.2.60`, `"192.0.2.60:47011"`, `"[2001:db8::1]:4711"`, `"[2001:db8::1]"`.
@@ -281,5 +272,40 @@ mod tests {
         let chain = chain.join(", ");
         let r = request("10.0.0.2:1", &[("x-forwarded-for", &chain)]);
         assert_eq!(p.client_ip(&r), None);
+    }
+
+    #[test]
+    fn only_the_rightmost_hops_are_read_however_long_the_header() {
+        let p = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]);
+        // 64 KB a client wrote, then what the trusted proxies appended.
+        let junk = format!("{}{}", "\u{e9}".repeat(100), ",".repeat(65_536));
+        let chain = format!("{junk}198.51.100.7, 10.0.0.5");
+        let r = request("10.0.0.2:1", &[("x-forwarded-for", &chain)]);
+        assert_eq!(p.client_ip(&r), ip("198.51.100.7"));
+        // Exactly the deepest chain read: the 32nd hop from the right is still seen.
+        let mut hops = vec!["10.0.0.1"; MAX_FORWARDED_HOPS - 1];
+        hops.insert(0, "192.0.2.1");
+        let r = request("10.0.0.2:1", &[("x-forwarded-for", &hops.join(","))]);
+        assert_eq!(p.client_ip(&r), ip("192.0.2.1"));
+        hops.insert(1, "10.0.0.9");
+        let r = request("10.0.0.2:1", &[("x-forwarded-for", &hops.join(","))]);
+        assert_eq!(p.client_ip(&r), None, "one hop past the limit");
+        // Several header lines: the last line's hops come first.
+        let r = request(
+            "10.0.0.2:1",
+            &[
+                ("x-forwarded-for", "203.0.113.1"),
+                ("x-forwarded-for", "198.51.100.8, 10.0.0.3"),
+            ],
+        );
+        assert_eq!(p.client_ip(&r), ip("198.51.100.8"));
+        // RFC 7239 the same way.
+        let f = TrustedProxies::new(["10.0.0.0/8".parse().unwrap()]).forwarded();
+        let value = format!(
+            "{}for=198.51.100.9;proto=https, for=10.0.0.4",
+            ",".repeat(10_000)
+        );
+        let r = request("10.0.0.2:1", &[("forwarded", &value)]);
+        assert_eq!(f.client_ip(&r), ip("198.51.100.9"));
     }
 }

@@ -70,7 +70,7 @@ mod service;
 
 #[cfg(feature = "axum")]
 pub use self::axum::Unauthenticated;
-pub use client::{ClientIp, PeerAddr, TrustedProxies};
+pub use client::{ClientIp, MAX_FORWARDED_HOPS, PeerAddr, TrustedProxies};
 #[cfg(feature = "client")]
 pub(crate) use credentials::is_valid_scheme;
 pub use credentials::{Credentials, InvalidScheme};
