@@ -18,6 +18,16 @@ use crate::verifier::Inner;
 /// The longest token name accepted.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The most scopes a token may be issued with, by default
+/// ([`VerifierBuilder::max_scopes_per_token`](crate::VerifierBuilder::max_scopes_per_token)):
+/// every verification checks them and every cache entry holds them.
+pub const DEFAULT_MAX_SCOPES: usize = 100;
+
+/// The most allowlist entries a token may be issued with, by default
+/// ([`VerifierBuilder::max_allowed_ips_per_token`](crate::VerifierBuilder::max_allowed_ips_per_token)):
+/// a request from a restricted token is compared with each.
+pub const DEFAULT_MAX_ALLOWED_IPS: usize = 100;
+
 /// Creates tokens. Get one from [`Verifier::issuer`](crate::Verifier::issuer), so that issuing
 /// and verifying share one format, hasher (and pepper), clock and store.
 ///
@@ -218,6 +228,16 @@ impl<S: TokenStore> Issuer<S> {
         if expires_at.is_some_and(|at| at <= now) {
             return Err(IssueError::ExpiryOutOfRange);
         }
+        if new.scopes.len() > inner.max_scopes {
+            return Err(IssueError::TooManyScopes {
+                max: inner.max_scopes,
+            });
+        }
+        if new.allowed_ips.len() > inner.max_allowed_ips {
+            return Err(IssueError::TooManyNetworks {
+                max: inner.max_allowed_ips,
+            });
+        }
         let (token, mut record, hash) = self.mint(given, new.owner, new.name, now).await?;
         record.scopes = new.scopes;
         record.expires_at = expires_at;
@@ -329,6 +349,19 @@ pub enum IssueError {
     /// The expiry is not in the future.
     #[error("the expiry must be in the future")]
     ExpiryOutOfRange,
+    /// More scopes than the verifier allows a token ([`DEFAULT_MAX_SCOPES`] by default).
+    #[error("a token may have at most {max} scopes")]
+    TooManyScopes {
+        /// The limit.
+        max: usize,
+    },
+    /// More allowlist entries than the verifier allows a token ([`DEFAULT_MAX_ALLOWED_IPS`]
+    /// by default).
+    #[error("a token may have at most {max} allowlist entries")]
+    TooManyNetworks {
+        /// The limit.
+        max: usize,
+    },
     /// The token to rotate does not exist, is revoked or has expired.
     #[error("no active token with this id")]
     NotFound,

@@ -43,7 +43,10 @@ pub use format::{
     TokenFormat, TokenFormatBuilder,
 };
 pub use id::{InvalidTokenId, MAX_ID_LEN, TokenId};
-pub use issuer::{IssueError, IssuedToken, Issuer, MAX_NAME_LEN, NewToken};
+pub use issuer::{
+    DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_SCOPES, IssueError, IssuedToken, Issuer, MAX_NAME_LEN,
+    NewToken,
+};
 #[cfg(feature = "tokio")]
 pub use last_used::LastUsedFlusher;
 pub use record::{InvalidOwner, MAX_OWNER_LEN, Metadata, Owner, TokenRecord};

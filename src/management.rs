@@ -256,6 +256,10 @@ async fn create<S: TokenStore>(
             StatusCode::UNPROCESSABLE_ENTITY,
             "The name or expiry is invalid.",
         ),
+        Err(IssueError::TooManyScopes { .. } | IssueError::TooManyNetworks { .. }) => message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Too many scopes or allowlist entries.",
+        ),
         Err(_) => unavailable(),
     }
 }

@@ -86,6 +86,9 @@ pub(crate) struct Inner<S> {
     last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
     dummy_hash: SecretHash,
+    /// The most scopes and allowlist entries a token may be issued with.
+    pub(crate) max_scopes: usize,
+    pub(crate) max_allowed_ips: usize,
     /// Checks tokens with a JWT's shape, when configured.
     #[cfg(feature = "jwt")]
     jwt: Option<crate::jwt::JwtValidator>,
@@ -170,6 +173,8 @@ impl<S: TokenStore> Verifier<S> {
             last_used: true,
             last_used_flush_interval: DEFAULT_FLUSH_INTERVAL,
             last_used_max_pending: DEFAULT_MAX_PENDING,
+            max_scopes: crate::issuer::DEFAULT_MAX_SCOPES,
+            max_allowed_ips: crate::issuer::DEFAULT_MAX_ALLOWED_IPS,
             #[cfg(feature = "jwt")]
             jwt: None,
         }
@@ -584,6 +589,8 @@ pub struct VerifierBuilder<S> {
     last_used: bool,
     last_used_flush_interval: Duration,
     last_used_max_pending: usize,
+    max_scopes: usize,
+    max_allowed_ips: usize,
     #[cfg(feature = "jwt")]
     jwt: Option<crate::jwt::JwtValidator>,
 }
@@ -719,6 +726,41 @@ impl<S: TokenStore> VerifierBuilder<S> {
         self
     }
 
+    /// The most scopes a token may be issued with. Default: [`DEFAULT_MAX_SCOPES`] (100).
+    /// [`Issuer::issue`] refuses more with [`IssueError::TooManyScopes`]: every verification
+    /// checks a token's scopes and every cache entry holds them, so one token with a hundred
+    /// thousand must not be possible by accident or by a caller's choice.
+    ///
+    /// [`DEFAULT_MAX_SCOPES`]: crate::DEFAULT_MAX_SCOPES
+    /// [`IssueError::TooManyScopes`]: crate::IssueError::TooManyScopes
+    ///
+    /// ```
+    /// use apitoken::{IssueError, MemoryStore, NewToken, Owner, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).max_scopes_per_token(2).build();
+    /// let new = NewToken::new("ci", Owner::new("team-1")?).scopes(["a", "b", "c"])?;
+    /// let refused = verifier.issuer().issue(new).await.unwrap_err();
+    /// assert!(matches!(refused, IssueError::TooManyScopes { max: 2 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn max_scopes_per_token(mut self, max: usize) -> Self {
+        self.max_scopes = max;
+        self
+    }
+
+    /// The most allowlist entries a token may be issued with. Default:
+    /// [`DEFAULT_MAX_ALLOWED_IPS`] (100); more is [`IssueError::TooManyNetworks`]. A request
+    /// from a restricted token is compared with each entry.
+    ///
+    /// [`DEFAULT_MAX_ALLOWED_IPS`]: crate::DEFAULT_MAX_ALLOWED_IPS
+    /// [`IssueError::TooManyNetworks`]: crate::IssueError::TooManyNetworks
+    pub fn max_allowed_ips_per_token(mut self, max: usize) -> Self {
+        self.max_allowed_ips = max;
+        self
+    }
+
     /// Sends every [`AuditEvent`] to `sink`. Default: none (the `tracing` events are always
     /// emitted).
     pub fn audit(mut self, sink: impl AuditSink) -> Self {
@@ -803,6 +845,8 @@ impl<S: TokenStore> VerifierBuilder<S> {
                     LastUsedBuffer::new(self.last_used_flush_interval, self.last_used_max_pending)
                 }),
                 dummy_hash,
+                max_scopes: self.max_scopes,
+                max_allowed_ips: self.max_allowed_ips,
                 #[cfg(feature = "jwt")]
                 jwt: self.jwt,
             }),

@@ -452,3 +452,69 @@ async fn a_rate_limited_token_mints_and_rotates_only_tokens_as_limited() {
         assert_eq!(status, expected, "rotating {}: {body}", target.record.name);
     }
 }
+
+#[tokio::test]
+async fn scopes_and_allowlists_per_token_are_capped() {
+    use apitoken::{DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_SCOPES, IssueError};
+
+    let verifier = Verifier::builder(MemoryStore::new()).build();
+    let owner = || Owner::new("team-1").unwrap();
+    let scopes = |n: usize| (0..n).map(|i| format!("s{i}:read")).collect::<Vec<_>>();
+    let nets = |n: usize| {
+        (0..n)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap())
+            .collect::<Vec<ipnet::IpNet>>()
+    };
+    let issue = |new: NewToken| {
+        let issuer = verifier.issuer();
+        async move { issuer.issue(new).await }
+    };
+    assert_eq!((DEFAULT_MAX_SCOPES, DEFAULT_MAX_ALLOWED_IPS), (100, 100));
+    let at_limit = NewToken::new("full", owner())
+        .scopes(scopes(100))
+        .unwrap()
+        .allowed_ips(nets(100));
+    assert!(issue(at_limit).await.is_ok());
+    let err = issue(NewToken::new("x", owner()).scopes(scopes(101)).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IssueError::TooManyScopes { max: 100 }),
+        "{err}"
+    );
+    let err = issue(NewToken::new("x", owner()).allowed_ips(nets(101)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, IssueError::TooManyNetworks { max: 100 }),
+        "{err}"
+    );
+    assert_eq!(
+        verifier.store().len(),
+        1,
+        "nothing stored for a refused token"
+    );
+
+    // Through the API: a clear 422, in JSON.
+    let verifier = Verifier::builder(MemoryStore::new())
+        .max_allowed_ips_per_token(1)
+        .build();
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+    let api = Api { verifier, app };
+    let maker = api.admin(&[]).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/tokens",
+            &maker,
+            Some(json!({"name": "wide", "allowed_ips": ["192.0.2.0/24", "198.51.100.0/24"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body,
+        json!({"message": "Too many scopes or allowlist entries."})
+    );
+}
