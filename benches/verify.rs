@@ -384,6 +384,23 @@ fn bench_hostile(c: &mut Criterion) {
     group.bench_function("client_ip_xff_64k_commas", |b| {
         b.iter(|| proxies.client_ip(black_box(&request)).unwrap())
     });
+    // A new key in the in-process rate limiter while every held key is busy (an hour's
+    // limit): no sweep can free anything.
+    for held in [100_000usize, 1_000_000] {
+        use apitoken::rate_limit::{MemoryRateLimiter, RateLimit};
+        let limiter = MemoryRateLimiter::new().max_keys(2_000_000);
+        let limit = RateLimit::per_hour(1);
+        for i in 0..held {
+            limiter.acquire_now(&format!("token:held{i}"), &limit);
+        }
+        let mut next = 0u64;
+        group.bench_function(format!("rate_limit_new_key_at_{}k", held / 1000), |b| {
+            b.iter(|| {
+                next += 1;
+                limiter.acquire_now(&format!("token:new{next}"), &limit)
+            })
+        });
+    }
     group.finish();
 }
 

@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use memory::MemoryRateLimiter;
+pub use memory::{DEFAULT_MAX_KEYS, MemoryRateLimiter};
 #[cfg(feature = "redis")]
 pub use redis::RedisRateLimiter;
 pub use throttle::{Attempt, FailureThrottle};
