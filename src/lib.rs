@@ -35,7 +35,9 @@ mod secret;
 pub mod store;
 mod verifier;
 
-pub use audit::{AuditEvent, AuditOutcome, AuditSink};
+pub use audit::{
+    AuditEvent, AuditOutcome, AuditSink, REFUSAL_LOG_LINES_PER_SECOND, REFUSAL_LOG_WINDOW_SECS,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthError, AuthErrorKind, RejectReason};
 pub use format::{

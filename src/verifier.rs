@@ -86,6 +86,8 @@ pub(crate) struct Inner<S> {
     last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
     dummy_hash: SecretHash,
+    /// Which refusals become log lines.
+    refusal_log: audit::RefusalLog,
     /// The most scopes and allowlist entries a token may be issued with.
     pub(crate) max_scopes: usize,
     pub(crate) max_allowed_ips: usize,
@@ -227,7 +229,7 @@ impl<S: TokenStore> Verifier<S> {
                 client_ip: info.client_ip,
             },
         };
-        audit::trace(&event);
+        inner.refusal_log.trace(&event);
         if let Some(sink) = &inner.audit {
             sink.record(&event);
         }
@@ -247,7 +249,7 @@ impl<S: TokenStore> Verifier<S> {
             owner: None,
             client_ip,
         };
-        audit::trace(&event);
+        self.inner.refusal_log.trace(&event);
         if let Some(sink) = &self.inner.audit {
             sink.record(&event);
         }
@@ -845,6 +847,7 @@ impl<S: TokenStore> VerifierBuilder<S> {
                     LastUsedBuffer::new(self.last_used_flush_interval, self.last_used_max_pending)
                 }),
                 dummy_hash,
+                refusal_log: audit::RefusalLog::default(),
                 max_scopes: self.max_scopes,
                 max_allowed_ips: self.max_allowed_ips,
                 #[cfg(feature = "jwt")]
