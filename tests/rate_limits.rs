@@ -336,6 +336,31 @@ async fn a_limiter_outage_fails_open() {
 }
 
 #[tokio::test]
+async fn a_limiter_outage_fails_closed_when_asked_or_keeps_a_limit_behind_a_breaker() {
+    use apitoken::rate_limit::CircuitBreaker;
+
+    let s = setup(TokenFormat::canonical());
+    let t = issue(&s.verifier, token("o")).await;
+    // Fail closed: 503, as a store outage, never an unlimited 200.
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(1)).fail_closed();
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(Down, policy));
+    for _ in 0..3 {
+        let refused = send(&svc, None, Some(&t)).await;
+        assert_eq!(refused.status(), 503, "{refused:?}");
+    }
+    // Behind a breaker the in-process fallback keeps the limit: one a minute.
+    let breaker =
+        CircuitBreaker::with_fallback(Down, MemoryRateLimiter::with_clock(s.clock.clone()))
+            .clock(s.clock.clone());
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(1));
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(breaker, policy));
+    assert_eq!(send(&svc, None, Some(&t)).await.status(), 200);
+    for _ in 0..5 {
+        assert_429(&send(&svc, None, Some(&t)).await, "60");
+    }
+}
+
+#[tokio::test]
 async fn a_flood_of_bad_tokens_is_turned_away_before_the_store() {
     // DCT tokens have no checksum, so every wrong secret costs a store lookup.
     let format = TokenFormat::dct();

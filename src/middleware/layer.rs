@@ -101,6 +101,7 @@ impl<S, R> AuthLayer<S, R> {
         self.rate_limit = Some(Arc::new(RateLimitStep {
             limiter: Arc::new(limiter),
             policy,
+            last_warned: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         }));
         self
     }

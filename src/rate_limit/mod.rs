@@ -18,6 +18,7 @@
 //! Both use GCRA or a fixed window on the crate's [`Clock`](crate::Clock); see
 //! `docs/rate-limits.md` for the algorithms, headers and failure behaviour.
 
+mod breaker;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -30,6 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use breaker::{CircuitBreaker, DEFAULT_COOL_OFF, DEFAULT_FAILURES_TO_OPEN};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryRateLimiter};
 #[cfg(feature = "redis")]
 pub use redis::RedisRateLimiter;
@@ -416,6 +418,7 @@ pub enum RateLimitKey {
 pub struct RateLimitPolicy {
     default: RateLimit,
     key: RateLimitKey,
+    fail_closed: bool,
 }
 
 impl RateLimitPolicy {
@@ -424,7 +427,30 @@ impl RateLimitPolicy {
         Self {
             default,
             key: RateLimitKey::Token,
+            fail_closed: false,
         }
+    }
+
+    /// Refuses requests (503, as a store outage) while the limiter cannot answer, instead of
+    /// letting them through. Default: let through (fail open), so a Redis outage cannot take
+    /// the API down; a [`CircuitBreaker`] keeps a limit in process meanwhile, and is the
+    /// better default for most. Choose this when an unlimited request is worse than a refused
+    /// one (an expensive or billed endpoint).
+    ///
+    /// ```
+    /// use apitoken::rate_limit::{RateLimit, RateLimitPolicy};
+    /// let policy = RateLimitPolicy::new(RateLimit::per_minute(100)).fail_closed();
+    /// assert!(policy.is_fail_closed());
+    /// ```
+    #[must_use]
+    pub fn fail_closed(mut self) -> Self {
+        self.fail_closed = true;
+        self
+    }
+
+    /// Whether requests are refused while the limiter cannot answer.
+    pub fn is_fail_closed(&self) -> bool {
+        self.fail_closed
     }
 
     /// All tokens of an owner share one budget. The limit is still read from the presenting
@@ -511,11 +537,16 @@ fn limit_from_metadata(value: &serde_json::Value) -> Option<RateLimit> {
 }
 
 /// A limiter and its policy, as the layer keeps them.
-#[derive(Clone)]
 pub(crate) struct RateLimitStep {
     pub(crate) limiter: Arc<dyn DynRateLimiter>,
     pub(crate) policy: RateLimitPolicy,
+    /// When the last "limiter unavailable" warning was logged (seconds since the epoch).
+    pub(crate) last_warned: std::sync::atomic::AtomicI64,
 }
+
+/// At most one "limiter unavailable" warning per this many seconds, with a count of the
+/// requests since the last one.
+const OUTAGE_WARNING_EVERY_SECS: i64 = 10;
 
 impl fmt::Debug for RateLimitStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -544,7 +575,30 @@ impl RateLimitStep {
                 ))
             }
             Err(error) => {
-                tracing::warn!(?error, key, "rate limiter unavailable; request let through");
+                let now = chrono::Utc::now().timestamp();
+                let last = self.last_warned.load(std::sync::atomic::Ordering::Relaxed);
+                if now - last >= OUTAGE_WARNING_EVERY_SECS
+                    && self
+                        .last_warned
+                        .compare_exchange(
+                            last,
+                            now,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        ?error,
+                        fail_closed = self.policy.fail_closed,
+                        "rate limiter unavailable (logged at most every 10 s)"
+                    );
+                }
+                if self.policy.fail_closed {
+                    return Err(crate::AuthError::store_unavailable(
+                        crate::StoreError::unavailable(error),
+                    ));
+                }
                 Ok(None)
             }
         }
