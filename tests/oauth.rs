@@ -207,26 +207,40 @@ async fn fixture_with<S: TokenStore + 'static, G: GrantStore + 'static>(
     store: S,
     grants: G,
 ) -> Fixture<S> {
+    fixture_configured(store, grants, |b, _| b).await.0
+}
+
+type Builder<S, G> = apitoken::oauth::AuthorizationServerBuilder<S, G>;
+
+/// A fixture whose server `configure` adjusts (given the fixture's clock); the server too.
+async fn fixture_configured<S: TokenStore + 'static, G: GrantStore + 'static>(
+    store: S,
+    grants: G,
+    configure: impl FnOnce(Builder<S, G>, Arc<ManualClock>) -> Builder<S, G>,
+) -> (Fixture<S>, AuthorizationServer<S, G>) {
     let clock = Arc::new(ManualClock::new(start()));
     let verifier = Verifier::builder(store)
         .also_accept(access_token_format())
         .clock(clock.clone())
         .build();
-    let oauth = AuthorizationServer::builder(verifier.clone(), grants)
-        .consent(HeaderConsent)
-        .build()
-        .expect("the verifier accepts access tokens");
+    let oauth = configure(
+        AuthorizationServer::builder(verifier.clone(), grants).consent(HeaderConsent),
+        clock.clone(),
+    )
+    .build()
+    .expect("the verifier accepts access tokens");
     let app = Router::new()
         .route(API, get(whoami))
         .layer(AuthLayer::new(verifier.clone()))
         .nest("/oauth", oauth.router());
     let server = Server::start(app).await;
-    Fixture {
+    let fixture = Fixture {
         client: Client::new(&server),
         verifier,
         clock,
         _server: server,
-    }
+    };
+    (fixture, oauth)
 }
 
 async fn fixture() -> Fixture<MemoryStore> {
@@ -865,6 +879,87 @@ async fn revoking_a_client_key_ends_its_grants_at_once_and_its_access_tokens_by_
     for grant in [&by_credentials, &by_code] {
         assert_eq!(f.api(str_field(grant, "access_token")).await.status, 401);
     }
+}
+
+#[tokio::test]
+async fn token_requests_are_limited_per_client() {
+    use apitoken::rate_limit::{MemoryRateLimiter, RateLimit};
+
+    let (f, _) = fixture_configured(MemoryStore::new(), MemoryGrantStore::new(), |b, clock| {
+        b.token_rate_limit(MemoryRateLimiter::with_clock(clock), RateLimit::per_hour(3))
+    })
+    .await;
+    let client = f.app_client().await;
+    let other = f
+        .oauth_client("acct-2", &["db:read"], ClientRegistration::new())
+        .await;
+    for _ in 0..3 {
+        f.client_token(&client, None).await;
+    }
+    let reply = f
+        .token(&with(
+            client.post(),
+            &[("grant_type", "client_credentials")],
+        ))
+        .await;
+    assert_error(&reply, 429, "slow_down");
+    assert_eq!(reply.header("retry-after"), "1200", "{reply:#?}");
+    // Another client has its own budget; a failed authentication spends none.
+    f.client_token(&other, None).await;
+    // The default: 60 a minute in bursts of 20, on by default.
+    let d = apitoken::oauth::DEFAULT_TOKEN_REQUEST_LIMIT;
+    assert_eq!(
+        (d.requests(), d.period(), d.burst()),
+        (60, std::time::Duration::from_secs(60), 20)
+    );
+    let f = fixture().await;
+    let client = f.app_client().await;
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..21 {
+            let reply = f
+                .token(&with(
+                    client.post(),
+                    &[("grant_type", "client_credentials")],
+                ))
+                .await;
+            out.push(reply.status.as_u16());
+        }
+        out
+    };
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[20], 429, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn purge_removes_expired_access_tokens_and_nothing_else() {
+    let (f, server) = fixture_configured(MemoryStore::new(), MemoryGrantStore::new(), |b, _| {
+        b.unlimited_token_requests()
+    })
+    .await;
+    let client = f.app_client().await;
+    for _ in 0..50 {
+        f.client_token(&client, None).await;
+    }
+    let live = f.client_token(&client, None).await;
+    assert_eq!(f.verifier.store().len(), 52, "the key and 51 access tokens");
+    f.clock.advance(TimeDelta::minutes(30));
+    let fresh = f.client_token(&client, None).await;
+    f.clock.advance(TimeDelta::minutes(30));
+    // The first 51 expired just now; the one issued half an hour later has not.
+    assert_eq!(server.purge().await.unwrap(), 51);
+    assert_eq!(
+        f.verifier.store().len(),
+        2,
+        "the client key and the fresh token"
+    );
+    assert_eq!(f.api(str_field(&fresh, "access_token")).await.status, 200);
+    assert_eq!(f.api(str_field(&live, "access_token")).await.status, 401);
+    assert_eq!(server.purge().await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -211,6 +211,53 @@ async fn suite<S: TokenStore + 'static>(store: S, t: Traits) {
         );
     }
 
+    if !t.sanctum {
+        // Expired records carrying the marker go; unexpired or unmarked ones stay.
+        let make = |n: u32, expires: i64, marked: bool| {
+            let mut record = TokenRecord::new(
+                format!("purge{n}").parse().unwrap(),
+                owner(t, 4),
+                "purge",
+                at(0),
+            );
+            record.expires_at = Some(at(expires));
+            if marked {
+                record
+                    .metadata
+                    .insert("oauth".into(), serde_json::json!({"kind": "access_token"}));
+            }
+            record
+        };
+        let cases = [
+            (1, 100, true),
+            (2, 200, true),
+            (3, 300, true),
+            (4, 100, false),
+        ];
+        for (n, expires, marked) in cases {
+            store
+                .insert(make(n, expires, marked), hash(100 + u64::from(n)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.remove_expired(at(200), "oauth").await.unwrap(), 2);
+        for (n, gone) in [(1, true), (2, true), (3, false), (4, false)] {
+            let found = store
+                .get(&format!("purge{n}").parse().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(found.is_none(), gone, "purge{n}");
+        }
+        assert_eq!(store.remove_expired(at(200), "oauth").await.unwrap(), 0);
+        assert_eq!(
+            store
+                .remove_expired(at(1000), "not a plain name")
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
     verifier_round_trip(store, t).await;
 }
 

@@ -218,6 +218,7 @@ fn invalid_client(challenge: Option<&'static str>, description: &'static str) ->
         code: ErrorCode::InvalidClient,
         description: Some(description),
         challenge,
+        retry_after: None,
     }
 }
 

@@ -183,6 +183,30 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> Shared<S, G> {
         })
     }
 
+    /// Spends one of the client's token requests; 429 `slow_down` when none is left. A
+    /// limiter that cannot answer lets the request through (the access token it yields still
+    /// spends the client key's own rate-limit budget).
+    async fn spend_token_request(&self, client: &AuthenticatedClient) -> Result<(), OAuthError> {
+        let Some(limit) = &self.token_limit else {
+            return Ok(());
+        };
+        let key = format!("oauth-token:{}", client.id());
+        match limit.limiter.acquire_boxed(&key, &limit.limit).await {
+            Ok(decision) if decision.is_allowed() => Ok(()),
+            Ok(decision) => {
+                tracing::debug!(client = %client.id(), "token requests rate limited");
+                Err(OAuthError::slow_down(decision.retry_after()))
+            }
+            Err(error) => {
+                tracing::warn!(
+                    ?error,
+                    "token request limiter unavailable; request let through"
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Revokes an access token issued by this server, ignoring failure: used when a response
     /// is refused after the token was minted, so it never reaches anyone anyway.
     pub(crate) async fn discard_access(&self, id: &TokenId) {
@@ -299,6 +323,7 @@ async fn token_grant<S: TokenStore + 'static, G: GrantStore + 'static>(
             "the client may not use this grant type",
         ));
     }
+    shared.spend_token_request(&client).await?;
     match grant {
         GrantType::ClientCredentials => client_credentials(shared, &client, &form).await,
         GrantType::RefreshToken => refresh::refresh_grant(shared, &client, &form).await,

@@ -81,6 +81,7 @@ pub use postgres::PostgresGrantStore;
 pub use refresh::{REFRESH_TOKEN_PREFIX, refresh_token_format};
 
 use crate::middleware::TrustedProxies;
+use crate::rate_limit::{MemoryRateLimiter, RateLimit, RateLimiter};
 use crate::scope::{InvalidScope, ScopeRequirement};
 use crate::store::TokenStore;
 use crate::verifier::Verifier;
@@ -151,7 +152,20 @@ pub(crate) struct Shared<S, G> {
     pub(crate) consent: Option<Arc<dyn Consent>>,
     pub(crate) proxies: TrustedProxies,
     pub(crate) settings: Settings,
+    /// Each client's budget of token requests, `None` when unlimited.
+    pub(crate) token_limit: Option<TokenLimit>,
 }
+
+/// A limiter and the limit each client's token requests are held to.
+pub(crate) struct TokenLimit {
+    pub(crate) limiter: Arc<dyn crate::rate_limit::DynRateLimiter>,
+    pub(crate) limit: RateLimit,
+}
+
+/// How many token requests a client may make by default: 60 a minute, in bursts of 20. A
+/// client needs one an hour (the access-token lifetime); this leaves room for restarts and
+/// many instances, and stops one key from minting tokens by the thousand.
+pub const DEFAULT_TOKEN_REQUEST_LIMIT: RateLimit = RateLimit::const_per_minute(60, 20);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -172,6 +186,10 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServer<S, G>
             minter: None,
             consent: None,
             proxies: TrustedProxies::none(),
+            token_limit: Some((
+                Arc::new(MemoryRateLimiter::new()) as Arc<dyn crate::rate_limit::DynRateLimiter>,
+                DEFAULT_TOKEN_REQUEST_LIMIT,
+            )),
             settings: Settings {
                 access_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME,
                 refresh_idle: DEFAULT_REFRESH_TOKEN_IDLE,
@@ -196,15 +214,60 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServer<S, G>
         &self.shared.grants
     }
 
-    /// Removes grant state that can no longer be used: expired codes, and families whose
-    /// newest refresh token is past the inactivity limit. Call it now and then (hourly, say);
-    /// returns how many entries went.
+    /// Removes what can no longer be used: expired codes, families whose newest refresh
+    /// token is past the inactivity limit, and expired access tokens in the token store
+    /// ([`TokenStore::remove_expired`] with the [`METADATA_KEY`] marker). Returns how many
+    /// entries went. [`spawn_purger`](Self::spawn_purger) runs it on a schedule.
     pub async fn purge(&self) -> Result<usize, crate::StoreError> {
         let now = self.shared.verifier.now();
         let refresh_before = now
             .checked_sub_signed(self.shared.settings.refresh_idle)
             .unwrap_or(now);
-        self.shared.grants.purge(now, refresh_before).await
+        let grants = self.shared.grants.purge(now, refresh_before).await?;
+        let tokens = self
+            .shared
+            .verifier
+            .store()
+            .remove_expired(now, METADATA_KEY)
+            .await?;
+        Ok(grants + tokens)
+    }
+
+    /// Runs [`purge`](Self::purge) every `every` (at least a second) on the Tokio runtime,
+    /// logging failures, until the task is aborted. One per service is enough; with several
+    /// replicas each may run one (purges are idempotent).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use apitoken::oauth::{AuthorizationServer, MemoryGrantStore, access_token_format};
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let verifier = Verifier::builder(MemoryStore::new()).also_accept(access_token_format()).build();
+    /// let server = AuthorizationServer::builder(verifier, MemoryGrantStore::new()).build()?;
+    /// let purger = server.spawn_purger(Duration::from_secs(3600));
+    /// # purger.abort();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn_purger(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()>
+    where
+        S: Sync,
+        G: Sync,
+    {
+        let server = self.clone();
+        let every = every.max(std::time::Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match server.purge().await {
+                    Ok(gone) => tracing::debug!(gone, "OAuth purge"),
+                    Err(error) => tracing::warn!(?error, "OAuth purge failed; trying again later"),
+                }
+            }
+        })
     }
 }
 
@@ -216,6 +279,7 @@ pub struct AuthorizationServerBuilder<S, G> {
     minter: Option<Arc<dyn AccessTokenMinter>>,
     consent: Option<Arc<dyn Consent>>,
     proxies: TrustedProxies,
+    token_limit: Option<(Arc<dyn crate::rate_limit::DynRateLimiter>, RateLimit)>,
     settings: Settings,
 }
 
@@ -281,6 +345,36 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServerBuilde
         self
     }
 
+    /// Holds each client to `limit` token requests, counted by `limiter` under the key
+    /// `oauth-token:{client_id}` once the client has authenticated; a request over it is 429
+    /// `slow_down` with `Retry-After`. Default: [`DEFAULT_TOKEN_REQUEST_LIMIT`] in a
+    /// [`MemoryRateLimiter`] (per replica; give a
+    /// [`RedisRateLimiter`](crate::rate_limit::RedisRateLimiter) for one budget across them).
+    ///
+    /// ```
+    /// use apitoken::oauth::{AuthorizationServer, MemoryGrantStore, access_token_format};
+    /// use apitoken::rate_limit::{MemoryRateLimiter, RateLimit};
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).also_accept(access_token_format()).build();
+    /// let server = AuthorizationServer::builder(verifier, MemoryGrantStore::new())
+    ///     .token_rate_limit(MemoryRateLimiter::new(), RateLimit::per_minute(10))
+    ///     .build()?;
+    /// # let _ = server;
+    /// # Ok::<(), apitoken::oauth::BuildError>(())
+    /// ```
+    pub fn token_rate_limit(mut self, limiter: impl RateLimiter, limit: RateLimit) -> Self {
+        self.token_limit = Some((Arc::new(limiter), limit));
+        self
+    }
+
+    /// Lets clients request tokens as fast as they like (the token store still takes every
+    /// access token they get). Not advised: one key could mint tokens by the thousand.
+    pub fn unlimited_token_requests(mut self) -> Self {
+        self.token_limit = None;
+        self
+    }
+
     /// Proxies whose forwarding header gives the client address (for client keys with an
     /// IP allowlist). Default: none; the address is the connection's peer (axum's
     /// `ConnectInfo`, or [`PeerAddr`](crate::middleware::PeerAddr)).
@@ -314,6 +408,9 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServerBuilde
                 consent: self.consent,
                 proxies: self.proxies,
                 settings: self.settings,
+                token_limit: self
+                    .token_limit
+                    .map(|(limiter, limit)| TokenLimit { limiter, limit }),
             }),
         })
     }

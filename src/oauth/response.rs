@@ -18,6 +18,8 @@ pub(crate) enum ErrorCode {
     InsufficientScope,
     /// A store is down: 503, fail closed.
     TemporarilyUnavailable,
+    /// The client asks for tokens faster than its limit: 429 with `Retry-After`.
+    SlowDown,
     /// Anything else that went wrong on our side: 500.
     ServerError,
 }
@@ -33,6 +35,7 @@ impl ErrorCode {
             Self::InvalidScope => "invalid_scope",
             Self::InsufficientScope => "insufficient_scope",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::SlowDown => "slow_down",
             Self::ServerError => "server_error",
         }
     }
@@ -47,6 +50,8 @@ pub(crate) struct OAuthError {
     /// The client authenticated (or tried to) with the Authorization header: `invalid_client`
     /// is then 401 with a `Basic` challenge (RFC 6749 §5.2).
     pub(crate) challenge: Option<&'static str>,
+    /// For [`ErrorCode::SlowDown`]: when the client may ask again.
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 impl OAuthError {
@@ -55,6 +60,7 @@ impl OAuthError {
             code,
             description: Some(description),
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -63,6 +69,7 @@ impl OAuthError {
             code: ErrorCode::TemporarilyUnavailable,
             description: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -71,6 +78,17 @@ impl OAuthError {
             code: ErrorCode::ServerError,
             description: None,
             challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// Too many token requests from one client: 429, try again after `wait`.
+    pub(crate) fn slow_down(wait: std::time::Duration) -> Self {
+        Self {
+            code: ErrorCode::SlowDown,
+            description: Some("too many token requests; try again later"),
+            challenge: None,
+            retry_after: Some(wait),
         }
     }
 
@@ -79,6 +97,7 @@ impl OAuthError {
             ErrorCode::InvalidClient if self.challenge.is_some() => StatusCode::UNAUTHORIZED,
             ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SlowDown => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -92,6 +111,13 @@ impl IntoResponse for OAuthError {
             body["error_description"] = Value::from(description);
         }
         let mut response = no_store(self.status(), body);
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: never sooner than the limit allows.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         if let (Some(challenge), StatusCode::UNAUTHORIZED) = (self.challenge, response.status()) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -109,6 +109,16 @@ impl RateLimit {
         Self::fixed(requests, Duration::from_secs(3600))
     }
 
+    /// `requests` (1 to 1,000,000) a minute in bursts of `burst` (at least 1), for constants.
+    pub(crate) const fn const_per_minute(requests: u32, burst: u32) -> Self {
+        assert!(requests >= 1 && requests <= 1_000_000 && burst >= 1);
+        Self {
+            requests,
+            period: Duration::from_secs(60),
+            burst,
+        }
+    }
+
     fn fixed(requests: u32, period: Duration) -> Self {
         // A second holds a million microseconds: no more than that per second is accepted.
         let requests = requests.clamp(1, 1_000_000);

@@ -815,6 +815,16 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
 
     /// Writes to the wrapped store; on success, moves the cached record's `last_used_at`
     /// forward. Drops nothing.
+    fn remove_expired(
+        &self,
+        before: DateTime<Utc>,
+        marker: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        // Expired records are refused by the verifier whether cached or not; what the cache
+        // holds of them ages out with its TTL.
+        self.inner.remove_expired(before, marker)
+    }
+
     async fn record_last_used(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.inner.record_last_used(id, at).await?;
         self.cache.refresh_last_used(id, at);

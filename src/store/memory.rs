@@ -411,6 +411,31 @@ impl TokenStore for MemoryStore {
         ready(Ok(revoked))
     }
 
+    fn remove_expired(
+        &self,
+        before: DateTime<Utc>,
+        marker: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let mut gone = Vec::new();
+        if super::is_plain_marker(marker) {
+            for shard in self.by_id.iter() {
+                gone.extend(
+                    read(shard)
+                        .iter()
+                        .filter(|s| {
+                            s.record.expires_at.is_some_and(|end| end <= before)
+                                && s.record.metadata.contains_key(marker)
+                        })
+                        .map(|s| s.record.id),
+                );
+            }
+        }
+        for id in &gone {
+            self.remove_now(id);
+        }
+        ready(Ok(gone.len()))
+    }
+
     fn record_last_used(
         &self,
         id: &TokenId,

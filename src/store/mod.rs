@@ -189,6 +189,28 @@ pub trait TokenStore: Send + Sync {
             Ok(())
         }
     }
+
+    /// Deletes the records that expired at or before `before` and whose metadata has the
+    /// top-level key `marker` (a plain name: letters, digits, `_`), returning how many went.
+    /// OAuth uses it to forget expired access tokens (`marker` `"oauth"`), which are
+    /// short-lived and many; API keys are never matched unless they carry the marker. The
+    /// default deletes nothing and returns 0.
+    fn remove_expired(
+        &self,
+        before: DateTime<Utc>,
+        marker: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let _ = (before, marker);
+        std::future::ready(Ok(0))
+    }
+}
+
+/// Whether `marker` is a plain name, as [`TokenStore::remove_expired`] takes.
+pub(crate) fn is_plain_marker(marker: &str) -> bool {
+    !marker.is_empty()
+        && marker
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
@@ -261,6 +283,14 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
         batch: &[(TokenId, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).record_last_used_batch(batch)
+    }
+
+    fn remove_expired(
+        &self,
+        before: DateTime<Utc>,
+        marker: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        (**self).remove_expired(before, marker)
     }
 
     fn rotate(

@@ -583,6 +583,32 @@ impl TokenStore for PostgresStore {
         }
     }
 
+    fn remove_expired(
+        &self,
+        before: DateTime<Utc>,
+        marker: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let marker = super::is_plain_marker(marker).then(|| marker.to_owned());
+        let query = sql::text(format!(
+            "WITH gone AS (DELETE FROM {} WHERE expires_at <= $1 AND metadata ? $2 RETURNING 1) \
+             SELECT count(*) FROM gone",
+            self.queries.table
+        ));
+        async move {
+            let Some(marker) = marker else { return Ok(0) };
+            let row = timed(
+                self.timeout,
+                sqlx::query(query)
+                    .bind(before)
+                    .bind(marker)
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+            let gone: i64 = row.try_get(0).map_err(sql::map_err)?;
+            Ok(usize::try_from(gone).unwrap_or(0))
+        }
+    }
+
     fn record_last_used(
         &self,
         id: &TokenId,

@@ -59,6 +59,7 @@ struct Queries {
     next_id: SqlStr,
     retire_revoke: SqlStr,
     retire_expire: SqlStr,
+    remove_expired: SqlStr,
 }
 
 const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
@@ -109,6 +110,9 @@ impl Queries {
             )),
             retire_revoke: sql::text(format!(
                 "UPDATE {table} SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
+            )),
+            remove_expired: sql::text(format!(
+                "DELETE FROM {table} WHERE expires_at <= $1 AND json_type(metadata, $2) IS NOT NULL"
             )),
             retire_expire: sql::text(format!(
                 "UPDATE {table} SET expires_at = MIN(COALESCE(expires_at, $2), $2) \
@@ -402,6 +406,23 @@ impl TokenStore for SqliteStore {
             let query = sqlx::query(self.queries.revoke_owner.clone())
                 .bind(owner)
                 .bind(micros(at));
+            let done = timed(self.timeout, query.execute(&self.pool)).await?;
+            Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+        }
+    }
+
+    fn remove_expired(
+        &self,
+        before: DateTime<Utc>,
+        marker: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        // A plain name needs no escaping inside the quoted JSON path.
+        let path = super::is_plain_marker(marker).then(|| format!("$.\"{marker}\""));
+        async move {
+            let Some(path) = path else { return Ok(0) };
+            let query = sqlx::query(self.queries.remove_expired.clone())
+                .bind(micros(before))
+                .bind(path);
             let done = timed(self.timeout, query.execute(&self.pool)).await?;
             Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
         }
