@@ -153,7 +153,19 @@ pub(crate) struct LastUsedBuffer {
     dropped: AtomicU64,
     /// The same since the last drain, so a full buffer is logged once per flush.
     dropped_since_drain: AtomicU64,
+    /// Entries taken out for writing and not yet written: they stay visible to
+    /// [`noted`](Self::noted) (the idle check) until they are in the store or back in a
+    /// shard. Moved here under their shard's lock, so a note is never in neither place.
+    in_flight: Mutex<HashMap<TokenId, DateTime<Utc>, RandomState>>,
+    /// How many batches are in flight, so a lookup that finds nothing in its shard skips
+    /// the in-flight batches when none is out.
+    flushing: AtomicUsize,
 }
+
+/// The most last-use entries one [`TokenStore::record_last_used_batch`] call is given: a
+/// flush of a full buffer is a series of statements that each fit the store's deadline, and
+/// a failure keeps only the unwritten rest.
+pub const FLUSH_CHUNK: usize = 1_000;
 
 impl LastUsedBuffer {
     pub(crate) fn new(flush_interval: Duration, max_pending: usize) -> Self {
@@ -167,6 +179,8 @@ impl LastUsedBuffer {
             pending: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             dropped_since_drain: AtomicU64::new(0),
+            in_flight: Mutex::new(HashMap::with_hasher(RandomState::default())),
+            flushing: AtomicUsize::new(0),
         }
     }
 
@@ -198,19 +212,42 @@ impl LastUsedBuffer {
         }
     }
 
-    /// The noted, not yet written, last use of `id`.
+    /// The noted, not yet written, last use of `id`: in the buffer, or in a batch being
+    /// written.
     pub(crate) fn noted(&self, id: &TokenId) -> Option<DateTime<Utc>> {
-        lock(self.shard(id)).get(id).copied()
+        let buffered = lock(self.shard(id)).get(id).copied();
+        if self.flushing.load(Ordering::Acquire) == 0 {
+            return buffered;
+        }
+        let in_flight = self.in_flight().get(id).copied();
+        buffered.max(in_flight)
     }
 
-    /// Takes every entry out of the buffer, sorted by id. The entries go back into the buffer
-    /// unless the returned batch is marked [`written`](Draining::written).
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<TokenId, DateTime<Utc>, RandomState>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes every entry out of the buffer, sorted by id. Until the batch is written its
+    /// entries stay visible to [`noted`](Self::noted); those not marked
+    /// [`written`](Draining::written) go back into the buffer.
     pub(crate) fn drain(&self) -> Draining<'_> {
         let mut batch = Vec::with_capacity(self.pending());
+        // Announced before any entry moves, so `noted` knows to look in flight.
+        self.flushing.fetch_add(1, Ordering::AcqRel);
         for shard in &*self.shards {
+            // Lock order everywhere: a shard, then the in-flight map.
             let mut shard = lock(shard);
             let taken = shard.len();
-            batch.extend(shard.drain());
+            if taken == 0 {
+                continue;
+            }
+            let mut in_flight = self.in_flight();
+            for (id, at) in shard.drain() {
+                let shown = in_flight.entry(id).or_insert(at);
+                *shown = (*shown).max(at);
+                batch.push((id, at));
+            }
+            drop(in_flight);
             self.pending.fetch_sub(taken, Ordering::AcqRel);
         }
         self.dropped_since_drain.store(0, Ordering::Relaxed);
@@ -218,8 +255,21 @@ impl LastUsedBuffer {
         Draining {
             buffer: self,
             batch,
-            written: false,
+            written: 0,
         }
+    }
+
+    /// Stops showing `batch` as in flight: it is stored, or back in the buffer. An entry a
+    /// concurrent flush moved there with a later time stays.
+    fn retire(&self, batch: &[(TokenId, DateTime<Utc>)]) {
+        let mut in_flight = self.in_flight();
+        for (id, at) in batch {
+            if in_flight.get(id) == Some(at) {
+                in_flight.remove(id);
+            }
+        }
+        drop(in_flight);
+        self.flushing.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Puts entries back after a failed write: the later time wins where the id was noted
@@ -291,12 +341,13 @@ impl Drop for LastUsedBuffer {
     }
 }
 
-/// A drained batch. Dropped without [`written`](Self::written), it puts its entries back, so
-/// a failed or cancelled write loses nothing.
+/// A drained batch. Dropped before all of it is [`written`](Self::written), it puts the rest
+/// back, so a failed or cancelled write loses nothing.
 pub(crate) struct Draining<'a> {
     buffer: &'a LastUsedBuffer,
     batch: Vec<(TokenId, DateTime<Utc>)>,
-    written: bool,
+    /// How many of the first entries are stored.
+    written: usize,
 }
 
 impl Draining<'_> {
@@ -304,18 +355,31 @@ impl Draining<'_> {
         &self.batch
     }
 
-    /// Marks the batch as stored; returns how many ids it held.
+    /// The entries not yet stored.
+    pub(crate) fn unwritten(&self) -> &[(TokenId, DateTime<Utc>)] {
+        &self.batch[self.written..]
+    }
+
+    /// Marks the next `n` unwritten entries as stored.
+    pub(crate) fn mark_written(&mut self, n: usize) {
+        self.written = (self.written + n).min(self.batch.len());
+    }
+
+    /// Marks the whole batch as stored; returns how many ids it held.
     pub(crate) fn written(mut self) -> usize {
-        self.written = true;
+        self.written = self.batch.len();
         self.batch.len()
     }
 }
 
 impl Drop for Draining<'_> {
     fn drop(&mut self) {
-        if !self.written && !self.batch.is_empty() {
-            self.buffer.restore(std::mem::take(&mut self.batch));
+        // Back in the buffer (or stored) first, then no longer shown as in flight.
+        let rest = self.batch[self.written..].to_vec();
+        if !rest.is_empty() {
+            self.buffer.restore(rest);
         }
+        self.buffer.retire(&self.batch);
     }
 }
 
@@ -356,14 +420,19 @@ impl<S: TokenStore> Verifier<S> {
         let Some(buffer) = self.last_used_buffer() else {
             return Ok(0);
         };
-        let draining = buffer.drain();
+        let mut draining = buffer.drain();
         if draining.batch().is_empty() {
             return Ok(0);
         }
-        // On error (or cancellation) `draining` is dropped here and restores its entries.
-        self.store()
-            .record_last_used_batch(draining.batch())
-            .await?;
+        // In chunks, each its own store call: a full buffer fits the store's deadline chunk
+        // by chunk, and a failure puts back only what was not written. On error (or
+        // cancellation) `draining` is dropped here and restores the unwritten entries.
+        while !draining.unwritten().is_empty() {
+            let chunk = &draining.unwritten()[..draining.unwritten().len().min(FLUSH_CHUNK)];
+            let n = chunk.len();
+            self.store().record_last_used_batch(chunk).await?;
+            draining.mark_written(n);
+        }
         let written = draining.written();
         tracing::debug!(written, "flushed last-use times");
         Ok(written)
@@ -681,6 +750,135 @@ mod tests {
             .collect();
         assert_eq!(ids, (0..500).collect::<Vec<_>>());
         drained.written();
+    }
+
+    #[test]
+    fn notes_stay_visible_while_their_batch_is_written() {
+        let buffer = buffer(10);
+        buffer.note(id(1), t0());
+        let mut drained = buffer.drain();
+        // Out for writing: the idle check still sees the use.
+        assert_eq!(buffer.noted(&id(1)), Some(t0()));
+        assert_eq!(buffer.pending(), 0);
+        // A later use noted meanwhile wins.
+        buffer.note(id(1), t0() + TimeDelta::seconds(5));
+        assert_eq!(buffer.noted(&id(1)), Some(t0() + TimeDelta::seconds(5)));
+        drained.mark_written(1);
+        drop(drained);
+        // Written: only the later note is left, in the buffer.
+        assert_eq!(buffer.noted(&id(1)), Some(t0() + TimeDelta::seconds(5)));
+        let again = buffer.drain();
+        again.written();
+        assert_eq!(buffer.noted(&id(1)), None);
+        assert_eq!(buffer.flushing.load(Ordering::SeqCst), 0);
+        assert!(buffer.in_flight().is_empty());
+    }
+
+    /// A store whose `n`th batch call (and every later one) fails, counting the entries of
+    /// each call.
+    #[derive(Default)]
+    struct FailsFrom {
+        inner: crate::MemoryStore,
+        fail_from: usize,
+        calls: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl TokenStore for FailsFrom {
+        fn insert(
+            &self,
+            record: crate::TokenRecord,
+            hash: crate::SecretHash,
+        ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+            self.inner.insert(record, hash)
+        }
+        fn get(
+            &self,
+            id: &TokenId,
+        ) -> impl std::future::Future<Output = Result<Option<crate::StoredToken>, StoreError>> + Send
+        {
+            self.inner.get(id)
+        }
+        fn find_by_hash(
+            &self,
+            hash: &crate::SecretHash,
+        ) -> impl std::future::Future<Output = Result<Option<crate::StoredToken>, StoreError>> + Send
+        {
+            self.inner.find_by_hash(hash)
+        }
+        fn list_by_owner(
+            &self,
+            owner: &crate::Owner,
+        ) -> impl std::future::Future<Output = Result<Vec<crate::TokenRecord>, StoreError>> + Send
+        {
+            self.inner.list_by_owner(owner)
+        }
+        fn revoke(
+            &self,
+            id: &TokenId,
+            at: DateTime<Utc>,
+        ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send {
+            self.inner.revoke(id, at)
+        }
+        fn revoke_owner(
+            &self,
+            owner: &crate::Owner,
+            at: DateTime<Utc>,
+        ) -> impl std::future::Future<Output = Result<usize, StoreError>> + Send {
+            self.inner.revoke_owner(owner, at)
+        }
+        fn record_last_used(
+            &self,
+            id: &TokenId,
+            at: DateTime<Utc>,
+        ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+            self.inner.record_last_used(id, at)
+        }
+        fn record_last_used_batch(
+            &self,
+            batch: &[(TokenId, DateTime<Utc>)],
+        ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(batch.len());
+            let fail = calls.len() > self.fail_from;
+            std::future::ready(if fail {
+                Err(StoreError::unavailable("injected"))
+            } else {
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_in_chunks_and_keeps_only_the_unwritten_rest() {
+        let store = FailsFrom {
+            fail_from: 2,
+            ..FailsFrom::default()
+        };
+        let verifier = crate::Verifier::builder(store).build();
+        let buffer = verifier.last_used_buffer().unwrap();
+        let total = FLUSH_CHUNK * 3 + 10;
+        for n in 0..total as u64 {
+            buffer.note(id(n), t0());
+        }
+        assert!(verifier.flush_last_used().await.is_err());
+        // Two chunks written; the third failed; the rest never tried.
+        assert_eq!(*verifier.store().calls.lock().unwrap(), [FLUSH_CHUNK; 3]);
+        assert_eq!(verifier.last_used_pending(), total - 2 * FLUSH_CHUNK);
+        // What is left is exactly the ids past the written chunks (the batch is sorted).
+        let left = buffer.drain();
+        let ids: Vec<u64> = left
+            .batch()
+            .iter()
+            .map(|(id, _)| id.as_u64().unwrap())
+            .collect();
+        let mut expected: Vec<TokenId> = (0..total as u64).map(id).collect();
+        expected.sort_unstable();
+        let expected: Vec<u64> = expected[2 * FLUSH_CHUNK..]
+            .iter()
+            .map(|id| id.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, expected);
+        left.written();
     }
 
     #[test]
