@@ -96,7 +96,10 @@ struct Queries {
     list_by_owner: SqlStr,
     revoke: SqlStr,
     revoke_owner: SqlStr,
-    last_used: SqlStr,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    last_used_batch_postgres: SqlStr,
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    last_used_batch_sqlite: SqlStr,
     next_id_postgres: SqlStr,
     next_id_sqlite_seed: SqlStr,
     next_id_sqlite: SqlStr,
@@ -119,9 +122,18 @@ impl Queries {
             list_by_owner: sql::text(format!("SELECT {columns} FROM {table} WHERE {owner}")),
             revoke: sql::text(format!("DELETE FROM {table} WHERE id = $1")),
             revoke_owner: sql::text(format!("DELETE FROM {table} WHERE {owner}")),
-            last_used: sql::text(format!(
-                "UPDATE {table} SET last_used_at = $2, updated_at = $2 \
-                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)"
+            // One statement for a whole batch, on either database.
+            last_used_batch_postgres: sql::text(format!(
+                "UPDATE {table} AS t SET last_used_at = v.at, updated_at = v.at \
+                 FROM UNNEST($1::bigint[], $2::timestamp[]) AS v(id, at) \
+                 WHERE t.id = v.id AND (t.last_used_at IS NULL OR t.last_used_at < v.at)"
+            )),
+            last_used_batch_sqlite: sql::text(format!(
+                "UPDATE {table} SET last_used_at = v.at, updated_at = v.at \
+                 FROM (SELECT json_extract(value, '$[0]') AS id, \
+                              json_extract(value, '$[1]') AS at FROM json_each($1)) AS v \
+                 WHERE {table}.id = v.id \
+                 AND ({table}.last_used_at IS NULL OR {table}.last_used_at < v.at)"
             )),
             next_id_postgres: sql::text(format!(
                 "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS n"
@@ -500,20 +512,29 @@ impl TokenStore for SanctumStore {
             if latest.is_empty() {
                 return Ok(());
             }
-            on_pool!(self, pool => {
-                let work = async {
-                    let mut tx = pool.begin().await?;
-                    for (id, at) in &latest {
-                        sqlx::query(self.queries.last_used.clone())
-                            .bind(*id)
-                            .bind(*at)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    tx.commit().await
-                };
-                timed(self.timeout, work).await
-            })
+            match &self.backend {
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(pool) => {
+                    let (ids, times): (Vec<i64>, Vec<NaiveDateTime>) = latest.into_iter().unzip();
+                    let query = sqlx::query(self.queries.last_used_batch_postgres.clone())
+                        .bind(ids)
+                        .bind(times);
+                    timed(self.timeout, query.execute(pool)).await?;
+                }
+                #[cfg(feature = "sqlite")]
+                Backend::Sqlite(pool) => {
+                    // As sqlx writes a `NaiveDateTime` to SQLite, so text compares in order.
+                    let pairs: Vec<(i64, String)> = latest
+                        .iter()
+                        .map(|(id, at)| (*id, at.format("%F %T").to_string()))
+                        .collect();
+                    let pairs = serde_json::to_string(&pairs).map_err(StoreError::corrupt)?;
+                    let query =
+                        sqlx::query(self.queries.last_used_batch_sqlite.clone()).bind(pairs);
+                    timed(self.timeout, query.execute(pool)).await?;
+                }
+            }
+            Ok(())
         }
     }
 }

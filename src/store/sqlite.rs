@@ -60,6 +60,7 @@ struct Queries {
     retire_revoke: SqlStr,
     retire_expire: SqlStr,
     remove_expired: SqlStr,
+    last_used_batch: SqlStr,
 }
 
 const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
@@ -110,6 +111,14 @@ impl Queries {
             )),
             retire_revoke: sql::text(format!(
                 "UPDATE {table} SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
+            )),
+            // One statement for a whole batch: the pairs arrive as one JSON array.
+            last_used_batch: sql::text(format!(
+                "UPDATE {table} SET last_used_at = v.at \
+                 FROM (SELECT json_extract(value, '$[0]') AS id, \
+                              json_extract(value, '$[1]') AS at FROM json_each($1)) AS v \
+                 WHERE {table}.id = v.id \
+                 AND ({table}.last_used_at IS NULL OR {table}.last_used_at < v.at)"
             )),
             remove_expired: sql::text(format!(
                 "DELETE FROM {table} WHERE expires_at <= $1 AND json_type(metadata, $2) IS NOT NULL"
@@ -452,19 +461,14 @@ impl TokenStore for SqliteStore {
             if latest.is_empty() {
                 return Ok(());
             }
-            // One transaction: one fsync for the whole batch.
-            let work = async {
-                let mut tx = self.pool.begin().await?;
-                for (id, at) in &latest {
-                    sqlx::query(self.queries.last_used.clone())
-                        .bind(id.as_str())
-                        .bind(micros(*at))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
-            };
-            timed(self.timeout, work).await
+            let pairs: Vec<(&str, i64)> = latest
+                .iter()
+                .map(|(id, at)| (id.as_str(), micros(*at)))
+                .collect();
+            let pairs = serde_json::to_string(&pairs).map_err(StoreError::corrupt)?;
+            let query = sqlx::query(self.queries.last_used_batch.clone()).bind(pairs);
+            timed(self.timeout, query.execute(&self.pool)).await?;
+            Ok(())
         }
     }
 }
