@@ -299,6 +299,66 @@ async fn wrong_secret_for_a_known_id() {
     );
 }
 
+/// Positions in a 32-byte hash at both ends of each of its 8-byte words.
+const WORD_EDGES: [usize; 7] = [0, 7, 8, 15, 16, 24, 31];
+
+#[test]
+fn secret_hashes_differing_in_any_one_byte_compare_unequal() {
+    use subtle::ConstantTimeEq;
+    let base: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let hash = SecretHash::from_bytes(base);
+    assert_eq!(hash, SecretHash::from_bytes(base));
+    assert!(bool::from(hash.ct_eq(&SecretHash::from_bytes(base))));
+    assert_eq!(
+        SecretHash::from_bytes([0; 32]),
+        SecretHash::from_bytes([0; 32])
+    );
+    // Every byte, the word edges among them, with a low bit, a high bit and all bits flipped.
+    assert!(WORD_EDGES.iter().all(|at| *at < 32));
+    for at in 0..32 {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bytes = base;
+            bytes[at] ^= flip;
+            let other = SecretHash::from_bytes(bytes);
+            assert_ne!(hash, other, "differs at byte {at} ({flip:#04x})");
+            assert_ne!(other, hash, "differs at byte {at} ({flip:#04x})");
+            assert!(!bool::from(hash.ct_eq(&other)), "ct_eq, byte {at}");
+            assert!(!bool::from(other.ct_eq(&hash)), "ct_eq, byte {at}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stored_hash_differing_in_one_byte_refuses_the_token() {
+    use sha2::{Digest, Sha256};
+    let verifier = Verifier::builder(MemoryStore::new()).build();
+    let format = TokenFormat::canonical();
+    for (n, at) in std::iter::once(None)
+        .chain(WORD_EDGES.map(Some))
+        .enumerate()
+    {
+        let id: TokenId = format!("hashedge{n:04}").parse().unwrap();
+        let token = format.generate(Some(&id)).unwrap();
+        let token = token.expose_secret();
+        // The stored form, computed here with `sha2` rather than by the crate's hasher.
+        let mut stored: [u8; 32] = Sha256::digest(secret_part(&format, token).as_bytes()).into();
+        if let Some(at) = at {
+            stored[at] ^= 0x01;
+        }
+        let record = TokenRecord::new(id, owner("team-1"), "edge", Utc::now());
+        verifier
+            .store()
+            .insert(record, SecretHash::from_bytes(stored))
+            .await
+            .unwrap();
+        match (at, verifier.authenticate(token).await) {
+            (None, Ok(principal)) => assert_eq!(principal.token_id(), &id),
+            (Some(_), Err(err)) => assert_eq!(err.reason(), Some(RejectReason::WrongSecret)),
+            (at, result) => panic!("stored hash off at {at:?}: {:?}", result.map(|_| ())),
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_checksum_and_malformed_tokens_never_reach_the_store() {
     let verifier = counting_verifier();
