@@ -574,6 +574,86 @@ async fn max_lifetime_boundary() {
 }
 
 #[tokio::test]
+async fn max_idle_boundary() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let idle = TimeDelta::days(30);
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .max_idle(idle)
+        .build();
+    // Pairs of tokens with the same last use: an accepted verification is a use, so the one
+    // checked just before the limit cannot be the one checked at it.
+    let pair = async || {
+        (
+            issue(&verifier, "team-1", &[]).await,
+            issue(&verifier, "team-1", &[]).await,
+        )
+    };
+    let verify_at = async |issued: &IssuedToken, at| {
+        clock.set(at);
+        verifier.authenticate(issued.token.expose_secret()).await
+    };
+
+    // Never used: idle from `created_at`.
+    let (before, at) = pair().await;
+    let end = t0() + idle;
+    assert!(
+        verify_at(&before, end - TimeDelta::nanoseconds(1))
+            .await
+            .is_ok()
+    );
+    let err = verify_at(&at, end).await.unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::Idle));
+    assert_eq!(err.token_id(), Some(&at.record.id));
+
+    // Used, the use noted in memory only: idle from that use.
+    let (before, at) = pair().await;
+    let used = t0() + TimeDelta::days(40) + TimeDelta::nanoseconds(123_456_789);
+    clock.set(used);
+    for issued in [&before, &at] {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+    }
+    let end = used + idle;
+    assert!(
+        verify_at(&before, end - TimeDelta::nanoseconds(1))
+            .await
+            .is_ok()
+    );
+    let err = verify_at(&at, end).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Idle));
+
+    // Used and flushed: idle from the stored `last_used_at`.
+    let (before, at) = pair().await;
+    let used = end + TimeDelta::days(1) + TimeDelta::nanoseconds(987);
+    clock.set(used);
+    for issued in [&before, &at] {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+    }
+    verifier.flush_last_used().await.unwrap();
+    assert_eq!(verifier.last_used_pending(), 0);
+    assert_eq!(
+        stored_last_used(&verifier, &at.record.id).await,
+        Some(used),
+        "flushed"
+    );
+    let end = used + idle;
+    assert!(
+        verify_at(&before, end - TimeDelta::nanoseconds(1))
+            .await
+            .is_ok()
+    );
+    let err = verify_at(&at, end).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Idle));
+}
+
+#[tokio::test]
 async fn a_lifetime_past_the_end_of_time_never_runs_out() {
     let clock = Arc::new(ManualClock::new(t0()));
     let verifier = Verifier::builder(CountingStore::default())
