@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use apitoken::middleware::AuthLayer;
 use apitoken::oauth::{
-    AuthorizationCodeRecord, AuthorizationServer, BoxFuture, ClientRegistration, Consent,
-    ConsentDecision, ConsentRequest, GrantFamily, GrantStore, GrantType, MemoryGrantStore,
-    RefreshTokenRecord, access_token_format, s256_challenge,
+    AuthorizationCodeRecord, AuthorizationServer, AuthorizationServerBuilder, BoxFuture,
+    ClientRegistration, Consent, ConsentDecision, ConsentRequest, GrantFamily, GrantStore,
+    GrantType, MemoryGrantStore, RefreshTokenRecord, access_token_format, s256_challenge,
 };
 use apitoken::{
     ManualClock, MemoryStore, NewToken, Owner, Principal, ScopeSet, StoreError, TokenId,
@@ -201,12 +201,21 @@ async fn fixture_with<S: TokenStore + 'static, G: GrantStore + 'static>(
     store: S,
     grants: G,
 ) -> Fixture<S> {
+    fixture_configured(store, grants, |builder| builder).await
+}
+
+/// [`fixture_with`], with the authorization server's settings changed by `configure`.
+async fn fixture_configured<S: TokenStore + 'static, G: GrantStore + 'static>(
+    store: S,
+    grants: G,
+    configure: impl FnOnce(AuthorizationServerBuilder<S, G>) -> AuthorizationServerBuilder<S, G>,
+) -> Fixture<S> {
     let clock = Arc::new(ManualClock::new(start()));
     let verifier = Verifier::builder(store)
         .also_accept(access_token_format())
         .clock(clock.clone())
         .build();
-    let oauth = AuthorizationServer::builder(verifier.clone(), grants)
+    let oauth = configure(AuthorizationServer::builder(verifier.clone(), grants))
         .consent(HeaderConsent)
         .build()
         .expect("the verifier accepts access tokens");
@@ -1079,6 +1088,36 @@ async fn refresh_tokens_expire_after_inactivity_only() {
         rt = str_field(&reply.json(), "refresh_token").to_owned();
     }
     f.clock.advance(TimeDelta::days(30));
+    assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn refresh_tokens_stop_at_the_maximum_lifetime_counted_from_the_authorization() {
+    let max = TimeDelta::days(10);
+    let f = fixture_configured(MemoryStore::new(), MemoryGrantStore::new(), |builder| {
+        builder.refresh_token_max_lifetime(max)
+    })
+    .await;
+    let client = f.app_client().await;
+    // Authorized, and the code redeemed, at `start()`.
+    let tokens = f.user_tokens(&client, "user-7", None).await;
+    let mut rt = str_field(&tokens, "refresh_token").to_owned();
+    // Every refresh mints a new refresh token, well inside its 30-day inactivity limit...
+    for at in [
+        TimeDelta::days(3),
+        TimeDelta::days(6),
+        TimeDelta::days(9),
+        max - TimeDelta::seconds(1),
+    ] {
+        f.clock.set(start() + at);
+        let reply = f.refresh(&client, &rt, None).await;
+        assert_eq!(reply.status, 200, "after {at}: {reply:#?}");
+        rt = str_field(&reply.json(), "refresh_token").to_owned();
+    }
+    // ...but none outlives the grant: the newest, one second old, stops at the limit.
+    f.clock.set(start() + max);
+    assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
+    f.clock.set(start() + max + TimeDelta::days(1));
     assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
 }
 
