@@ -25,11 +25,24 @@
 //! against wrong last character, (C) valid against wrong secret (informational: a valid token
 //! does more work after the comparison, and the verdict differs anyway).
 //!
+//! Pair B changes the secret *text*, so the two hashes differ everywhere and it cannot see how
+//! the hashes are compared. Pair (D) times the comparison itself: `SecretHash::ct_eq` of a
+//! stored hash against one differing only in its first byte, and against one differing only
+//! in its last byte, [`COMPARE_BATCH`] comparisons per measurement so that a few cycles per
+//! comparison add up to far more than the clock's resolution. An early-exit comparison makes
+//! the first-byte class measurably faster.
+//!
+//! Before anything is measured every input's verdict is checked (the valid token is accepted;
+//! an unknown id is refused as an unknown token; the three wrong secrets as a wrong secret;
+//! both altered hashes compare unequal), and every measured verdict is checked again: a wrong
+//! verdict means the classes are not what they claim, the figures mean nothing, and the
+//! process exits with status 1 whatever the options.
+//!
 //! ```sh
 //! cargo bench --bench timing                           # 400,000 measurements
 //! cargo bench --bench timing -- --samples 2000000      # more power
 //! APITOKEN_TIMING_SAMPLES=1000000 cargo bench --bench timing
-//! cargo bench --bench timing -- --strict               # exit 1 if pair A or B leaks
+//! cargo bench --bench timing -- --strict               # exit 1 if pair A, B or D leaks
 //! ```
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it makes 2,000 measurements on 100
@@ -43,10 +56,17 @@ use std::process::ExitCode;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use apitoken::{MemoryStore, NewToken, Owner, ScopeRequirement, TokenFormat, Verifier};
+use apitoken::{
+    MemoryStore, NewToken, Owner, RejectReason, ScopeRequirement, SecretHash, SecretHasher,
+    TokenFormat, Verifier,
+};
+use subtle::ConstantTimeEq;
 
 /// dudect's threshold on |t|.
 const THRESHOLD: f64 = 4.5;
+
+/// Hash comparisons per measurement of pair D.
+const COMPARE_BATCH: usize = 32;
 
 /// Runs a future that needs no I/O to finish, as every `MemoryStore` future does, by polling
 /// it with a no-op waker: no executor in the measured time.
@@ -99,6 +119,17 @@ const CLASSES: [Class; 5] = [
 ];
 
 impl Class {
+    /// The verdict every input of the class must get: `None` for accepted, else the reason.
+    fn expected(self) -> Option<RejectReason> {
+        match self {
+            Class::Valid => None,
+            Class::UnknownId => Some(RejectReason::UnknownToken),
+            Class::WrongSecret | Class::FirstChar | Class::LastChar => {
+                Some(RejectReason::WrongSecret)
+            }
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Class::Valid => "valid",
@@ -193,6 +224,61 @@ fn inputs(verifier: &Verifier<MemoryStore>, tokens: usize) -> Vec<Vec<String>> {
     by_class
 }
 
+/// Checks every input's verdict; returns what is wrong.
+fn check_verdicts(
+    verifier: &Verifier<MemoryStore>,
+    inputs: &[Vec<String>],
+    need: &ScopeRequirement,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (slot, class) in CLASSES.iter().enumerate() {
+        for (i, input) in inputs[slot].iter().enumerate() {
+            let verdict = now(verifier.verify(input, need));
+            let right = match (class.expected(), &verdict) {
+                (None, Ok(_)) => true,
+                (Some(reason), Err(err)) => err.reason() == Some(reason),
+                _ => false,
+            };
+            if !right {
+                wrong.push(format!(
+                    "{} input {i}: expected {}, got {:?}",
+                    class.name(),
+                    class
+                        .expected()
+                        .map_or("acceptance".to_owned(), |r| format!("refusal as {r:?}")),
+                    verdict.map(|_| "accepted").map_err(|e| e.reason()),
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// Pair D's classes: a hash differing from the stored one in its first byte, and one
+/// differing in its last byte.
+const COMPARE_CLASSES: [&str; 2] = ["hash differs in byte 0", "hash differs in byte 31"];
+
+/// The stored hash and pair D's two inputs, checked: both compare unequal, the stored hash
+/// equals itself.
+fn compare_inputs() -> Result<(SecretHash, [SecretHash; 2]), String> {
+    let stored = SecretHasher::sha256().hash(b"apitoken timing: the stored secret");
+    let changed = |at: usize| {
+        let mut bytes = *stored.as_bytes();
+        bytes[at] ^= 0x01;
+        SecretHash::from_bytes(bytes)
+    };
+    let inputs = [changed(0), changed(31)];
+    if !bool::from(stored.ct_eq(&SecretHash::from_bytes(*stored.as_bytes()))) {
+        return Err("the stored hash does not equal a copy of itself".to_owned());
+    }
+    for (input, name) in inputs.iter().zip(COMPARE_CLASSES) {
+        if bool::from(stored.ct_eq(input)) || stored == *input {
+            return Err(format!("{name}: compares equal to the stored hash"));
+        }
+    }
+    Ok((stored, inputs))
+}
+
 /// Mean and variance (Welford), and Welch's t between two sets.
 #[derive(Default, Clone, Copy)]
 struct Moments {
@@ -232,16 +318,114 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[at]
 }
 
+/// The crops each pair is judged at.
+const CROPS: [(&str, f64); 6] = [
+    ("none", 1.0),
+    ("p99", 0.99),
+    ("p95", 0.95),
+    ("p90", 0.90),
+    ("p75", 0.75),
+    ("p50", 0.50),
+];
+
+/// Prints one pair's rows (Welch's t at every crop) from `(class, nanoseconds)` measurements;
+/// returns whether a decisive pair shows a difference.
+fn judge(
+    label: &str,
+    names: (&str, &str),
+    (a, b): (usize, usize),
+    decisive: bool,
+    times: &[(usize, u64)],
+) -> bool {
+    let mut pooled: Vec<u64> = times
+        .iter()
+        .filter(|(c, _)| *c == a || *c == b)
+        .map(|(_, t)| *t)
+        .collect();
+    pooled.sort_unstable();
+    let mut leaked = false;
+    for (crop, p) in CROPS {
+        let limit = if p >= 1.0 {
+            u64::MAX
+        } else {
+            percentile(&pooled, p)
+        };
+        let (mut ma, mut mb) = (Moments::default(), Moments::default());
+        for &(class, t) in times {
+            if t > limit {
+                continue;
+            }
+            if class == a {
+                ma.push(t as f64);
+            } else if class == b {
+                mb.push(t as f64);
+            }
+        }
+        // A crop that leaves one class empty has separated the two completely.
+        let t = if ma.n == 0.0 || mb.n == 0.0 {
+            f64::INFINITY
+        } else {
+            ma.welch_t(&mb).abs()
+        };
+        let result = if t < THRESHOLD {
+            "no difference detected".to_owned()
+        } else if decisive {
+            leaked = true;
+            format!("LEAK: {:+.1} ns", ma.mean - mb.mean)
+        } else {
+            "differs (expected)".to_owned()
+        };
+        println!(
+            "| {label} | {} vs {} | {crop} | {:.1} | {:.1} | {:+.1} | {t:.2} | {result} |",
+            names.0,
+            names.1,
+            ma.mean,
+            mb.mean,
+            ma.mean - mb.mean,
+        );
+    }
+    leaked
+}
+
+/// Prints each class's count, mean and median.
+fn summary(names: &[&str], times: &[(usize, u64)]) {
+    println!("| class | n | mean ns | median ns |");
+    println!("|---|---:|---:|---:|");
+    for (slot, name) in names.iter().enumerate() {
+        let mut own: Vec<u64> = times
+            .iter()
+            .filter(|(c, _)| *c == slot)
+            .map(|(_, t)| *t)
+            .collect();
+        own.sort_unstable();
+        let mean = own.iter().sum::<u64>() as f64 / own.len().max(1) as f64;
+        println!(
+            "| {name} | {} | {mean:.1} | {} |",
+            own.len(),
+            own.get(own.len() / 2).copied().unwrap_or(0)
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let options = options();
     let verifier = Verifier::builder(MemoryStore::new()).build();
     let inputs = inputs(&verifier, options.tokens);
     let need = ScopeRequirement::all(["vps:read"]).unwrap();
+
+    // The inputs must be what their classes claim, or nothing below means anything.
+    let wrong = check_verdicts(&verifier, &inputs, &need);
+    let (stored, compared) = match compare_inputs() {
+        Ok(pair) if wrong.is_empty() => pair,
+        Ok(_) => return wrong_verdicts(&wrong),
+        Err(why) => return wrong_verdicts(&[why]),
+    };
     let mut rng = Rng::new();
 
     // (class, nanoseconds) per measurement.
     let warm_up = options.samples / 10;
     let mut times: Vec<(usize, u64)> = Vec::with_capacity(options.samples);
+    let mut wrong_during = 0usize;
     // Every input is verified from this one buffer, so no class gets a luckier address
     // (cache-line splits, alignment) than another.
     let mut slot = String::with_capacity(256);
@@ -253,119 +437,84 @@ fn main() -> ExitCode {
         let started = Instant::now();
         let verdict = now(verifier.verify(black_box(input), &need));
         let took = started.elapsed();
-        black_box(verdict.is_ok());
+        if black_box(verdict.is_ok()) != matches!(CLASSES[class], Class::Valid) {
+            wrong_during += 1;
+        }
         if n >= warm_up {
             times.push((class, took.as_nanos() as u64));
         }
     }
 
-    println!(
-        "dudect-style timing test: {} measurements of Verifier::verify on a MemoryStore of {} \
-         tokens, last use on",
-        options.samples, options.tokens
-    );
-    println!();
-    println!("| class | n | mean ns | median ns |");
-    println!("|---|---:|---:|---:|");
-    for (slot, class) in CLASSES.iter().enumerate() {
-        let mut own: Vec<u64> = times
-            .iter()
-            .filter(|(c, _)| *c == slot)
-            .map(|(_, t)| *t)
-            .collect();
-        own.sort_unstable();
-        let mean = own.iter().sum::<u64>() as f64 / own.len().max(1) as f64;
-        println!(
-            "| {} | {} | {mean:.1} | {} |",
-            class.name(),
-            own.len(),
-            own.get(own.len() / 2).copied().unwrap_or(0)
-        );
+    // Pair D: the comparison alone, from one slot as well.
+    let mut compare_times: Vec<(usize, u64)> = Vec::with_capacity(options.samples);
+    for n in 0..warm_up + options.samples {
+        let class = rng.below(COMPARE_CLASSES.len());
+        // A copy in the same stack slot for either class.
+        let presented = black_box(compared[class]);
+        let started = Instant::now();
+        let mut equal = 0u8;
+        for _ in 0..COMPARE_BATCH {
+            equal |= black_box(black_box(&stored).ct_eq(black_box(&presented))).unwrap_u8();
+        }
+        let took = started.elapsed();
+        if equal != 0 {
+            wrong_during += 1;
+        }
+        if n >= warm_up {
+            compare_times.push((class, took.as_nanos() as u64));
+        }
+    }
+    if wrong_during > 0 {
+        return wrong_verdicts(&[format!(
+            "{wrong_during} measured verdicts differ from their class"
+        )]);
     }
 
+    println!(
+        "dudect-style timing test: {} measurements of Verifier::verify on a MemoryStore of {} \
+         tokens, last use on; {} measurements of {COMPARE_BATCH} SecretHash comparisons",
+        options.samples, options.tokens, options.samples
+    );
+    println!();
+    summary(&CLASSES.map(Class::name), &times);
+    println!();
+    summary(&COMPARE_CLASSES, &compare_times);
+
     let pairs = [
-        (
-            "A",
-            Class::UnknownId as usize,
-            Class::WrongSecret as usize,
-            true,
-        ),
-        (
-            "B",
-            Class::FirstChar as usize,
-            Class::LastChar as usize,
-            true,
-        ),
-        (
-            "C",
-            Class::Valid as usize,
-            Class::WrongSecret as usize,
-            false,
-        ),
-    ];
-    let crops: [(&str, f64); 6] = [
-        ("none", 1.0),
-        ("p99", 0.99),
-        ("p95", 0.95),
-        ("p90", 0.90),
-        ("p75", 0.75),
-        ("p50", 0.50),
+        ("A", Class::UnknownId, Class::WrongSecret, true),
+        ("B", Class::FirstChar, Class::LastChar, true),
+        ("C", Class::Valid, Class::WrongSecret, false),
     ];
     println!();
     println!("| pair | classes | crop | mean ns | mean ns | difference ns | \\|t\\| | result |");
     println!("|---|---|---|---:|---:|---:|---:|---|");
     let mut leaked = false;
     for (label, a, b, decisive) in pairs {
-        let mut pooled: Vec<u64> = times
-            .iter()
-            .filter(|(c, _)| *c == a || *c == b)
-            .map(|(_, t)| *t)
-            .collect();
-        pooled.sort_unstable();
-        for (crop, p) in crops {
-            let limit = if p >= 1.0 {
-                u64::MAX
-            } else {
-                percentile(&pooled, p)
-            };
-            let (mut ma, mut mb) = (Moments::default(), Moments::default());
-            for &(class, t) in &times {
-                if t > limit {
-                    continue;
-                }
-                if class == a {
-                    ma.push(t as f64);
-                } else if class == b {
-                    mb.push(t as f64);
-                }
-            }
-            let t = ma.welch_t(&mb).abs();
-            let result = if t < THRESHOLD {
-                "no difference detected".to_owned()
-            } else if decisive {
-                leaked = true;
-                format!("LEAK: {:+.1} ns", ma.mean - mb.mean)
-            } else {
-                "differs (expected)".to_owned()
-            };
-            println!(
-                "| {label} | {} vs {} | {crop} | {:.1} | {:.1} | {:+.1} | {t:.2} | {result} |",
-                CLASSES[a].name(),
-                CLASSES[b].name(),
-                ma.mean,
-                mb.mean,
-                ma.mean - mb.mean,
-            );
-        }
+        let names = (a.name(), b.name());
+        leaked |= judge(label, names, (a as usize, b as usize), decisive, &times);
     }
+    let names = (COMPARE_CLASSES[0], COMPARE_CLASSES[1]);
+    leaked |= judge("D", names, (0, 1), true, &compare_times);
     println!();
     println!(
         "|t| < {THRESHOLD}: no difference detected at this sample size (dudect's threshold). \
-         Pairs A and B decide; C is informational."
+         Pairs A, B and D decide; C is informational."
     );
     if options.strict && leaked {
-        println!("strict: pair A or B shows a leak");
+        println!("strict: pair A, B or D shows a leak");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Reports inputs whose verdict is not their class's, and fails.
+fn wrong_verdicts(wrong: &[String]) -> ExitCode {
+    eprintln!("timing: inputs are not what their classes claim, so no figure would mean anything:");
+    for line in wrong.iter().take(20) {
+        eprintln!("  {line}");
+    }
+    if wrong.len() > 20 {
+        eprintln!("  … and {} more", wrong.len() - 20);
+    }
+    ExitCode::FAILURE
 }

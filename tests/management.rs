@@ -17,11 +17,23 @@ struct Api {
 
 impl Api {
     fn new() -> Self {
-        let verifier = Verifier::builder(MemoryStore::new()).build();
+        Self::over(Verifier::builder(MemoryStore::new()).build())
+    }
+
+    fn over(verifier: Verifier<MemoryStore>) -> Self {
         let app = Router::new()
             .nest("/tokens", TokenApi::new(verifier.clone()).router())
             .layer(AuthLayer::new(verifier.clone()));
         Self { verifier, app }
+    }
+
+    /// Issues a token of team-1 directly: its text and id.
+    async fn issue(&self, new: NewToken) -> (String, String) {
+        let issued = self.verifier.issuer().issue(new).await.unwrap();
+        (
+            issued.token.expose_secret().to_owned(),
+            issued.record.id.as_str().to_owned(),
+        )
     }
 
     async fn admin(&self, extra: &[&str]) -> String {
@@ -517,4 +529,127 @@ async fn scopes_and_allowlists_per_token_are_capped() {
         body,
         json!({"message": "Too many scopes or allowlist entries."})
     );
+}
+
+fn team_1(name: &str) -> NewToken {
+    NewToken::new(name, Owner::new("team-1").unwrap())
+}
+
+fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+    list.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn rotation_never_widens_the_allowlist() {
+    let api = Api::new();
+    // Requests come from 192.0.2.10, inside the maker's own network.
+    let (maker, _) = api
+        .issue(
+            team_1("office")
+                .scopes(["tokens:write"])
+                .unwrap()
+                .allowed_ips(nets(&["192.0.2.0/24"])),
+        )
+        .await;
+    // Targets without scopes, so only their allowlists can stand in the way.
+    let cases: [(&str, &[&str], StatusCode); 6] = [
+        ("unrestricted", &[], StatusCode::FORBIDDEN),
+        ("wider", &["192.0.0.0/16"], StatusCode::FORBIDDEN),
+        ("elsewhere", &["198.51.100.0/24"], StatusCode::FORBIDDEN),
+        (
+            "partly outside",
+            &["192.0.2.0/25", "198.51.100.0/24"],
+            StatusCode::FORBIDDEN,
+        ),
+        ("the same", &["192.0.2.0/24"], StatusCode::CREATED),
+        (
+            "narrower",
+            &["192.0.2.0/25", "192.0.2.200/32"],
+            StatusCode::CREATED,
+        ),
+    ];
+    for (name, allowed, expected) in cases {
+        let (target, id) = api.issue(team_1(name).allowed_ips(nets(allowed))).await;
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/tokens/{id}/rotate"),
+                &maker,
+                Some(json!({"grace_seconds": 0})),
+            )
+            .await;
+        assert_eq!(status, expected, "{name}: {body}");
+        if expected == StatusCode::FORBIDDEN {
+            assert!(body.get("token").is_none(), "{name}: {body}");
+            // Refused means untouched: the target was not revoked by the attempt.
+            let info = apitoken::RequestInfo::new().client_ip(
+                allowed
+                    .first()
+                    .map(|net| net.parse::<ipnet::IpNet>().unwrap().addr()),
+            );
+            let still = api
+                .verifier
+                .verify_request(&target, &apitoken::ScopeRequirement::none(), &info)
+                .await;
+            assert!(still.is_ok(), "{name}: {:?}", still.err());
+        } else {
+            assert_eq!(body["allowed_ips"], json!(allowed), "{name}: {body}");
+        }
+    }
+    // An unrestricted token may rotate the restricted and the unrestricted alike.
+    let admin = api.admin(&[]).await;
+    for allowed in [&[][..], &["192.0.0.0/16"][..]] {
+        let (_, id) = api.issue(team_1("any").allowed_ips(nets(allowed))).await;
+        let (status, body) = api
+            .call("POST", &format!("/tokens/{id}/rotate"), &admin, None)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{allowed:?}: {body}");
+        assert_eq!(body["allowed_ips"], json!(allowed));
+    }
+}
+
+#[tokio::test]
+async fn a_rotation_never_outlives_its_maker() {
+    let start = chrono::Utc::now();
+    let clock = std::sync::Arc::new(apitoken::ManualClock::new(start));
+    let api = Api::over(
+        Verifier::builder(MemoryStore::new())
+            .clock(clock.clone())
+            .build(),
+    );
+    let maker_ends = start + chrono::TimeDelta::days(1);
+    let (maker, _) = api
+        .issue(
+            team_1("maker")
+                .scopes(["tokens:write"])
+                .unwrap()
+                .expires_at(maker_ends),
+        )
+        .await;
+    // One target never expires; the other would, rotated, live thirty days more.
+    let (_, forever) = api.issue(team_1("forever")).await;
+    let (_, month) = api
+        .issue(team_1("month").expires_in(chrono::TimeDelta::days(30)))
+        .await;
+    clock.advance(chrono::TimeDelta::hours(1));
+    let mut rotated = Vec::new();
+    for id in [forever, month] {
+        let (status, body) = api
+            .call("POST", &format!("/tokens/{id}/rotate"), &maker, None)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let expires: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(body["expires_at"].clone()).expect("an expiry");
+        assert!(expires <= maker_ends, "{expires} is after {maker_ends}");
+        rotated.push(body["token"].as_str().unwrap().to_owned());
+    }
+    clock.set(maker_ends - chrono::TimeDelta::nanoseconds(1));
+    for token in rotated.iter().chain([&maker]) {
+        assert!(api.verifier.authenticate(token).await.is_ok());
+    }
+    clock.set(maker_ends);
+    for token in rotated.iter().chain([&maker]) {
+        let err = api.verifier.authenticate(token).await.unwrap_err();
+        assert_eq!(err.reason(), Some(apitoken::RejectReason::Expired));
+    }
 }

@@ -1330,6 +1330,36 @@ async fn refresh_tokens_expire_after_inactivity_only() {
 }
 
 #[tokio::test]
+async fn refresh_tokens_stop_at_the_maximum_lifetime_counted_from_the_authorization() {
+    let max = TimeDelta::days(10);
+    let (f, _) = fixture_configured(MemoryStore::new(), MemoryGrantStore::new(), |builder, _| {
+        builder.refresh_token_max_lifetime(max)
+    })
+    .await;
+    let client = f.app_client().await;
+    // Authorized, and the code redeemed, at `start()`.
+    let tokens = f.user_tokens(&client, "user-7", None).await;
+    let mut rt = str_field(&tokens, "refresh_token").to_owned();
+    // Every refresh mints a new refresh token, well inside its 30-day inactivity limit...
+    for at in [
+        TimeDelta::days(3),
+        TimeDelta::days(6),
+        TimeDelta::days(9),
+        max - TimeDelta::seconds(1),
+    ] {
+        f.clock.set(start() + at);
+        let reply = f.refresh(&client, &rt, None).await;
+        assert_eq!(reply.status, 200, "after {at}: {reply:#?}");
+        rt = str_field(&reply.json(), "refresh_token").to_owned();
+    }
+    // ...but none outlives the grant: the newest, one second old, stops at the limit.
+    f.clock.set(start() + max);
+    assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
+    f.clock.set(start() + max + TimeDelta::days(1));
+    assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
+}
+
+#[tokio::test]
 async fn refresh_tokens_belong_to_their_client_and_are_not_access_tokens() {
     let f = fixture().await;
     let client = f.app_client().await;

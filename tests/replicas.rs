@@ -1,6 +1,7 @@
 //! Several replicas on one PostgreSQL database, each with its own pool and its own
 //! verification cache: a revoke through one is refused by every other within 100 ms, not
-//! after the cache's TTL. Needs `APITOKEN_TEST_POSTGRES_URL`.
+//! after the cache's TTL, and one missed while a replica's listener was disconnected is
+//! refused once the listener is back. Needs `APITOKEN_TEST_POSTGRES_URL`.
 
 #[path = "support/stores.rs"]
 mod stores;
@@ -9,10 +10,17 @@ use std::time::{Duration, Instant};
 
 use apitoken::{
     AuthErrorKind, CachedStore, NewToken, Owner, PostgresStore, RejectReason, ScopeRequirement,
-    TokenStore, Verifier,
+    TokenId, TokenStore, Verifier,
 };
 
 async fn replica(url: &str, schema: &str) -> Verifier<CachedStore<PostgresStore>> {
+    let verifier = quiet_replica(url, schema).await;
+    let _listener = verifier.store().spawn_change_listener();
+    verifier
+}
+
+/// A replica without a change listener: it hears of no other replica's changes.
+async fn quiet_replica(url: &str, schema: &str) -> Verifier<CachedStore<PostgresStore>> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(3)
         .connect(url)
@@ -24,7 +32,6 @@ async fn replica(url: &str, schema: &str) -> Verifier<CachedStore<PostgresStore>
         .ttl(Duration::from_secs(600))
         .negative_ttl(Duration::from_secs(600))
         .build();
-    let _listener = cached.spawn_change_listener();
     Verifier::builder(cached).build()
 }
 
@@ -150,4 +157,133 @@ async fn schema_names_up_to_the_longest_allowed_keep_writes_and_notifications_wo
             0
         );
     }
+}
+
+/// Polls `check` every 10 ms until it gives `Some`, for at most `limit`.
+async fn poll<T>(limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The backends listening on `channel`: those whose last statement was its `LISTEN`.
+async fn listeners(admin: &sqlx::PgPool, channel: &str) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND query LIKE 'LISTEN %' AND position($1 in query) > 0",
+    )
+    .bind(format!("\"{channel}\""))
+    .fetch_all(admin)
+    .await
+    .expect("pg_stat_activity")
+}
+
+async fn backend_alive(admin: &sqlx::PgPool, pid: i32) -> bool {
+    sqlx::query_scalar("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .expect("pg_stat_activity")
+}
+
+#[tokio::test]
+async fn a_revoke_missed_while_the_listener_was_down_is_refused_once_it_is_back() {
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    let schema = stores::unique_name("relisten");
+    let channel = format!("apitoken_changes_{schema}");
+    let admin = sqlx::PgPool::connect(&url).await.expect("PostgreSQL");
+    // Only B listens, so every LISTEN on this schema's channel is B's.
+    let a = quiet_replica(&url, &schema).await;
+    let b = replica(&url, &schema).await;
+    let need = ScopeRequirement::all(["vps:read"]).unwrap();
+    let wait = Duration::from_secs(5);
+
+    // The listener pauses a second before it reconnects; should this machine be so slow that
+    // it is back before the revoke below, the NOTIFY was not missed and the attempt proves
+    // nothing: try again.
+    for attempt in 1..=3 {
+        let issued = a
+            .issuer()
+            .issue(
+                NewToken::new("svc", Owner::new("team-1").unwrap())
+                    .scopes(["vps:read"])
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let token = issued.token.expose_secret();
+
+        let listening = poll(wait, async || {
+            Some(listeners(&admin, &channel).await).filter(|l| !l.is_empty())
+        })
+        .await
+        .expect("B listens");
+        assert_eq!(listening.len(), 1, "one listener, B's: {listening:?}");
+        let killed = listening[0];
+        b.verify(token, &need).await.expect("B verifies");
+        // A cached miss for an id nobody issues: only a clear of the whole cache removes it.
+        let nobody = TokenId::new(&format!("nobody{attempt:06}")).unwrap();
+        assert!(b.store().get(&nobody).await.unwrap().is_none());
+        assert!(!b.store().is_empty());
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(killed)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        assert!(terminated);
+        poll(wait, async || {
+            (!backend_alive(&admin, killed).await).then_some(())
+        })
+        .await
+        .expect("the LISTEN backend ends");
+        // The listener empties the cache when it notices the loss, too. Let it, so that it
+        // does not drop what B caches next (if it never does, the check below sees that B
+        // still serves the entry, which is all this needs).
+        let _ = poll(Duration::from_millis(500), async || {
+            b.store().is_empty().then_some(())
+        })
+        .await;
+
+        // B caches the token while nobody listens; A revokes it, and the NOTIFY goes nowhere.
+        b.verify(token, &need).await.expect("B verifies");
+        assert!(a.store().revoke(&issued.record.id, a.now()).await.unwrap());
+        let missed = listeners(&admin, &channel).await.is_empty();
+        let stale = b.verify(token, &need).await.is_ok();
+        if !(missed && stale) {
+            eprintln!(
+                "attempt {attempt} proves nothing: NOTIFY missed {missed}, B still served its \
+                 cached entry {stale}"
+            );
+            continue;
+        }
+
+        // Once B's listener is back, the entry it cached before is gone: B asks the database.
+        let revoked_at = Instant::now();
+        let refused = poll(wait, async || b.verify(token, &need).await.err()).await;
+        let back = listeners(&admin, &channel).await;
+        let err = refused.unwrap_or_else(|| {
+            panic!(
+                "B still accepts the token {:?} after the revoke; listening again: {back:?}",
+                revoked_at.elapsed()
+            )
+        });
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+        assert_eq!(err.reason(), Some(RejectReason::Revoked));
+        assert!(!back.is_empty() && !back.contains(&killed), "{back:?}");
+        eprintln!(
+            "attempt {attempt}: refused {:?} after the missed revoke",
+            revoked_at.elapsed()
+        );
+        return;
+    }
+    panic!("three attempts: B's listener was back before the revoke every time");
 }

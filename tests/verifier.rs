@@ -299,6 +299,66 @@ async fn wrong_secret_for_a_known_id() {
     );
 }
 
+/// Positions in a 32-byte hash at both ends of each of its 8-byte words.
+const WORD_EDGES: [usize; 7] = [0, 7, 8, 15, 16, 24, 31];
+
+#[test]
+fn secret_hashes_differing_in_any_one_byte_compare_unequal() {
+    use subtle::ConstantTimeEq;
+    let base: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let hash = SecretHash::from_bytes(base);
+    assert_eq!(hash, SecretHash::from_bytes(base));
+    assert!(bool::from(hash.ct_eq(&SecretHash::from_bytes(base))));
+    assert_eq!(
+        SecretHash::from_bytes([0; 32]),
+        SecretHash::from_bytes([0; 32])
+    );
+    // Every byte, the word edges among them, with a low bit, a high bit and all bits flipped.
+    assert!(WORD_EDGES.iter().all(|at| *at < 32));
+    for at in 0..32 {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bytes = base;
+            bytes[at] ^= flip;
+            let other = SecretHash::from_bytes(bytes);
+            assert_ne!(hash, other, "differs at byte {at} ({flip:#04x})");
+            assert_ne!(other, hash, "differs at byte {at} ({flip:#04x})");
+            assert!(!bool::from(hash.ct_eq(&other)), "ct_eq, byte {at}");
+            assert!(!bool::from(other.ct_eq(&hash)), "ct_eq, byte {at}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stored_hash_differing_in_one_byte_refuses_the_token() {
+    use sha2::{Digest, Sha256};
+    let verifier = Verifier::builder(MemoryStore::new()).build();
+    let format = TokenFormat::canonical();
+    for (n, at) in std::iter::once(None)
+        .chain(WORD_EDGES.map(Some))
+        .enumerate()
+    {
+        let id: TokenId = format!("hashedge{n:04}").parse().unwrap();
+        let token = format.generate(Some(&id)).unwrap();
+        let token = token.expose_secret();
+        // The stored form, computed here with `sha2` rather than by the crate's hasher.
+        let mut stored: [u8; 32] = Sha256::digest(secret_part(&format, token).as_bytes()).into();
+        if let Some(at) = at {
+            stored[at] ^= 0x01;
+        }
+        let record = TokenRecord::new(id, owner("team-1"), "edge", Utc::now());
+        verifier
+            .store()
+            .insert(record, SecretHash::from_bytes(stored))
+            .await
+            .unwrap();
+        match (at, verifier.authenticate(token).await) {
+            (None, Ok(principal)) => assert_eq!(principal.token_id(), &id),
+            (Some(_), Err(err)) => assert_eq!(err.reason(), Some(RejectReason::WrongSecret)),
+            (at, result) => panic!("stored hash off at {at:?}: {:?}", result.map(|_| ())),
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_checksum_and_malformed_tokens_never_reach_the_store() {
     let verifier = counting_verifier();
@@ -511,6 +571,86 @@ async fn max_lifetime_boundary() {
         assert_eq!(err.reason(), Some(RejectReason::LifetimeExceeded));
         assert_eq!(err.token_id(), Some(&issued.record.id));
     }
+}
+
+#[tokio::test]
+async fn max_idle_boundary() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let idle = TimeDelta::days(30);
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .max_idle(idle)
+        .build();
+    // Pairs of tokens with the same last use: an accepted verification is a use, so the one
+    // checked just before the limit cannot be the one checked at it.
+    let pair = async || {
+        (
+            issue(&verifier, "team-1", &[]).await,
+            issue(&verifier, "team-1", &[]).await,
+        )
+    };
+    let verify_at = async |issued: &IssuedToken, at| {
+        clock.set(at);
+        verifier.authenticate(issued.token.expose_secret()).await
+    };
+
+    // Never used: idle from `created_at`.
+    let (before, at) = pair().await;
+    let end = t0() + idle;
+    assert!(
+        verify_at(&before, end - TimeDelta::nanoseconds(1))
+            .await
+            .is_ok()
+    );
+    let err = verify_at(&at, end).await.unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), Some(RejectReason::Idle));
+    assert_eq!(err.token_id(), Some(&at.record.id));
+
+    // Used, the use noted in memory only: idle from that use.
+    let (before, at) = pair().await;
+    let used = t0() + TimeDelta::days(40) + TimeDelta::nanoseconds(123_456_789);
+    clock.set(used);
+    for issued in [&before, &at] {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+    }
+    let end = used + idle;
+    assert!(
+        verify_at(&before, end - TimeDelta::nanoseconds(1))
+            .await
+            .is_ok()
+    );
+    let err = verify_at(&at, end).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Idle));
+
+    // Used and flushed: idle from the stored `last_used_at`.
+    let (before, at) = pair().await;
+    let used = end + TimeDelta::days(1) + TimeDelta::nanoseconds(987);
+    clock.set(used);
+    for issued in [&before, &at] {
+        verifier
+            .authenticate(issued.token.expose_secret())
+            .await
+            .unwrap();
+    }
+    verifier.flush_last_used().await.unwrap();
+    assert_eq!(verifier.last_used_pending(), 0);
+    assert_eq!(
+        stored_last_used(&verifier, &at.record.id).await,
+        Some(used),
+        "flushed"
+    );
+    let end = used + idle;
+    assert!(
+        verify_at(&before, end - TimeDelta::nanoseconds(1))
+            .await
+            .is_ok()
+    );
+    let err = verify_at(&at, end).await.unwrap_err();
+    assert_eq!(err.reason(), Some(RejectReason::Idle));
 }
 
 #[tokio::test]

@@ -1,5 +1,17 @@
 //! A request with arbitrary `Authorization` bytes through the real middleware: never panics,
-//! always one of the documented statuses, and the response never repeats the input.
+//! always one of the documented statuses, the response never repeats the input, and it is a
+//! 200 exactly when the header carries the issued token in the accepted grammar.
+//!
+//! The grammar, from `Credentials`' documentation (RFC 9110 §5.5, §11.4 and §11.1), written
+//! again here without the crate's parser:
+//!
+//! ```text
+//! value  = *OWS scheme 1*SP token *OWS     ; OWS = SP / HTAB, trimmed around the whole value
+//! scheme = "Bearer" / "apk"                ; the configured schemes, ASCII case-insensitive
+//! ```
+//!
+//! A tab between scheme and token, a tab or space inside or around the token other than at
+//! the ends of the whole value, or anything but the exact token text is not a 200.
 #![no_main]
 
 use std::convert::Infallible;
@@ -42,11 +54,81 @@ fn verifier() -> &'static (Verifier<MemoryStore>, String) {
     })
 }
 
+/// The schemes the layer below is configured with.
+const SCHEMES: [&str; 2] = ["Bearer", "apk"];
+
+/// Whether `value` is the grammar above around exactly `token`.
+fn carries(value: &[u8], token: &str) -> bool {
+    let ows = |b: &&u8| matches!(**b, b' ' | b'\t');
+    let lead = value.iter().take_while(ows).count();
+    let trail = value[lead..].iter().rev().take_while(ows).count();
+    let value = &value[lead..value.len() - trail];
+    let Some(head) = value.strip_suffix(token.as_bytes()) else {
+        return false;
+    };
+    let gap = head.iter().rev().take_while(|b| **b == b' ').count();
+    let scheme = &head[..head.len() - gap];
+    gap >= 1
+        && SCHEMES
+            .iter()
+            .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
+}
+
+/// A header value near the grammar, from fuzz bytes: optional white space around it, a
+/// scheme (configured or not) in mixed case, a gap of spaces and tabs, the token whole or
+/// changed.
+fn assemble(data: &[u8], token: &str) -> Vec<u8> {
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next().unwrap_or(0);
+    let ows = |b: u8| if b & 1 == 0 { b' ' } else { b'\t' };
+    let mut out = Vec::new();
+    let lead = next();
+    out.extend((0..lead % 3).map(|i| ows(lead >> (i + 2))));
+    let scheme: &[u8] = match next() % 7 {
+        0 | 1 => b"Bearer",
+        2 | 3 => b"apk",
+        4 => b"Basic",
+        5 => b"Bearerx",
+        _ => b"",
+    };
+    let case = next();
+    out.extend(scheme.iter().enumerate().map(|(i, c)| {
+        if (case >> (i % 8)) & 1 == 1 {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        }
+    }));
+    let gap = next();
+    out.extend((0..gap % 4).map(|i| {
+        if (gap >> (2 * i + 1)) & 3 == 3 {
+            b'\t'
+        } else {
+            b' '
+        }
+    }));
+    let mut text = token.as_bytes().to_vec();
+    match next() % 6 {
+        0..=2 => {}
+        3 => {
+            let at = usize::from(next()) % text.len();
+            text[at] = next();
+        }
+        4 => text.truncate(usize::from(next()) % text.len()),
+        _ => text.insert(usize::from(next()) % (text.len() + 1), next()),
+    }
+    out.extend(text);
+    let trail = next();
+    out.extend((0..trail % 3).map(|i| ows(trail >> (i + 2))));
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let (verifier, token) = verifier();
-    // Half the inputs are built around the real token, so the parser and store see it too.
+    // Most inputs are built around the real token, so the parser and store see it too.
     let value: Vec<u8> = match data.first() {
-        Some(b) if b % 2 == 0 => [&data[1..], token.as_bytes()].concat(),
+        Some(b) if b % 4 == 0 || b % 4 == 2 => [&data[1..], token.as_bytes()].concat(),
+        Some(b) if b % 4 == 3 => assemble(&data[1..], token),
         _ => data.to_vec(),
     };
     let Ok(header) = HeaderValue::from_bytes(&value) else {
@@ -65,6 +147,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         matches!(status, 200 | 400 | 401 | 403 | 429 | 503),
         "{status}"
+    );
+    // The route needs no scope and nothing limits the rate: the issued token in the grammar
+    // is a 200, and nothing else is.
+    assert_eq!(
+        status == 200,
+        carries(&value, token),
+        "{status} for {:?}",
+        String::from_utf8_lossy(&value)
     );
     // Nothing from the request comes back: every body and challenge is one of the fixed ones.
     let body = response.body().as_str();
