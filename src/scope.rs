@@ -557,6 +557,9 @@ impl ScopePolicy {
     fn covers_directly(&self, granted: &str, required: &str) -> bool {
         granted == required
             || self.catch_all.iter().any(|c| c.as_str() == granted)
+            // A lone `*` covers every scope, empty segments included (`:x`), as `can_delegate`
+            // assumes when it treats `*` as a catch-all.
+            || (self.wildcards && granted == WILDCARD)
             || self.segments_cover(granted, required)
     }
 

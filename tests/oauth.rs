@@ -1620,3 +1620,22 @@ async fn refresh_rotation_reuse_and_code_replay_over_postgres() {
         401
     );
 }
+
+#[tokio::test]
+async fn the_maximum_refresh_lifetime_counts_from_the_authorization_not_the_redemption() {
+    let max = TimeDelta::days(10);
+    let (f, _) = fixture_configured(MemoryStore::new(), MemoryGrantStore::new(), |builder, _| {
+        builder.refresh_token_max_lifetime(max)
+    })
+    .await;
+    let client = f.app_client().await;
+    // The user authorizes at start(); the client redeems the code 50 s later.
+    let code = f.code(&client, "user-7", None).await;
+    f.clock.set(start() + TimeDelta::seconds(50));
+    let reply = f.redeem(&client, &code, VERIFIER).await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    let rt = str_field(&reply.json(), "refresh_token").to_owned();
+    // Ten days and ten seconds after the authorization: past the documented limit.
+    f.clock.set(start() + max + TimeDelta::seconds(10));
+    assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
+}

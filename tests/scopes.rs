@@ -533,3 +533,33 @@ fn scope_syntax_is_rfc_6749() {
             .is_err()
     );
 }
+
+// Found by the `scopes` fuzz oracle's review: `*` did not cover a scope whose first segment
+// is empty, while `can_delegate` treated it as a catch-all, so delegation could widen.
+#[test]
+fn a_wildcard_holder_cannot_delegate_more_than_it_covers() {
+    let policy = ScopePolicy::strict()
+        .with_wildcards()
+        .catch_all("org:root")
+        .unwrap();
+    let maker = ScopeSet::parse("*").unwrap();
+    assert!(Scope::new(":x").is_ok(), ":x is a valid scope");
+    assert!(policy.can_delegate(&maker, "org:root"));
+    let child = ScopeSet::parse("org:root").unwrap();
+    assert!(policy.covers(&child, ":x"));
+    // Fails: `*` does not cover `:x`.
+    assert!(
+        policy.covers(&maker, ":x"),
+        "the child of `*` covers `:x`, its maker does not"
+    );
+}
+
+#[test]
+fn a_lone_wildcard_covers_every_scope_as_documented() {
+    let policy = ScopePolicy::strict().with_wildcards();
+    let star = ScopeSet::parse("*").unwrap();
+    for scope in ["x", "x:y", "x::y", "x:", ":x", ":"] {
+        assert!(Scope::new(scope).is_ok());
+        assert!(policy.covers(&star, scope), "`*` does not cover {scope:?}");
+    }
+}

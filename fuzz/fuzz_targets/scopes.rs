@@ -3,7 +3,7 @@
 //!
 //! The delegation property, from `ScopePolicy::can_delegate`'s documentation ("a holder of
 //! `granted` may give `scope` to another token without the other token gaining anything"),
-//! for every valid scope `r` with a non-empty first segment (see `check_delegation`):
+//! for every valid scope `r` (see `check_delegation`):
 //!
 //! ```text
 //! can_delegate(G, s)  ⇒  covers(G, s)  ∧  ∀ r: covers({s}, r) ⇒ covers(G, r)
@@ -175,12 +175,11 @@ fn check_delegation(policy: &ScopePolicy, granted: &ScopeSet, delegated: &str, p
         return;
     };
     let child: ScopeSet = [scope].into_iter().collect();
-    // Only valid scopes are ever required. Scopes with an empty first segment (`:x`) are left
-    // out: a granted `*` counts as a catch-all for delegation but does not cover them, while a
-    // configured catch-all does (reported, probes/delegation_empty_first_segment.rs).
+    // Only valid scopes are ever required, empty first segments (`:x`) included: a lone `*`
+    // covers them too (tests/scopes.rs, `a_lone_wildcard_covers_every_scope_as_documented`).
     let required = probes(delegated, probe)
         .into_iter()
-        .filter(|r| Scope::new(r).is_ok() && !r.starts_with(':'));
+        .filter(|r| Scope::new(r).is_ok());
     for r in required {
         if policy.covers(&child, &r) {
             assert!(

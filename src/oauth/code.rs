@@ -182,12 +182,14 @@ pub(crate) async fn code_grant<S: TokenStore + 'static, G: GrantStore + 'static>
     // What this redemption will issue is decided, and stored with the code's use in one step,
     // before anything is minted: a replay, however it interleaves, finds the family and
     // revokes what the first redemption gave (RFC 6749 §4.1.2).
+    // The grant dates from the user's authorization (the code's issue), not its redemption:
+    // `refresh_token_max_lifetime` counts from there.
     let mut family = GrantFamily::new(
         code.family,
         code.client_id,
         code.owner.clone(),
         code.scopes.clone(),
-        now,
+        code.created_at,
     );
     let mut issue = None;
     if genuine {

@@ -161,11 +161,11 @@ impl AuthorizationCodeRecord {
 /// Like [`TokenStore`](crate::TokenStore), methods return `impl Future + Send`, an error means
 /// the store could not answer (the endpoint fails closed with 503), and revoked or used
 /// entries are still returned so the endpoint can react to reuse. [`rotate_refresh`] and
-/// [`consume_code`] must be atomic: of two concurrent calls for the same token or code, at
+/// [`redeem_code`] must be atomic: of two concurrent calls for the same token or code, at
 /// most one succeeds.
 ///
 /// [`rotate_refresh`]: Self::rotate_refresh
-/// [`consume_code`]: Self::consume_code
+/// [`redeem_code`]: Self::redeem_code
 ///
 /// ```
 /// use apitoken::oauth::{GrantFamily, GrantStore, MemoryGrantStore, RefreshTokenRecord};
