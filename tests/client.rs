@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use apitoken::client::{AddApiKeyLayer, ApiKey, ApiKeyErrorKind, Backoff, RetryLayer};
+use apitoken::client::{AddApiKeyLayer, ApiKey, ApiKeyErrorKind, Backoff, RetryLayer, TpsBudget};
 use apitoken::middleware::AuthLayer;
 use apitoken::rate_limit::{MemoryRateLimiter, RateLimit, RateLimitPolicy};
 use apitoken::{ManualClock, MemoryStore, NewToken, Owner, Verifier};
@@ -909,6 +909,56 @@ async fn the_first_attempt_is_not_cut_short() {
     // Its own response, past the deadline, and no retry after it.
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+/// Sends `n` GETs, all at once, through clones of `layer` to a server that always answers
+/// 503; the number of attempts the server saw.
+async fn attempts_against_an_outage(layer: RetryLayer, n: usize) -> usize {
+    let (inner, calls) = counting(|_| status(503, None));
+    let service = layer
+        .backoff(Backoff::new().with_base(Duration::from_millis(1)))
+        .layer_service(inner);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let service = service.clone();
+        tasks.spawn(service.oneshot(Request::new(String::new())));
+    }
+    while let Some(response) = tasks.join_next().await {
+        assert_eq!(response.unwrap().unwrap().status(), 503);
+    }
+    calls.load(Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_budget_bounds_the_load_of_an_outage() {
+    // Without a budget, every request takes its 3 retries: 4 times the load.
+    let unbudgeted = attempts_against_an_outage(RetryLayer::new().unbudgeted(), 100).await;
+    assert_eq!(unbudgeted, 400);
+
+    // TpsBudget::new(ttl 10 s, min_per_sec 1, retry_percent 0.1): each request deposits 1,
+    // each retry withdraws 1 / 0.1 = 10, on top of a reserve of 1 × 10 s × 10 = 100. Within
+    // one ttl, 100 requests buy (100 + 100) / 10 = 20 retries: 10 % of them, plus 10.
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 1, 0.1));
+    let budgeted = attempts_against_an_outage(RetryLayer::new().budget(budget), 100).await;
+    assert_eq!(budgeted, 100 + 10 + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_budget_is_shared_by_every_clone() {
+    // One layer, cloned into 100 services sent one request each, in turn: its default budget
+    // (10 % plus a reserve of 10) is spent once, not 100 times.
+    let layer = RetryLayer::new().backoff(Backoff::new().with_base(Duration::from_millis(1)));
+    let (inner, calls) = counting(|_| status(503, None));
+    for _ in 0..100 {
+        let response = layer
+            .clone()
+            .layer_service(inner.clone())
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 100 + 10 + 10);
 }
 
 /// `Layer::layer` under a name that does not clash with `ServiceBuilder::layer`.

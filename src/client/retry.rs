@@ -1,5 +1,5 @@
 //! [`RetryLayer`], [`Retry`] and [`RetryFuture`]: resend a request the server answered 429 or
-//! 503, after a wait, within a deadline.
+//! 503, after a wait, within a deadline and a retry budget.
 
 use std::fmt;
 use std::future::Future;
@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 use rand::TryRng;
 use rand::rngs::SysRng;
 use tokio::time::{Instant, Sleep};
+use tower::retry::budget::{Budget, TpsBudget};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -25,7 +26,7 @@ use crate::clock::{Clock, SystemClock};
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Retries requests answered `429 Too Many Requests` or `503 Service Unavailable`, with
-/// [`Backoff`], within a deadline; see the [module documentation](super).
+/// [`Backoff`], within a deadline and a retry budget; see the [module documentation](super).
 ///
 /// **Which requests.** A `429` says the server refused the request before acting on it
 /// (RFC 6585 §4), so it is retried whatever the method. A `503` says only that the server
@@ -46,12 +47,22 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// return in its place): bound it with the client's own timeout. A request answered at once
 /// sets no timer.
 ///
+/// **How many.** Every request the layer is given deposits into a retry budget and every
+/// retry withdraws from it ([`tower::retry::budget`]); when it is empty the response is
+/// returned as it came. The budget is shared by every clone of the layer and of the services
+/// it made, so an outage costs a fraction more traffic instead of `max_retries + 1` times as
+/// much. The default is `TpsBudget::new(10 s, 1, 0.1)`: retries up to 10 % of the requests of
+/// the last 10 s, plus a reserve of 10 retries per 10 s for clients that send few requests.
+/// [`budget`] replaces it, [`unbudgeted`] removes it.
+///
 /// The request is cloned for each attempt, so its body must be `Clone`
 /// (`http_body_util::Full<Bytes>`, `Empty<Bytes>`, `String`); a streaming body is not, and
 /// such a request cannot go through this layer: send it without the layer, once. The waits use Tokio's
 /// timer, so the future must run inside a Tokio runtime. Cheap to clone.
 ///
 /// [`retry_statuses`]: Self::retry_statuses
+/// [`budget`]: Self::budget
+/// [`unbudgeted`]: Self::unbudgeted
 ///
 /// ```
 /// use std::sync::Arc;
@@ -107,12 +118,13 @@ pub struct RetryLayer {
 
 // Our own service rather than `tower::retry::Retry` with a `tower::retry::Policy`: tower's
 // awaits every attempt to its end and drops the response that led to a retry, so it cannot
-// return the last response when the deadline passes during a retry.
+// return the last response when the deadline passes during a retry. The budget is tower's.
 #[derive(Clone)]
 struct Policy {
     backoff: Backoff,
     statuses: Vec<StatusCode>,
     clock: Arc<dyn Clock>,
+    budget: Option<Arc<dyn Budget + Send + Sync>>,
 }
 
 impl Default for RetryLayer {
@@ -122,7 +134,11 @@ impl Default for RetryLayer {
 }
 
 impl RetryLayer {
-    /// Retries 429 and 503 with [`Backoff::new`]'s defaults.
+    /// Retries 429 and 503 with [`Backoff::new`]'s defaults, within a retry budget of its own:
+    /// `TpsBudget::new(Duration::from_secs(10), 1, 0.1)`, 10 % of the last 10 s of requests
+    /// plus 10 retries.
+    ///
+    /// Each call makes a new budget; clone the layer to share one.
     ///
     /// ```
     /// use apitoken::client::RetryLayer;
@@ -130,6 +146,7 @@ impl RetryLayer {
     ///
     /// let layer = RetryLayer::new();
     /// assert_eq!(layer.statuses(), [StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE]);
+    /// assert!(layer.is_budgeted());
     /// ```
     pub fn new() -> Self {
         Self {
@@ -140,6 +157,12 @@ impl RetryLayer {
                     StatusCode::SERVICE_UNAVAILABLE,
                 ],
                 clock: Arc::new(SystemClock),
+                // Google's SRE book ("Handling Overload") caps retries at 10 % of requests;
+                // a reserve of one retry a second (10 per 10 s window) lets a quiet client,
+                // a CLI or a job, still retry its few requests. Tower's default reserve,
+                // 10 a second, would let any client sending under 33 requests per 10 s
+                // quadruple them.
+                budget: Some(Arc::new(TpsBudget::new(Duration::from_secs(10), 1, 0.1))),
             }),
         }
     }
@@ -196,6 +219,55 @@ impl RetryLayer {
         self
     }
 
+    /// Replaces the retry budget: every request given to the layer deposits into it, every
+    /// retry withdraws, and a retry it refuses is not made (the response is returned).
+    ///
+    /// Pass the same `Arc` to several layers to make them share one budget: all the clients
+    /// of one upstream, say. [`TpsBudget::new(ttl, min_per_sec, retry_percent)`][TpsBudget::new]
+    /// allows `retry_percent` retries per request of the last `ttl` (1 to 60 s), plus
+    /// `min_per_sec × ttl` retries whatever the traffic. Any [`Budget`] will do.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use apitoken::client::{RetryLayer, TpsBudget};
+    ///
+    /// // Retries up to 20 % of the last minute's requests, and 60 more.
+    /// let shared = Arc::new(TpsBudget::new(Duration::from_secs(60), 1, 0.2));
+    /// let reads = RetryLayer::new().budget(shared.clone());
+    /// let writes = RetryLayer::new().retry_statuses([http::StatusCode::TOO_MANY_REQUESTS]).budget(shared);
+    /// assert!(reads.is_budgeted() && writes.is_budgeted());
+    /// ```
+    #[must_use]
+    pub fn budget(mut self, budget: Arc<dyn Budget + Send + Sync>) -> Self {
+        Arc::make_mut(&mut self.policy).budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: every request may take all of `max_retries`. Under an outage that
+    /// multiplies the traffic by up to `max_retries + 1`; use it where something else bounds
+    /// the load (a test, a single-request tool).
+    ///
+    /// ```
+    /// use apitoken::client::RetryLayer;
+    ///
+    /// assert!(!RetryLayer::new().unbudgeted().is_budgeted());
+    /// ```
+    #[must_use]
+    pub fn unbudgeted(mut self) -> Self {
+        Arc::make_mut(&mut self.policy).budget = None;
+        self
+    }
+
+    /// Whether retries spend a budget (see [`budget`](Self::budget)).
+    ///
+    /// ```
+    /// assert!(apitoken::client::RetryLayer::new().is_budgeted());
+    /// ```
+    pub fn is_budgeted(&self) -> bool {
+        self.policy.budget.is_some()
+    }
+
     /// The statuses that are retried.
     ///
     /// ```
@@ -221,6 +293,7 @@ impl fmt::Debug for RetryLayer {
             .field("backoff", &self.policy.backoff)
             .field("statuses", &self.policy.statuses)
             .field("clock", &self.policy.clock)
+            .field("budgeted", &self.policy.budget.is_some())
             .finish()
     }
 }
@@ -253,7 +326,7 @@ fn is_idempotent(method: &Method) -> bool {
 impl Policy {
     /// How long to wait before resending after `response`, or `None` to return it.
     /// `repeatable`: the request may be carried out more than once (an idempotent method, or
-    /// an `Idempotency-Key`).
+    /// an `Idempotency-Key`). A `Some` has withdrawn the retry from the budget.
     fn wait<B>(
         &self,
         response: &Response<B>,
@@ -290,6 +363,17 @@ impl Policy {
             );
             return None;
         };
+        // Withdrawn last, so that only a retry that is made spends the budget.
+        if let Some(budget) = &self.budget
+            && !budget.withdraw()
+        {
+            tracing::debug!(
+                status = status.as_u16(),
+                retries = retry,
+                "not retrying: the retry budget is spent"
+            );
+            return None;
+        }
         tracing::debug!(
             status = status.as_u16(),
             retry = retry + 1,
@@ -343,6 +427,7 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
             .field("inner", &self.inner)
             .field("backoff", &self.policy.backoff)
             .field("statuses", &self.policy.statuses)
+            .field("budgeted", &self.policy.budget.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -362,6 +447,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let started = Instant::now();
+        if let Some(budget) = &self.policy.budget {
+            budget.deposit();
+        }
         // The first attempt uses the service `poll_ready` readied; a fresh clone stays here.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
