@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use apitoken::client::{AddApiKeyLayer, ApiKey, ApiKeyErrorKind, Backoff, RetryLayer};
+use apitoken::client::{AddApiKeyLayer, ApiKey, ApiKeyErrorKind, Backoff, RetryLayer, TpsBudget};
 use apitoken::middleware::AuthLayer;
 use apitoken::rate_limit::{MemoryRateLimiter, RateLimit, RateLimitPolicy};
 use apitoken::{ManualClock, MemoryStore, NewToken, Owner, Verifier};
@@ -313,6 +313,59 @@ async fn a_post_body_is_sent_again_whole() {
     .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert_eq!(*bodies.lock().unwrap(), [r#"{"name":"orders"}"#; 2]);
+}
+
+/// A handler that carries the request out (counts it), then answers 503: an overloaded
+/// server that gives up on its reply after acting.
+async fn acts_then_503() -> (Server, Arc<AtomicUsize>) {
+    let acted = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().fallback({
+        let acted = Arc::clone(&acted);
+        move || async move {
+            acted.fetch_add(1, Ordering::SeqCst);
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    });
+    (Server::start(app).await, acted)
+}
+
+fn post(server: &Server) -> http::request::Builder {
+    Request::post(server.url("/v1/databases")).header("content-type", "application/json")
+}
+
+#[tokio::test]
+async fn a_post_answered_503_is_carried_out_once() {
+    let (server, acted) = acts_then_503().await;
+    let request = post(&server)
+        .body(Body::from(r#"{"name":"orders"}"#))
+        .expect("a request");
+    let reply = send(
+        client(bearer(), RetryLayer::new().backoff(quick())),
+        request,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(acted.load(Ordering::SeqCst), 1, "the handler ran again");
+}
+
+#[tokio::test]
+async fn a_post_with_an_idempotency_key_is_retried_on_503() {
+    let (server, acted) = acts_then_503().await;
+    let request = post(&server)
+        .header("idempotency-key", "8e03978e-40d5-43e8-bc93-6894a57f9324")
+        .body(Body::from(r#"{"name":"orders"}"#))
+        .expect("a request");
+    let reply = send(
+        client(bearer(), RetryLayer::new().backoff(quick())),
+        request,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        acted.load(Ordering::SeqCst),
+        4,
+        "the first attempt and 3 retries"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,6 +724,241 @@ async fn zero_retries_sends_once() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+fn request(method: &str) -> Request<String> {
+    Request::builder()
+        .method(method)
+        .body(String::new())
+        .expect("a request")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_is_retried_for_idempotent_methods_only() {
+    for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        let (inner, calls) = counting(|n| status(if n == 0 { 503 } else { 200 }, None));
+        let response = RetryLayer::new()
+            .layer_service(inner)
+            .oneshot(request(method))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{method}");
+    }
+    // RFC 9110 §9.2.2 lists no other; QUERY, an extension method, is treated as unsafe too.
+    for method in ["POST", "PATCH", "CONNECT", "PURGE", "QUERY"] {
+        let (inner, calls) = counting(|n| status(if n == 0 { 503 } else { 200 }, None));
+        let response = RetryLayer::new()
+            .layer_service(inner)
+            .oneshot(request(method))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{method} was retried");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_is_retried_on_429_or_with_an_idempotency_key() {
+    // 429: refused before acting, so a POST is resent.
+    let (inner, calls) = counting(|n| status(if n == 0 { 429 } else { 201 }, None));
+    let response = RetryLayer::new()
+        .layer_service(inner)
+        .oneshot(request("POST"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // With an Idempotency-Key, on every retried status: the default 503, a configured 502.
+    for (answer, statuses) in [(503, None), (502, Some([StatusCode::BAD_GATEWAY]))] {
+        let (inner, calls) = counting(move |n| status(if n == 0 { answer } else { 201 }, None));
+        let mut layer = RetryLayer::new();
+        if let Some(statuses) = statuses {
+            layer = layer.retry_statuses(statuses);
+        }
+        let mut keyed = request("POST");
+        keyed
+            .headers_mut()
+            .insert("idempotency-key", "8e03978e".parse().unwrap());
+        let response = layer.layer_service(inner).oneshot(keyed).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{answer}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{answer}");
+    }
+
+    // Without the key, a configured 502 is not retried for a POST either.
+    let (inner, calls) = counting(|n| status(if n == 0 { 502 } else { 201 }, None));
+    let response = RetryLayer::new()
+        .retry_statuses([StatusCode::BAD_GATEWAY])
+        .layer_service(inner)
+        .oneshot(request("POST"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Answers 503 with an `attempt` header (from 0): at once to the first `fast` calls, after
+/// `slow` to the others.
+fn slow_retries(
+    fast: usize,
+    slow: Duration,
+) -> (
+    impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = service_fn({
+        let calls = Arc::clone(&calls);
+        move |_: Request<String>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n >= fast {
+                    tokio::time::sleep(slow).await;
+                }
+                let mut response = status(503, None);
+                response
+                    .headers_mut()
+                    .insert("attempt", n.to_string().parse().unwrap());
+                Ok::<_, Infallible>(response)
+            }
+        }
+    });
+    (service, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_is_a_deadline_for_the_retries() {
+    // Retries that take 1 s each, then the same after one quick retry.
+    for fast in [1, 2] {
+        let (inner, calls) = slow_retries(fast, Duration::from_secs(1));
+        // Waits of at most 100 ms, then 200 ms: the slow attempt starts before 500 ms.
+        let backoff = Backoff::new()
+            .with_base(Duration::from_millis(100))
+            .with_max_elapsed(Duration::from_millis(500));
+        let started = tokio::time::Instant::now();
+        let response = RetryLayer::new()
+            .backoff(backoff)
+            .layer_service(inner)
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        // Not the 1.1 s or more it takes to hear from the slow retry: it is dropped...
+        assert_eq!(
+            took,
+            Duration::from_millis(500),
+            "returned {took:?} after start"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            fast + 1,
+            "the slow retry was sent"
+        );
+        // ...and the last response received is returned.
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["attempt"], (fast - 1).to_string());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_due_at_the_deadline_is_not_sent() {
+    // Retry-After: 1 against max_elapsed 1 s: the wait ends at the deadline, with no time
+    // left for the retry to answer, so it is not sent even to a server that answers at once.
+    let (inner, calls) = counting(|n| {
+        let mut response = status(503, Some("1"));
+        response
+            .headers_mut()
+            .insert("attempt", n.to_string().parse().unwrap());
+        response
+    });
+    let backoff = Backoff::new()
+        .with_base(Duration::from_nanos(1))
+        .with_max_elapsed(Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
+    let response = RetryLayer::new()
+        .backoff(backoff)
+        .layer_service(inner)
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(response.headers()["attempt"], "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_attempt_is_not_cut_short() {
+    let inner = service_fn(|_: Request<String>| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, Infallible>(status(503, None))
+    });
+    let started = tokio::time::Instant::now();
+    let response = RetryLayer::new()
+        .backoff(Backoff::new().with_max_elapsed(Duration::from_millis(500)))
+        .layer_service(inner)
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
+    // Its own response, past the deadline, and no retry after it.
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+/// Sends `n` GETs, all at once, through clones of `layer` to a server that always answers
+/// 503; the number of attempts the server saw.
+async fn attempts_against_an_outage(layer: RetryLayer, n: usize) -> usize {
+    let (inner, calls) = counting(|_| status(503, None));
+    let service = layer
+        .backoff(Backoff::new().with_base(Duration::from_millis(1)))
+        .layer_service(inner);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let service = service.clone();
+        tasks.spawn(service.oneshot(Request::new(String::new())));
+    }
+    while let Some(response) = tasks.join_next().await {
+        assert_eq!(response.unwrap().unwrap().status(), 503);
+    }
+    calls.load(Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_budget_bounds_the_load_of_an_outage() {
+    // Without a budget, every request takes its 3 retries: 4 times the load.
+    let unbudgeted = attempts_against_an_outage(RetryLayer::new().unbudgeted(), 100).await;
+    assert_eq!(unbudgeted, 400);
+
+    // TpsBudget::new(ttl 10 s, min_per_sec 1, retry_percent 0.1): each request deposits 1,
+    // each retry withdraws 1 / 0.1 = 10, on top of a reserve of 1 × 10 s × 10 = 100. Within
+    // one ttl, 100 requests buy (100 + 100) / 10 = 20 retries: 10 % of them, plus 10.
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 1, 0.1));
+    let budgeted = attempts_against_an_outage(RetryLayer::new().budget(budget), 100).await;
+    assert_eq!(budgeted, 100 + 10 + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_budget_is_shared_by_every_clone() {
+    // One layer, cloned into 100 services sent one request each, in turn: its default budget
+    // (10 % plus a reserve of 10) is spent once, not 100 times.
+    let layer = RetryLayer::new().backoff(Backoff::new().with_base(Duration::from_millis(1)));
+    let (inner, calls) = counting(|_| status(503, None));
+    for _ in 0..100 {
+        let response = layer
+            .clone()
+            .layer_service(inner.clone())
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 100 + 10 + 10);
 }
 
 /// `Layer::layer` under a name that does not clash with `ServiceBuilder::layer`.

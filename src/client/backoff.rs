@@ -13,6 +13,11 @@ use http::HeaderValue;
 /// after `max_retries` retries, or when the next wait would end more than `max_elapsed` after
 /// the first attempt started: then the last response is returned as it came, without waiting.
 ///
+/// `max_elapsed` is a deadline once a retry is planned: a retry still unanswered
+/// `max_elapsed` after the first attempt started is dropped, and the response before it is
+/// returned. The first attempt itself is not cut short (there is no response to return in
+/// its place): bound it with the HTTP client's own timeout.
+///
 /// Defaults: `base` 500 ms, `cap` 8 s, `max_retries` 3, `max_elapsed` 30 s.
 ///
 /// ```
@@ -75,7 +80,17 @@ impl Backoff {
         self
     }
 
-    /// How long after the first attempt started the last wait may end.
+    /// The deadline for retries, counted from the start of the first attempt: no wait may end
+    /// past it, and a retry still in flight at that moment is dropped for the response before
+    /// it. The first attempt is not cut short.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::client::Backoff;
+    ///
+    /// let backoff = Backoff::new().with_max_elapsed(Duration::from_secs(5));
+    /// assert_eq!(backoff.max_elapsed(), Duration::from_secs(5));
+    /// ```
     #[must_use]
     pub fn with_max_elapsed(mut self, max_elapsed: Duration) -> Self {
         self.max_elapsed = max_elapsed;

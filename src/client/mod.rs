@@ -10,8 +10,10 @@
 //!   built once and marked sensitive; `Debug` never shows the key.
 //! - [`RetryLayer`] resends a request answered 429 or 503, after an exponential backoff with
 //!   full jitter that waits at least as long as `Retry-After` asks (seconds or an HTTP-date),
-//!   bounded in retries and in total time ([`Backoff`]). Out of retries or time, it returns
-//!   the last 429 or 503 as it came. Nothing else is retried by default.
+//!   bounded in retries, by a deadline ([`Backoff`]) and by a retry budget shared by its
+//!   clones ([`TpsBudget`]). Out of retries, time or budget, it returns the last 429 or 503
+//!   as it came. A `POST`, `PATCH` or other non-idempotent request is resent after a 503 only
+//!   if it carries an `Idempotency-Key`. Nothing else is retried by default.
 //!
 //! Put the key layer outside the retry layer, so the key is added once and each attempt
 //! sends the same headers. `docs/client.md` has the whole story, with hyper-util's client.
@@ -65,6 +67,8 @@ pub use auth::{AddApiKey, AddApiKeyLayer};
 pub use backoff::Backoff;
 pub use key::{ApiKey, ApiKeyError, ApiKeyErrorKind};
 pub use retry::{Retry, RetryFuture, RetryLayer};
+/// The retry budget's trait and tower's implementation, for [`RetryLayer::budget`].
+pub use tower::retry::budget::{Budget, TpsBudget};
 
 /// `docs/client.md`, whose Rust examples run as doctests.
 #[cfg(doctest)]
