@@ -384,6 +384,41 @@ fn bench_hostile(c: &mut Criterion) {
     group.bench_function("client_ip_xff_64k_commas", |b| {
         b.iter(|| proxies.client_ip(black_box(&request)).unwrap())
     });
+    // What a forged credential costs the server: an API key with a valid checksum and an
+    // unknown id, against JWTs with a valid shape and a wrong signature (HS256 and EdDSA).
+    {
+        use apitoken::jwt::{AccessGrant, JwtIssuer, JwtKey, JwtValidator};
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+                   -----END PRIVATE KEY-----\n";
+        let grant = AccessGrant::new(Owner::new("team-1").unwrap(), "ci").unwrap();
+        for (name, key) in [
+            ("hs256", JwtKey::hs256(&[7u8; 32]).unwrap()),
+            ("eddsa", JwtKey::ed25519_private_pem(pem).unwrap()),
+        ] {
+            let issuer = JwtIssuer::builder(key.clone(), "iss", "aud").build().unwrap();
+            let validator = JwtValidator::builder("iss", "aud").key(key).build().unwrap();
+            let verifier = Verifier::builder(MemoryStore::new()).jwt(validator).build();
+            let mut forged = issuer.issue(&grant).unwrap().token.expose_secret().to_owned();
+            // A wrong signature of the right length: the last character changed.
+            let last = forged.pop().unwrap();
+            forged.push(if last == 'A' { 'B' } else { 'A' });
+            assert!(now(verifier.authenticate(&forged)).is_err());
+            group.bench_function(format!("forged_jwt_{name}"), |b| {
+                b.iter(|| now(verifier.authenticate(black_box(&forged))).is_err())
+            });
+        }
+        let verifier = Verifier::builder(MemoryStore::new()).build();
+        let real = issue(&verifier, 1).pop().unwrap();
+        let forged = TokenFormat::canonical()
+            .generate(Some(&"unknownid123".parse().unwrap()))
+            .unwrap();
+        assert!(now(verifier.authenticate(forged.expose_secret())).is_err());
+        assert!(now(verifier.authenticate(real.expose_secret())).is_ok());
+        group.bench_function("forged_api_key_unknown_id", |b| {
+            b.iter(|| now(verifier.authenticate(black_box(forged.expose_secret()))).is_err())
+        });
+    }
     // A new key in the in-process rate limiter while every held key is busy (an hour's
     // limit): no sweep can free anything.
     for held in [100_000usize, 1_000_000] {
