@@ -72,14 +72,16 @@ impl Shard {
     /// Makes room for one new key at `now`: sweeps idle keys when the shard has grown enough
     /// since the last sweep, and, at the cap, evicts the sampled key that refills soonest.
     fn make_room(&mut self, now: i128, cap: usize) {
-        if self.tats.len() >= self.sweep_at.max(SWEEP_AT).min(cap) {
+        // Not capped at `cap`: a full shard of busy keys would then sweep on every new key.
+        if self.tats.len() >= self.sweep_at.max(SWEEP_AT) {
             // A bucket whose TAT has passed is full: forgetting it changes nothing.
             self.tats.retain(|_, tat| *tat > now);
             self.sweep_at = self.tats.len().saturating_mul(2);
         }
         if self.tats.len() >= cap {
-            // Every key is busy. Forgetting one hands it a full bucket early: take the one
-            // closest to full anyway, among a few (hash order is as good as random).
+            // At the cap. Forgetting a key hands it a full bucket early: take the one closest
+            // to full (an idle one, if the sample has any), among a few (hash order is as good
+            // as random).
             let victim = self
                 .tats
                 .iter()
