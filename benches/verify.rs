@@ -396,10 +396,20 @@ fn bench_hostile(c: &mut Criterion) {
             ("hs256", JwtKey::hs256(&[7u8; 32]).unwrap()),
             ("eddsa", JwtKey::ed25519_private_pem(pem).unwrap()),
         ] {
-            let issuer = JwtIssuer::builder(key.clone(), "iss", "aud").build().unwrap();
-            let validator = JwtValidator::builder("iss", "aud").key(key).build().unwrap();
+            let issuer = JwtIssuer::builder(key.clone(), "iss", "aud")
+                .build()
+                .unwrap();
+            let validator = JwtValidator::builder("iss", "aud")
+                .key(key)
+                .build()
+                .unwrap();
             let verifier = Verifier::builder(MemoryStore::new()).jwt(validator).build();
-            let mut forged = issuer.issue(&grant).unwrap().token.expose_secret().to_owned();
+            let mut forged = issuer
+                .issue(&grant)
+                .unwrap()
+                .token
+                .expose_secret()
+                .to_owned();
             // A wrong signature of the right length: the last character changed.
             let last = forged.pop().unwrap();
             forged.push(if last == 'A' { 'B' } else { 'A' });
