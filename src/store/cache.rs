@@ -1418,6 +1418,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_answer_landing_late_does_not_replace_a_newer_one() {
+        let store = CachedStore::new(MemoryStore::new());
+        let one = CacheKey::Id(TokenId::from_u64(1));
+        let before = store.cache.start_lookup();
+        store.invalidator().invalidate(&TokenId::from_u64(1));
+        let after = store.cache.start_lookup();
+        store.cache.fill_one(&one, after, CachedAnswer::NotFound);
+        store.cache.fill_one(&one, before, CachedAnswer::NotFound);
+        assert!(store.cache.fresh(&one).is_some());
+    }
+
+    #[test]
     fn an_entry_inserted_across_an_invalidation_is_never_served() {
         // The invalidation lands between a fill's check and its insert: the entry is in the
         // cache for a moment, but `fresh` checks the stripes itself.
