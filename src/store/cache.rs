@@ -43,8 +43,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 
 /// A [`TokenStore`] that caches another store's lookups, misses included.
 ///
-/// Build one with [`CachedStore::new`] (defaults: 10 s TTL, 5 s negative TTL, 10,000 entries)
-/// or [`CachedStore::builder`].
+/// Build one with [`CachedStore::new`] (defaults: 10 s TTL, 5 s negative TTL, a budget of
+/// 5,120,000 bytes: 10,000 entries of 512) or [`CachedStore::builder`].
 ///
 /// # What is cached
 ///
@@ -56,18 +56,28 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// the store again. Everything else ([`next_id`](TokenStore::next_id),
 /// [`list_by_owner`](TokenStore::list_by_owner)) goes straight to the wrapped store.
 ///
-/// The cache is bounded ([`quick_cache`], 10,000 entries by default) and an entry's age is
-/// counted from the moment *before* the store was asked, so a cached answer is never older than
-/// the TTL. A record found by hash takes two entries: the record under its id, and the hash
-/// pointing at that id.
+/// The cache is bounded in bytes ([`quick_cache`], entries weighed by what they hold; see
+/// [`CachedStoreBuilder::max_bytes`]) and an entry's age is counted from the moment *before*
+/// the store was asked, so a cached answer is never older than the TTL. A record found by hash
+/// takes two entries: the record under its id, and the hash pointing at that id.
+///
+/// # Single flight
+///
+/// Concurrent misses of one key (an id or a hash) share one store lookup: the first asks, the
+/// others wait for its answer and take it unless something it depends on was invalidated
+/// meanwhile (then each asks the store itself). If the lookup fails, each waiter asks the store
+/// itself; if the leading request is cancelled, one waiter takes the lookup over. At most 4,096
+/// lookups lead or wait at once; past that a miss asks the store itself.
 ///
 /// # Revocation
 ///
 /// - **Through this `CachedStore`** ([`revoke`](TokenStore::revoke),
 ///   [`revoke_owner`](TokenStore::revoke_owner), [`insert`](TokenStore::insert)): immediate. The
 ///   write goes to the wrapped store first, then the affected entries are dropped, so the next
-///   lookup asks the store. A lookup that was already in flight when the entries were dropped
-///   does not put its older answer back into the cache.
+///   lookup asks the store. A lookup of those keys that was already in flight when the
+///   entries were dropped does not put its older answer back into the cache, nor hand it to
+///   a lookup that waited for it; lookups of other keys are not disturbed (invalidations are
+///   tracked per stripe of keys, 4,096 stripes).
 /// - **Elsewhere** (another replica, an admin tool writing to the database): immediate once
 ///   something calls the [`CacheInvalidator`] (for example a PostgreSQL `LISTEN/NOTIFY`
 ///   listener). With no such notification, the TTL is the bound: a token revoked elsewhere can
@@ -295,8 +305,8 @@ struct CacheState {
 }
 
 impl<S: TokenStore> CachedStore<S> {
-    /// Wraps `inner` with the defaults: a 10-second TTL, a 5-second negative TTL and room for
-    /// 10,000 entries.
+    /// Wraps `inner` with the defaults: a 10-second TTL, a 5-second negative TTL and a budget of
+    /// 5,120,000 bytes (10,000 entries of 512 bytes).
     ///
     /// ```
     /// use std::time::Duration;
@@ -744,7 +754,7 @@ impl<const N: usize> std::ops::Drop for Invalidate<'_, N> {
 impl CacheState {
     /// The cached answer under `key`, if it is younger than its TTL and nothing it depends on
     /// was invalidated since its lookup started. The hit path: one shard read lock, a clone
-    /// of the entry (an `Arc` count), and four atomic loads.
+    /// of the entry (an `Arc` count), and one atomic load (five after an invalidation).
     fn fresh(&self, key: &CacheKey) -> Option<CachedAnswer> {
         let entry = self.entries.get(key)?;
         let ttl = match entry.answer {
@@ -760,10 +770,13 @@ impl CacheState {
     /// Whether no stripe of `stripes` was invalidated, and the cache not cleared, after the
     /// clock read `tick`.
     fn untouched_since(&self, tick: u64, stripes: &[u16]) -> bool {
-        self.cleared.load(Ordering::SeqCst) <= tick
-            && stripes
-                .iter()
-                .all(|&stripe| self.stripes[usize::from(stripe)].load(Ordering::SeqCst) <= tick)
+        // Every stripe and clear stamp is a tick the clock handed out: if it has not moved,
+        // nothing was invalidated since (the common case, one load).
+        self.clock.load(Ordering::SeqCst) == tick
+            || self.cleared.load(Ordering::SeqCst) <= tick
+                && stripes
+                    .iter()
+                    .all(|&stripe| self.stripes[usize::from(stripe)].load(Ordering::SeqCst) <= tick)
     }
 
     fn stripe(&self, tag: Tag<'_>) -> u16 {
@@ -1103,7 +1116,9 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
             Some(CachedAnswer::NotFound) => return Ok(None),
             Some(CachedAnswer::FoundAtId(_)) | None => {}
         }
-        self.look_up(CacheKey::Id(*id), || self.inner.get(id)).await
+        // Boxed, so the hit path's future stays small (the miss path's holds the store's future
+        // and the single-flight state); the allocation is on the miss path only.
+        Box::pin(self.look_up(CacheKey::Id(*id), || self.inner.get(id))).await
     }
 
     fn get_current(
@@ -1126,8 +1141,7 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
             }
             Some(CachedAnswer::Found(_)) | None => {}
         }
-        self.look_up(CacheKey::Hash(*hash), || self.inner.find_by_hash(hash))
-            .await
+        Box::pin(self.look_up(CacheKey::Hash(*hash), || self.inner.find_by_hash(hash))).await
     }
 
     fn list_by_owner(
