@@ -449,9 +449,37 @@ fn bench_hostile(c: &mut Criterion) {
     group.finish();
 }
 
+/// The cache's hit path over a `MemoryStore` (no I/O): a hit by id, a hit by hash (two
+/// entries), and a whole verification served from the cache. A hit takes a shard read lock,
+/// clones the entry (an `Arc` count) and checks its age and that nothing it depends on was
+/// invalidated since (one atomic load, five after an invalidation); it allocates nothing and
+/// takes no global lock.
+fn bench_cache(c: &mut Criterion) {
+    let verifier = Verifier::builder(CachedStore::new(MemoryStore::new())).build();
+    let tokens = issue(&verifier, 1);
+    let need = ScopeRequirement::all(["vps:read"]).unwrap();
+    let token = tokens[0].expose_secret();
+    let principal = now(verifier.verify(token, &need)).unwrap();
+    let id = *principal.token_id();
+    let hash = now(verifier.store().get(&id)).unwrap().unwrap().hash;
+    now(verifier.store().find_by_hash(&hash)).unwrap().unwrap();
+
+    let mut group = c.benchmark_group("cache");
+    group.bench_function("hit_get", |b| {
+        b.iter(|| now(verifier.store().get(black_box(&id))).unwrap())
+    });
+    group.bench_function("hit_find_by_hash", |b| {
+        b.iter(|| now(verifier.store().find_by_hash(black_box(&hash))).unwrap())
+    });
+    group.bench_function("verify_hit", |b| {
+        b.iter(|| now(verifier.verify(black_box(token), &need)).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_formats, bench_verify, bench_threads, bench_middleware, bench_postgres, bench_hostile
+    targets = bench_formats, bench_verify, bench_threads, bench_middleware, bench_postgres, bench_hostile, bench_cache
 }
 criterion_main!(benches);

@@ -659,29 +659,39 @@ async fn store_errors_are_not_cached() {
 }
 
 #[tokio::test]
-async fn the_cache_never_holds_more_entries_than_its_capacity() {
+async fn the_cache_never_holds_more_bytes_than_its_budget() {
     for capacity in [1, 10, 100, 1_000, 4_097, 10_000] {
         let database = Database::default();
         let store = CachedStore::builder(Arc::clone(&database))
             .capacity(capacity)
             .build();
         assert!(store.capacity() <= capacity);
-        for n in 0..(capacity as u64 + 500) {
+        assert!(store.max_bytes() <= capacity as u64 * 512);
+        let lookups = capacity as u64 * 3 + 500;
+        for n in 0..lookups {
             store.get(&TokenId::from_u64(n)).await.unwrap();
-            assert!(store.len() <= capacity, "{} > {capacity}", store.len());
+            assert!(
+                store.weight() <= store.max_bytes(),
+                "{} > {capacity}",
+                store.weight()
+            );
         }
-        // And it is used: nearly full after more distinct lookups than it holds.
+        // And it is used: nearly full after more distinct lookups than it holds (short of a
+        // few entries per shard when the budget is small).
+        let slack = if capacity < 100 { 512 * 8 } else { 0 };
         assert!(
-            !store.is_empty() && store.len() >= capacity * 9 / 10,
-            "{}",
-            store.len()
+            store.weight() >= (store.max_bytes() * 9 / 10).saturating_sub(slack),
+            "{} of {}",
+            store.weight(),
+            store.max_bytes()
         );
-        assert_eq!(database.gets(), capacity + 500);
+        assert_eq!(database.gets() as u64, lookups);
     }
 
-    // The defaults: 10,000 entries, as close as the shard count allows.
+    // The defaults: 10,000 entries of 512 bytes, as close as the shard count allows.
     let store = CachedStore::new(MemoryStore::new());
     assert!((9_000..=10_000).contains(&store.capacity()));
+    assert!((9_000 * 512..=10_000 * 512).contains(&store.max_bytes()));
 }
 
 #[tokio::test]

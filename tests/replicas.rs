@@ -245,9 +245,10 @@ async fn a_revoke_missed_while_the_listener_was_down_is_refused_once_it_is_back(
         })
         .await
         .expect("the LISTEN backend ends");
-        // The listener empties the cache when it notices the loss, too. Let it, so that it
-        // does not drop what B caches next (if it never does, the check below sees that B
-        // still serves the entry, which is all this needs).
+        // A listener that also emptied the cache when it noticed the loss (this one no longer
+        // does: it clears once, when it listens again) would drop what B caches next; give
+        // such a one its moment (if it never does, the check below sees that B still serves
+        // the entry, which is all this needs).
         let _ = poll(Duration::from_millis(500), async || {
             b.store().is_empty().then_some(())
         })

@@ -12,14 +12,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::RandomState;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::mem::size_of;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use quick_cache::UnitWeighter;
 use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction};
+use quick_cache::{UnitWeighter, Weighter};
 
 use super::{StoreChange, StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
@@ -29,11 +30,21 @@ use crate::secret::SecretHash;
 const DEFAULT_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 const DEFAULT_CAPACITY: usize = 10_000;
+/// The bytes one unit of [`CachedStoreBuilder::capacity`] stands for: about what a record with
+/// a few scopes and no metadata weighs (a cached miss weighs about half as much).
+const BYTES_PER_ENTRY: usize = 512;
+/// How many invalidation stripes a cache has. An invalidation stops the refills in flight of
+/// the keys in its stripe only, so one of another id costs a refill its fill with odds of
+/// about 1 in 4,096.
+const STRIPES: usize = 4096;
+/// The most lookups that may lead or wait in single flight at once (which bounds the in-flight
+/// table); past it, a miss asks the store itself, as with no coalescing.
+const MAX_IN_FLIGHT: usize = 4096;
 
 /// A [`TokenStore`] that caches another store's lookups, misses included.
 ///
-/// Build one with [`CachedStore::new`] (defaults: 10 s TTL, 5 s negative TTL, 10,000 entries)
-/// or [`CachedStore::builder`].
+/// Build one with [`CachedStore::new`] (defaults: 10 s TTL, 5 s negative TTL, a budget of
+/// 5,120,000 bytes: 10,000 entries of 512) or [`CachedStore::builder`].
 ///
 /// # What is cached
 ///
@@ -45,18 +56,28 @@ const DEFAULT_CAPACITY: usize = 10_000;
 /// the store again. Everything else ([`next_id`](TokenStore::next_id),
 /// [`list_by_owner`](TokenStore::list_by_owner)) goes straight to the wrapped store.
 ///
-/// The cache is bounded ([`quick_cache`], 10,000 entries by default) and an entry's age is
-/// counted from the moment *before* the store was asked, so a cached answer is never older than
-/// the TTL. A record found by hash takes two entries: the record under its id, and the hash
-/// pointing at that id.
+/// The cache is bounded in bytes ([`quick_cache`], entries weighed by what they hold; see
+/// [`CachedStoreBuilder::max_bytes`]) and an entry's age is counted from the moment *before*
+/// the store was asked, so a cached answer is never older than the TTL. A record found by hash
+/// takes two entries: the record under its id, and the hash pointing at that id.
+///
+/// # Single flight
+///
+/// Concurrent misses of one key (an id or a hash) share one store lookup: the first asks, the
+/// others wait for its answer and take it unless something it depends on was invalidated
+/// meanwhile (then each asks the store itself). If the lookup fails, each waiter asks the store
+/// itself; if the leading request is cancelled, one waiter takes the lookup over. At most 4,096
+/// lookups lead or wait at once; past that a miss asks the store itself.
 ///
 /// # Revocation
 ///
 /// - **Through this `CachedStore`** ([`revoke`](TokenStore::revoke),
 ///   [`revoke_owner`](TokenStore::revoke_owner), [`insert`](TokenStore::insert)): immediate. The
 ///   write goes to the wrapped store first, then the affected entries are dropped, so the next
-///   lookup asks the store. A lookup that was already in flight when the entries were dropped
-///   does not put its older answer back into the cache.
+///   lookup asks the store. A lookup of those keys that was already in flight when the
+///   entries were dropped does not put its older answer back into the cache, nor hand it to
+///   a lookup that waited for it; lookups of other keys are not disturbed (invalidations are
+///   tracked per stripe of keys, 4,096 stripes).
 /// - **Elsewhere** (another replica, an admin tool writing to the database): immediate once
 ///   something calls the [`CacheInvalidator`] (for example a PostgreSQL `LISTEN/NOTIFY`
 ///   listener). With no such notification, the TTL is the bound: a token revoked elsewhere can
@@ -151,7 +172,7 @@ pub struct CachedStoreBuilder<S> {
     inner: S,
     ttl: Duration,
     negative_ttl: Duration,
-    capacity: usize,
+    max_bytes: u64,
 }
 
 /// Drops entries from a [`CachedStore`]'s cache, from anywhere: a cheap handle (one `Arc`)
@@ -205,6 +226,14 @@ struct CacheEntry {
     /// When the store was asked for this answer (before the call, so the age is an upper
     /// bound on how old the answer is).
     asked_at: Instant,
+    /// The invalidation clock when the lookup started. An invalidation of one of `stripes`
+    /// (or a clear) that ticked later makes the entry stale: it is never served again.
+    tick: u64,
+    /// The invalidation stripes this answer depends on: its key's, and for a record its id's,
+    /// its hash's and its owner's.
+    stripes: [u16; 3],
+    /// What the entry holds, in bytes (an estimate; see [`CacheState::weigh`]).
+    weight: u64,
     answer: CachedAnswer,
 }
 
@@ -219,20 +248,65 @@ enum CachedAnswer {
     FoundAtId(TokenId),
 }
 
+/// What a lookup in flight hands the lookups of the same key that waited for it.
+#[derive(Clone)]
+enum Flight {
+    /// The store's answer, and the invalidation clock when the lookup started: a waiter takes
+    /// it only if nothing it depends on was invalidated since.
+    Answered {
+        tick: u64,
+        answer: Option<StoredToken>,
+    },
+    /// The store failed: each waiter asks it itself (errors are not shared, nor cached).
+    Failed,
+}
+
+/// Weighs an entry by what it holds, computed once when the entry is made.
+#[derive(Clone)]
+struct EntryWeighter;
+
+impl Weighter<CacheKey, CacheEntry> for EntryWeighter {
+    fn weight(&self, _key: &CacheKey, entry: &CacheEntry) -> u64 {
+        entry.weight
+    }
+}
+
+/// What an invalidation names; hashed to pick its stripe.
+#[derive(Hash)]
+enum Tag<'a> {
+    Id(&'a TokenId),
+    Hash(&'a SecretHash),
+    Owner(&'a str),
+}
+
 /// The state a [`CachedStore`] shares with its [`CacheInvalidator`]s.
 struct CacheState {
-    entries: Cache<CacheKey, CacheEntry, UnitWeighter, RandomState>,
-    /// Bumped by every invalidation, before entries are dropped. A lookup records it before
-    /// asking the store and keeps its answer only if it has not moved, so an answer read before
-    /// a revocation is never cached after the revocation's invalidation.
-    generation: AtomicU64,
+    entries: Cache<CacheKey, CacheEntry, EntryWeighter, RandomState>,
+    /// Lookups in flight, for single flight: only placeholders (its capacity is zero, so an
+    /// answer handed to the waiters is never kept in it).
+    flights: Cache<CacheKey, Flight, UnitWeighter, RandomState>,
+    /// Lookups leading or waiting in `flights` now, at most [`MAX_IN_FLIGHT`].
+    in_flight: AtomicUsize,
+    /// Ticks once per invalidation, before anything is dropped.
+    clock: AtomicU64,
+    /// For each stripe of keys, the tick of its last invalidation. A lookup notes the clock
+    /// before asking the store and its answer is kept (and served) only while none of the
+    /// stripes it depends on has a later tick, so an answer read before a revocation is never
+    /// served after the revocation's invalidation, while invalidations of other keys leave it
+    /// alone.
+    stripes: Box<[AtomicU64]>,
+    /// The tick of the last [`invalidate_all`](CacheInvalidator::invalidate_all): it stops
+    /// every refill in flight.
+    cleared: AtomicU64,
+    /// Keyed, like the cache's own hasher: invalidated ids come from requests too.
+    stripe_hasher: RandomState,
     ttl: Duration,
     negative_ttl: Duration,
 }
 
 impl<S: TokenStore> CachedStore<S> {
-    /// Wraps `inner` with the defaults: a 10-second TTL, a 5-second negative TTL and room for
-    /// 10,000 entries.
+    /// Wraps `inner` with the defaults: a 10-second TTL, a 5-second negative TTL and a budget of
+    /// 5,120,000 bytes (10,000 entries of 512 bytes).
     ///
     /// ```
     /// use std::time::Duration;
@@ -263,7 +337,7 @@ impl<S: TokenStore> CachedStore<S> {
             inner,
             ttl: DEFAULT_TTL,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
-            capacity: DEFAULT_CAPACITY,
+            max_bytes: entries_to_bytes(DEFAULT_CAPACITY),
         }
     }
 }
@@ -325,7 +399,8 @@ impl<S> CachedStore<S> {
         self.cache.negative_ttl
     }
 
-    /// The most entries the cache holds. It can be a little below the configured capacity
+    /// The cache's budget in units of 512 bytes, as [`CachedStoreBuilder::capacity`] sets it:
+    /// [`max_bytes`](Self::max_bytes) / 512. It can be a little below the configured capacity
     /// (by less than the cache's shard count), never above.
     ///
     /// ```
@@ -335,7 +410,40 @@ impl<S> CachedStore<S> {
     /// assert!(store.capacity() <= 1_000);
     /// ```
     pub fn capacity(&self) -> usize {
-        usize::try_from(self.cache.entries.capacity()).unwrap_or(usize::MAX)
+        usize::try_from(self.max_bytes() / BYTES_PER_ENTRY as u64).unwrap_or(usize::MAX)
+    }
+
+    /// The most bytes the cache's entries hold, by the estimate of
+    /// [`CachedStoreBuilder::max_bytes`]. It can be a little below the configured budget (by
+    /// less than the cache's shard count), never above.
+    ///
+    /// ```
+    /// use apitoken::{CachedStore, MemoryStore};
+    ///
+    /// let store = CachedStore::builder(MemoryStore::new()).max_bytes(1 << 20).build();
+    /// assert!(store.max_bytes() <= 1 << 20);
+    /// assert_eq!(CachedStore::new(MemoryStore::new()).max_bytes(), 10_000 * 512);
+    /// ```
+    pub fn max_bytes(&self) -> u64 {
+        self.cache.entries.capacity()
+    }
+
+    /// The bytes the cache's entries hold now, by the same estimate: never above
+    /// [`max_bytes`](Self::max_bytes).
+    ///
+    /// ```
+    /// use apitoken::{CachedStore, MemoryStore, TokenId, TokenStore};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = CachedStore::new(MemoryStore::new());
+    /// assert_eq!(store.weight(), 0);
+    /// store.get(&TokenId::from_u64(1)).await?; // a cached miss
+    /// assert!(store.weight() > 0 && store.weight() < 512);
+    /// # Ok::<(), apitoken::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn weight(&self) -> u64 {
+        self.cache.entries.weight()
     }
 
     /// How many entries the cache holds, expired ones not yet evicted included.
@@ -400,8 +508,11 @@ impl<S: TokenStore> CachedStoreBuilder<S> {
         self
     }
 
-    /// The most entries the cache holds. Default: 10,000. A token looked up by id takes one
-    /// entry; one looked up by hash takes two. Zero caches nothing.
+    /// The cache's budget in entries of 512 bytes: the same as
+    /// [`max_bytes`](Self::max_bytes)`(capacity * 512)`. Default: 10,000 (5,120,000 bytes).
+    /// 512 bytes is about what a record with a few scopes and no metadata weighs, so this is
+    /// about how many such tokens fit; a cached miss weighs less (about 200 bytes), a token
+    /// with many scopes, networks or much metadata more. Zero caches nothing.
     ///
     /// ```
     /// use apitoken::{CachedStore, MemoryStore, TokenId, TokenStore};
@@ -411,12 +522,37 @@ impl<S: TokenStore> CachedStoreBuilder<S> {
     /// for n in 0..1_000 {
     ///     store.get(&TokenId::from_u64(n)).await?;
     /// }
-    /// assert!(store.len() <= 64);
+    /// assert!(store.weight() <= 64 * 512);
     /// # Ok::<(), apitoken::StoreError>(())
     /// # }).unwrap();
     /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
+        self.max_bytes = entries_to_bytes(capacity);
+        self
+    }
+
+    /// The most bytes the cached entries hold. Default: 5,120,000 (10,000 entries of 512
+    /// bytes; [`capacity`](Self::capacity) sets the same budget in entries). An entry weighs
+    /// a fixed overhead (its key, its slot, its bookkeeping: about 200 bytes) and, for a
+    /// record, the record: its name, owner, scopes, allowlist and an estimate of its metadata
+    /// in memory. A single entry heavier than a shard's share of the budget (the budget over
+    /// the cache's shard count, a few per core) is not cached at all; its lookups go to the
+    /// store. Zero caches nothing.
+    ///
+    /// ```
+    /// use apitoken::{CachedStore, MemoryStore, TokenId, TokenStore};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = CachedStore::builder(MemoryStore::new()).max_bytes(64 * 1024).build();
+    /// for n in 0..1_000 {
+    ///     store.get(&TokenId::from_u64(n)).await?;
+    /// }
+    /// assert!(store.weight() <= 64 * 1024);
+    /// # Ok::<(), apitoken::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
         self
     }
 
@@ -429,29 +565,44 @@ impl<S: TokenStore> CachedStoreBuilder<S> {
     /// assert!(verifier.store().is_empty());
     /// ```
     pub fn build(self) -> CachedStore<S> {
-        let weight_capacity = u64::try_from(self.capacity).unwrap_or(u64::MAX);
+        let weight_capacity = self.max_bytes;
+        let estimated_entries =
+            usize::try_from(weight_capacity / BYTES_PER_ENTRY as u64).unwrap_or(usize::MAX);
         let entries = Cache::with(
-            self.capacity,
+            estimated_entries,
             weight_capacity,
-            UnitWeighter,
+            EntryWeighter,
             // Ids and hashes come from requests, so keys are attacker-chosen: a keyed SipHash,
             // not a fast unkeyed hash, keeps them from being made to collide.
             RandomState::new(),
             DefaultLifecycle::default(),
         );
-        // quick_cache gives each shard ceil(capacity / shards) entries, so the total can exceed
-        // the capacity by up to shards - 1. Round down to a multiple of the shard count so the
-        // configured capacity is a hard bound.
+        // quick_cache gives each shard ceil(budget / shards) bytes, so the total can exceed
+        // the budget by up to shards - 1. Round down to a multiple of the shard count so the
+        // configured budget is a hard bound.
         let shards = entries.num_shards() as u64;
         let per_shard_total = weight_capacity / shards * shards;
         if per_shard_total != entries.capacity() {
             entries.set_capacity(per_shard_total);
         }
+        // Zero capacity: an answer handed to the waiters is never kept, only placeholders.
+        let flights = Cache::with(
+            MAX_IN_FLIGHT,
+            0,
+            UnitWeighter,
+            RandomState::new(),
+            DefaultLifecycle::default(),
+        );
         CachedStore {
             inner: self.inner,
             cache: Arc::new(CacheState {
                 entries,
-                generation: AtomicU64::new(0),
+                flights,
+                in_flight: AtomicUsize::new(0),
+                clock: AtomicU64::new(0),
+                stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                cleared: AtomicU64::new(0),
+                stripe_hasher: RandomState::new(),
                 ttl: self.ttl,
                 negative_ttl: self.negative_ttl,
             }),
@@ -601,54 +752,152 @@ impl<const N: usize> std::ops::Drop for Invalidate<'_, N> {
 }
 
 impl CacheState {
-    /// The cached answer under `key`, if it is younger than its TTL.
+    /// The cached answer under `key`, if it is younger than its TTL and nothing it depends on
+    /// was invalidated since its lookup started. The hit path: one shard read lock, a clone
+    /// of the entry (an `Arc` count), and one atomic load (five after an invalidation).
     fn fresh(&self, key: &CacheKey) -> Option<CachedAnswer> {
         let entry = self.entries.get(key)?;
         let ttl = match entry.answer {
             CachedAnswer::NotFound => self.negative_ttl,
             CachedAnswer::Found(_) | CachedAnswer::FoundAtId(_) => self.ttl,
         };
-        // An expired entry stays until it is overwritten or evicted; it is never served.
-        (entry.asked_at.elapsed() < ttl).then_some(entry.answer)
+        // An expired or invalidated entry stays until it is overwritten or evicted; it is
+        // never served.
+        (entry.asked_at.elapsed() < ttl && self.untouched_since(entry.tick, &entry.stripes))
+            .then_some(entry.answer)
+    }
+
+    /// Whether no stripe of `stripes` was invalidated, and the cache not cleared, after the
+    /// clock read `tick`.
+    fn untouched_since(&self, tick: u64, stripes: &[u16]) -> bool {
+        // Every stripe and clear stamp is a tick the clock handed out: if it has not moved,
+        // nothing was invalidated since (the common case, one load).
+        self.clock.load(Ordering::SeqCst) == tick
+            || self.cleared.load(Ordering::SeqCst) <= tick
+                && stripes
+                    .iter()
+                    .all(|&stripe| self.stripes[usize::from(stripe)].load(Ordering::SeqCst) <= tick)
+    }
+
+    fn stripe(&self, tag: Tag<'_>) -> u16 {
+        // STRIPES is a power of two below 2^16: the cast keeps the low bits.
+        (self.stripe_hasher.hash_one(tag) as usize % STRIPES) as u16
+    }
+
+    fn key_stripe(&self, key: &CacheKey) -> u16 {
+        match key {
+            CacheKey::Id(id) => self.stripe(Tag::Id(id)),
+            CacheKey::Hash(hash) => self.stripe(Tag::Hash(hash)),
+        }
+    }
+
+    /// The stripes an answer found under `key` depends on. A record depends on its id, its
+    /// hash and its owner, whichever key it was found by, so `invalidate`, `invalidate_hash`
+    /// and `invalidate_owner` all reach it.
+    fn answer_stripes(&self, key: &CacheKey, answer: Option<&StoredToken>) -> [u16; 4] {
+        let key_stripe = self.key_stripe(key);
+        match answer {
+            Some(stored) => [
+                key_stripe,
+                self.stripe(Tag::Id(&stored.record.id)),
+                self.stripe(Tag::Hash(&stored.hash)),
+                self.stripe(Tag::Owner(stored.record.owner.as_str())),
+            ],
+            None => [key_stripe; 4],
+        }
     }
 
     /// A ticket for an answer about to be fetched from the wrapped store.
     fn start_lookup(&self) -> Lookup {
         Lookup {
             asked_at: Instant::now(),
-            generation: self.generation.load(Ordering::SeqCst),
+            tick: self.clock.load(Ordering::SeqCst),
         }
     }
 
-    /// Caches `answers`, unless an invalidation happened since `lookup` started: the store's
-    /// answer may then predate the change that was invalidated.
-    fn fill(&self, lookup: Lookup, answers: Vec<(CacheKey, CachedAnswer)>) {
-        if self.generation.load(Ordering::SeqCst) != lookup.generation {
+    /// Caches what the store answered for `key`, unless an invalidation of something the
+    /// answer depends on ticked since `lookup` started: the answer may then predate the change
+    /// that was invalidated. Invalidations of other keys do not stop it.
+    fn fill(&self, key: &CacheKey, lookup: Lookup, answer: Option<&StoredToken>) {
+        match (key, answer) {
+            (CacheKey::Id(_), Some(stored)) => {
+                self.fill_one(key, lookup, CachedAnswer::Found(stored.clone()));
+            }
+            (CacheKey::Hash(_), Some(stored)) => {
+                let id = stored.record.id;
+                // The record first: a pointer to a record that is not there is ignored.
+                self.fill_one(
+                    &CacheKey::Id(id),
+                    lookup,
+                    CachedAnswer::Found(stored.clone()),
+                );
+                self.fill_one(key, lookup, CachedAnswer::FoundAtId(id));
+            }
+            (_, None) => self.fill_one(key, lookup, CachedAnswer::NotFound),
+        }
+    }
+
+    fn fill_one(&self, key: &CacheKey, lookup: Lookup, answer: CachedAnswer) {
+        let stripes = match &answer {
+            // Found only under its id: the key's stripe is the id's.
+            CachedAnswer::Found(stored) => {
+                let [_, id, hash, owner] = self.answer_stripes(key, Some(stored));
+                [id, hash, owner]
+            }
+            CachedAnswer::NotFound | CachedAnswer::FoundAtId(_) => [self.key_stripe(key); 3],
+        };
+        if !self.untouched_since(lookup.tick, &stripes) {
             return;
         }
-        for (key, answer) in &answers {
-            let entry = CacheEntry {
-                asked_at: lookup.asked_at,
-                answer: answer.clone(),
+        let weight = ENTRY_OVERHEAD
+            + match &answer {
+                CachedAnswer::Found(stored) => record_bytes(&stored.record),
+                CachedAnswer::NotFound | CachedAnswer::FoundAtId(_) => 0,
             };
-            self.entries.insert(key.clone(), entry);
-        }
-        // An invalidation between the check above and the inserts may have run its removals
-        // before the inserts landed. Invalidations bump the generation before removing, so
-        // checking again after inserting catches it; take the answers back out.
-        if self.generation.load(Ordering::SeqCst) != lookup.generation {
-            for (key, _) in &answers {
-                self.entries.remove(key);
-            }
+        let entry = CacheEntry {
+            asked_at: lookup.asked_at,
+            tick: lookup.tick,
+            stripes,
+            weight,
+            answer,
+        };
+        self.entries.insert(key.clone(), entry);
+        // An invalidation between the check above and the insert may have run its removal
+        // before the insert landed. The entry is never served (`fresh` checks the stripes
+        // again); take it out so it does not hold a slot. Only if it is still ours and stale:
+        // a newer answer may have replaced it.
+        if !self.untouched_since(lookup.tick, &stripes) {
+            self.entries.remove_if(key, |entry| {
+                entry.tick == lookup.tick && !self.untouched_since(entry.tick, &entry.stripes)
+            });
         }
     }
 
-    fn invalidated(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    /// Whether an answer a lookup in flight handed over may be taken by a lookup that waited
+    /// for it: nothing it depends on was invalidated since that lookup started.
+    fn still_current(&self, key: &CacheKey, tick: u64, answer: Option<&StoredToken>) -> bool {
+        self.untouched_since(tick, &self.answer_stripes(key, answer))
+    }
+
+    /// Takes a seat in single flight, if there is one free.
+    fn seat(&self) -> Option<Seat<'_>> {
+        let taken = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let seat = Seat(&self.in_flight);
+        (taken < MAX_IN_FLIGHT).then_some(seat)
+    }
+
+    /// Marks a stripe invalidated, before the caller drops entries: from here on, nothing
+    /// in it that a lookup started before can be cached or served.
+    fn touch(&self, tag: Tag<'_>) {
+        let tick = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        self.stripes[usize::from(self.stripe(tag))].fetch_max(tick, Ordering::SeqCst);
     }
 
     fn invalidate_id(&self, id: &TokenId) {
-        self.invalidated();
+        self.touch(Tag::Id(id));
+        // Lookups that start from now on lead a new flight rather than wait for one that
+        // started before (whose answer they would not take).
+        self.flights.remove(&CacheKey::Id(*id));
         if let Some((_, entry)) = self.entries.remove(&CacheKey::Id(*id))
             && let CachedAnswer::Found(stored) = entry.answer
         {
@@ -659,7 +908,8 @@ impl CacheState {
     }
 
     fn invalidate_hash(&self, hash: &SecretHash) {
-        self.invalidated();
+        self.touch(Tag::Hash(hash));
+        self.flights.remove(&CacheKey::Hash(*hash));
         if let Some((_, entry)) = self.entries.remove(&CacheKey::Hash(*hash))
             && let CachedAnswer::FoundAtId(id) = entry.answer
         {
@@ -670,7 +920,7 @@ impl CacheState {
     }
 
     fn invalidate_owner(&self, owner: &Owner) {
-        self.invalidated();
+        self.touch(Tag::Owner(owner.as_str()));
         // One pass over the cache, shard by shard, instead of asking the store for the owner's
         // ids: no extra round trip, nothing that can fail after the revocation succeeded.
         self.entries.retain(|_, entry| {
@@ -679,7 +929,9 @@ impl CacheState {
     }
 
     fn invalidate_all(&self) {
-        self.invalidated();
+        let tick = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        self.cleared.fetch_max(tick, Ordering::SeqCst);
+        self.flights.clear();
         self.entries.clear();
     }
 
@@ -711,7 +963,139 @@ impl CacheState {
 #[derive(Clone, Copy)]
 struct Lookup {
     asked_at: Instant,
-    generation: u64,
+    /// The invalidation clock when the lookup started.
+    tick: u64,
+}
+
+/// A seat in single flight: frees itself when dropped (the lookup done, failed or cancelled).
+struct Seat<'a>(&'a AtomicUsize);
+
+impl std::ops::Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What every entry weighs besides the record it may hold: its key and value as stored, and
+/// quick_cache's slot, index and list links around them.
+const ENTRY_OVERHEAD: u64 = (size_of::<CacheKey>() + size_of::<CacheEntry>() + 64) as u64;
+
+/// What a cached record holds, in bytes: the record, its strings, scopes and networks, and an
+/// estimate of its metadata in memory.
+fn record_bytes(record: &TokenRecord) -> u64 {
+    let scopes: usize = record
+        .scopes
+        .iter()
+        .map(|scope| size_of::<crate::Scope>() + scope.as_str().len())
+        .sum();
+    let bytes = size_of::<TokenRecord>()
+        + 2 * size_of::<usize>() // the `Arc`'s counts
+        + record.name.len()
+        + record.owner.as_str().len()
+        + scopes
+        + std::mem::size_of_val(record.allowed_ips.as_slice())
+        + metadata_bytes(&record.metadata);
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// An estimate of the memory a metadata map holds: every value's slot, every string's bytes,
+/// and a map entry's key and links. Walked with a stack of its own, not recursion, since
+/// metadata can nest deeply.
+fn metadata_bytes(metadata: &crate::record::Metadata) -> usize {
+    use serde_json::Value;
+    const MAP_ENTRY: usize = size_of::<String>() + size_of::<Value>() + 2 * size_of::<usize>();
+    let mut bytes = 0;
+    let mut pending: Vec<&Value> = Vec::new();
+    for (key, value) in metadata {
+        bytes += MAP_ENTRY + key.len();
+        pending.push(value);
+    }
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::String(text) => bytes += text.len(),
+            Value::Array(values) => {
+                bytes += values.len() * size_of::<Value>();
+                pending.extend(values);
+            }
+            Value::Object(entries) => {
+                for (key, value) in entries {
+                    bytes += MAP_ENTRY + key.len();
+                    pending.push(value);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    bytes
+}
+
+/// A budget of `entries` entries of [`BYTES_PER_ENTRY`] bytes.
+fn entries_to_bytes(entries: usize) -> u64 {
+    u64::try_from(entries)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(BYTES_PER_ENTRY as u64)
+}
+
+impl<S: TokenStore> CachedStore<S> {
+    /// Answers a lookup that missed the cache: with single flight, the first miss of `key`
+    /// asks the store and the misses of the same key that arrive meanwhile wait for its answer
+    /// instead of asking too.
+    ///
+    /// - The answer is cached (unless an invalidation of what it depends on raced it), then
+    ///   handed to the waiters, each of which takes it only if nothing it depends on was
+    ///   invalidated since the lookup started; one that cannot asks the store itself.
+    /// - If the store fails, each waiter asks the store itself: errors are neither cached nor
+    ///   shared, and a waiter never hangs on a lookup that will not answer.
+    /// - If the leading lookup is dropped (its request cancelled), one waiter takes over and
+    ///   asks the store; the others keep waiting for it.
+    /// - At most [`MAX_IN_FLIGHT`] lookups lead or wait at once; past that, a miss asks the
+    ///   store itself.
+    async fn look_up<F, Fut>(
+        &self,
+        key: CacheKey,
+        ask: F,
+    ) -> Result<Option<StoredToken>, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<StoredToken>, StoreError>>,
+    {
+        let cache = &*self.cache;
+        if let Some(seat) = cache.seat() {
+            match cache.flights.get_value_or_guard_async(&key).await {
+                Err(guard) => {
+                    let lookup = cache.start_lookup();
+                    let answer = ask().await;
+                    let handed = match &answer {
+                        Ok(answer) => {
+                            cache.fill(&key, lookup, answer.as_ref());
+                            Flight::Answered {
+                                tick: lookup.tick,
+                                answer: answer.clone(),
+                            }
+                        }
+                        Err(_) => Flight::Failed,
+                    };
+                    // Wakes every waiter with the answer. `Err` only says the placeholder was
+                    // dropped by an invalidation: the waiters still have the answer, and check
+                    // it.
+                    let _ = guard.insert(handed);
+                    drop(seat);
+                    return answer;
+                }
+                Ok(Flight::Answered { tick, answer })
+                    if cache.still_current(&key, tick, answer.as_ref()) =>
+                {
+                    return Ok(answer);
+                }
+                // The store failed, or what it answered raced an invalidation: ask it ourselves.
+                Ok(Flight::Answered { .. } | Flight::Failed) => drop(seat),
+            }
+        }
+        let lookup = cache.start_lookup();
+        let answer = ask().await?;
+        cache.fill(&key, lookup, answer.as_ref());
+        Ok(answer)
+    }
 }
 
 impl<S: TokenStore> TokenStore for CachedStore<S> {
@@ -732,14 +1116,9 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
             Some(CachedAnswer::NotFound) => return Ok(None),
             Some(CachedAnswer::FoundAtId(_)) | None => {}
         }
-        let lookup = self.cache.start_lookup();
-        let answer = self.inner.get(id).await?;
-        let cached = match &answer {
-            Some(stored) => CachedAnswer::Found(stored.clone()),
-            None => CachedAnswer::NotFound,
-        };
-        self.cache.fill(lookup, vec![(CacheKey::Id(*id), cached)]);
-        Ok(answer)
+        // Boxed, so the hit path's future stays small (the miss path's holds the store's future
+        // and the single-flight state); the allocation is on the miss path only.
+        Box::pin(self.look_up(CacheKey::Id(*id), || self.inner.get(id))).await
     }
 
     fn get_current(
@@ -762,20 +1141,7 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
             }
             Some(CachedAnswer::Found(_)) | None => {}
         }
-        let lookup = self.cache.start_lookup();
-        let answer = self.inner.find_by_hash(hash).await?;
-        let cached = match &answer {
-            Some(stored) => {
-                let id = stored.record.id;
-                vec![
-                    (CacheKey::Id(id), CachedAnswer::Found(stored.clone())),
-                    (CacheKey::Hash(*hash), CachedAnswer::FoundAtId(id)),
-                ]
-            }
-            None => vec![(CacheKey::Hash(*hash), CachedAnswer::NotFound)],
-        };
-        self.cache.fill(lookup, cached);
-        Ok(answer)
+        Box::pin(self.look_up(CacheKey::Hash(*hash), || self.inner.find_by_hash(hash))).await
     }
 
     fn list_by_owner(
@@ -851,7 +1217,8 @@ impl<S> fmt::Debug for CachedStore<S> {
         f.debug_struct("CachedStore")
             .field("ttl", &self.cache.ttl)
             .field("negative_ttl", &self.cache.negative_ttl)
-            .field("capacity", &self.capacity())
+            .field("max_bytes", &self.max_bytes())
+            .field("weight", &self.weight())
             .field("len", &self.len())
             .finish_non_exhaustive()
     }
@@ -862,7 +1229,7 @@ impl<S> fmt::Debug for CachedStoreBuilder<S> {
         f.debug_struct("CachedStoreBuilder")
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
-            .field("capacity", &self.capacity)
+            .field("max_bytes", &self.max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -1048,32 +1415,107 @@ mod tests {
     #[test]
     fn an_answer_fetched_across_an_invalidation_is_not_filled() {
         let store = CachedStore::new(MemoryStore::new());
+        let one = CacheKey::Id(TokenId::from_u64(1));
         let lookup = store.cache.start_lookup();
         store.invalidator().invalidate_all();
-        store.cache.fill(
-            lookup,
-            vec![(CacheKey::Id(TokenId::from_u64(1)), CachedAnswer::NotFound)],
-        );
+        store.cache.fill_one(&one, lookup, CachedAnswer::NotFound);
         assert!(store.is_empty());
 
         let lookup = store.cache.start_lookup();
-        store.cache.fill(
-            lookup,
-            vec![(CacheKey::Id(TokenId::from_u64(1)), CachedAnswer::NotFound)],
-        );
+        store.invalidator().invalidate(&TokenId::from_u64(1));
+        store.cache.fill_one(&one, lookup, CachedAnswer::NotFound);
+        assert!(store.is_empty());
+
+        let lookup = store.cache.start_lookup();
+        store.cache.fill_one(&one, lookup, CachedAnswer::NotFound);
         assert_eq!(store.len(), 1);
     }
 
     #[test]
-    fn capacity_is_rounded_down_to_whole_shards_never_up() {
-        for capacity in [0, 1, 31, 33, 100, 1_000, 4_097, 10_000, 12_345] {
+    fn a_stale_answer_landing_late_does_not_replace_a_newer_one() {
+        let store = CachedStore::new(MemoryStore::new());
+        let one = CacheKey::Id(TokenId::from_u64(1));
+        let before = store.cache.start_lookup();
+        store.invalidator().invalidate(&TokenId::from_u64(1));
+        let after = store.cache.start_lookup();
+        store.cache.fill_one(&one, after, CachedAnswer::NotFound);
+        store.cache.fill_one(&one, before, CachedAnswer::NotFound);
+        assert!(store.cache.fresh(&one).is_some());
+    }
+
+    #[test]
+    fn an_entry_inserted_across_an_invalidation_is_never_served() {
+        // The invalidation lands between a fill's check and its insert: the entry is in the
+        // cache for a moment, but `fresh` checks the stripes itself.
+        let store = CachedStore::new(MemoryStore::new());
+        let one = CacheKey::Id(TokenId::from_u64(1));
+        let lookup = store.cache.start_lookup();
+        store.cache.fill_one(&one, lookup, CachedAnswer::NotFound);
+        assert!(store.cache.fresh(&one).is_some());
+        store.cache.touch(Tag::Id(&TokenId::from_u64(1))); // no removal
+        assert_eq!(store.len(), 1);
+        assert!(store.cache.fresh(&one).is_none());
+    }
+
+    #[test]
+    fn an_invalidation_of_another_id_leaves_a_refill_alone() {
+        let store = CachedStore::new(MemoryStore::new());
+        let one = CacheKey::Id(TokenId::from_u64(1));
+        // An id in another stripe than id 1 (the stripes are keyed at random).
+        let other = (2..)
+            .map(TokenId::from_u64)
+            .find(|id| {
+                store.cache.stripe(Tag::Id(id))
+                    != store.cache.stripe(Tag::Id(&TokenId::from_u64(1)))
+            })
+            .unwrap();
+        let lookup = store.cache.start_lookup();
+        store.invalidator().invalidate(&other);
+        store.cache.fill_one(&one, lookup, CachedAnswer::NotFound);
+        assert!(store.cache.fresh(&one).is_some());
+    }
+
+    #[test]
+    fn the_byte_budget_is_rounded_down_to_whole_shards_never_up() {
+        for max_bytes in [0, 1, 31, 33, 100, 1_000, 4_097, 10_000, 12_345, 5_120_000] {
+            let store = CachedStore::builder(MemoryStore::new())
+                .max_bytes(max_bytes)
+                .build();
+            let shards = store.cache.entries.num_shards() as u64;
+            assert!(store.max_bytes() <= max_bytes, "{max_bytes}");
+            assert!(max_bytes - store.max_bytes() < shards, "{max_bytes}");
+        }
+        for capacity in [0, 1, 100, 10_000] {
             let store = CachedStore::builder(MemoryStore::new())
                 .capacity(capacity)
                 .build();
-            let shards = store.cache.entries.num_shards();
+            let shards = store.cache.entries.num_shards() as u64;
             assert!(store.capacity() <= capacity, "{capacity}");
-            assert!(capacity - store.capacity() < shards, "{capacity}");
+            assert!(
+                capacity as u64 * 512 - store.max_bytes() < shards,
+                "{capacity}"
+            );
         }
+    }
+
+    #[test]
+    fn a_record_weighs_what_it_holds() {
+        let light = record(1);
+        let mut heavy = record(2);
+        heavy.name = "n".repeat(1_000);
+        let mut metadata = crate::record::Metadata::new();
+        metadata.insert("notes".into(), "x".repeat(10_000).into());
+        metadata.insert(
+            "nested".into(),
+            serde_json::json!([{"k": "y".repeat(5_000)}, [1, 2, 3]]),
+        );
+        heavy.metadata = metadata;
+        let light_bytes = record_bytes(&light);
+        let heavy_bytes = record_bytes(&heavy);
+        assert!(light_bytes < 400, "{light_bytes}");
+        assert!(heavy_bytes >= light_bytes + 16_000, "{heavy_bytes}");
+        assert!(heavy_bytes < light_bytes + 17_000, "{heavy_bytes}");
+        const { assert!(ENTRY_OVERHEAD < 256) };
     }
 
     #[tokio::test]
@@ -1107,12 +1549,10 @@ mod tests {
         store.insert(record(1), hash(1)).await.unwrap();
         store.get(&TokenId::from_u64(1)).await.unwrap().unwrap();
         let lookup = store.cache.start_lookup();
-        store.cache.fill(
+        store.cache.fill_one(
+            &CacheKey::Hash(hash(2)),
             lookup,
-            vec![(
-                CacheKey::Hash(hash(2)),
-                CachedAnswer::FoundAtId(TokenId::from_u64(1)),
-            )],
+            CachedAnswer::FoundAtId(TokenId::from_u64(1)),
         );
         assert!(store.find_by_hash(&hash(2)).await.unwrap().is_none());
     }

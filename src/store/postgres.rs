@@ -248,8 +248,12 @@ impl PostgresStore {
 
     /// Listens for changes made through any `PostgresStore` on the same database and schema
     /// (this process's included) and calls `on_change` for each: [`StoreChange::Token`] for a
-    /// token issued or revoked, [`StoreChange::Unknown`] after (re)connecting, when changes may
-    /// have been missed. Reconnects by itself, with a one-second pause after a failure.
+    /// token issued or revoked, and [`StoreChange::Unknown`] once each time it is listening
+    /// again (connected, and `LISTEN` in effect), since changes made while it was not may have
+    /// been missed. Reconnects by itself, with a one-second pause after a failure. Losing the
+    /// connection, or failing to connect while the database is down, reports nothing: a cache
+    /// keeps answering from what it holds (each entry for at most its TTL) until the listener
+    /// is back and reports `Unknown`.
     ///
     /// Pass the changes to a cache's invalidator so a revoke on one replica takes effect on
     /// every replica within the notification's delivery time.
@@ -267,8 +271,9 @@ impl PostgresStore {
                         tracing::warn!(error = %err, "token change listener lost its connection");
                     }
                 }
-                // Whatever happened while we were not listening is unknown.
-                on_change(StoreChange::Unknown);
+                // Whatever happens until we listen again is unknown: `listen` reports it once
+                // `LISTEN` is back in effect (reporting it here too would clear a cache twice
+                // per reconnect, and once a second while the database is down).
                 if pool.is_closed() {
                     return;
                 }
@@ -351,7 +356,7 @@ impl PostgresStore {
 impl super::CachedStore<PostgresStore> {
     /// Keeps this cache in step with every replica: listens for the changes any
     /// `PostgresStore` on the same database and schema makes (issue, revoke) and drops the
-    /// affected entries, or all of them after a reconnect. A revoke on one replica then takes
+    /// affected entries, or all of them once after each reconnect. A revoke on one replica then takes
     /// effect on the others within the notification's delivery time, not the cache's TTL.
     ///
     /// ```no_run
@@ -380,7 +385,7 @@ async fn listen<F: Fn(StoreChange)>(
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(channel).await?;
-    // Anything before LISTEN took effect was missed.
+    // Anything before LISTEN took effect was missed: the one report per (re)connection.
     on_change(StoreChange::Unknown);
     while let Some(notification) = listener.try_recv().await? {
         match TokenId::new(notification.payload()) {
