@@ -1179,8 +1179,6 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         self.inner.revoke_owner(owner, at).await
     }
 
-    /// Writes to the wrapped store; on success, moves the cached record's `last_used_at`
-    /// forward. Drops nothing.
     fn remove_expired(
         &self,
         before: DateTime<Utc>,
@@ -1191,6 +1189,8 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         self.inner.remove_expired(before, marker)
     }
 
+    /// Writes to the wrapped store; on success, moves the cached record's `last_used_at`
+    /// forward. Drops nothing.
     async fn record_last_used(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.inner.record_last_used(id, at).await?;
         self.cache.refresh_last_used(id, at);
