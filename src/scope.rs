@@ -797,4 +797,52 @@ mod tests {
         assert!(serde_json::from_str::<ScopeSet>(r#"["a b"]"#).is_err());
         assert!(ScopeSet::parse("a\tb").is_err());
     }
+
+    #[test]
+    fn a_scope_shows_its_own_text() {
+        let scope = Scope::new("vps:read").unwrap();
+        assert_eq!(scope.to_string(), "vps:read");
+        assert_eq!(format!("{scope:?}"), r#""vps:read""#);
+        assert_eq!(AsRef::<str>::as_ref(&scope), "vps:read");
+    }
+
+    #[test]
+    fn a_scope_set_holds_what_was_inserted_and_nothing_else() {
+        let mut scopes = set("vps:read");
+        assert!(scopes.contains("vps:read"));
+        assert!(!scopes.contains("vps:write"));
+        assert!(scopes.insert(Scope::new("vps:write").unwrap()), "new");
+        assert!(
+            !scopes.insert(Scope::new("vps:read").unwrap()),
+            "already held"
+        );
+        assert!(scopes.contains("vps:write"));
+        assert_eq!(scopes.len(), 2);
+        let listed: Vec<&str> = (&scopes).into_iter().map(Scope::as_str).collect();
+        assert_eq!(listed, ["vps:read", "vps:write"]);
+        assert_eq!(format!("{scopes:?}"), r#"{"vps:read", "vps:write"}"#);
+    }
+
+    #[test]
+    fn a_catch_all_reached_only_through_a_wildcard_is_not_delegated() {
+        let p = ScopePolicy::strict()
+            .with_wildcards()
+            .catch_all("org:root")
+            .unwrap()
+            .imply("team:lead", "org:root")
+            .unwrap();
+        let holder = set("org:* team:*");
+        // `org:*` covers the text `org:root`, but `org:root` grants every scope and
+        // `org:*` does not.
+        assert!(p.covers(&holder, "org:root"));
+        assert!(!p.covers(&holder, "billing:read"));
+        assert!(!p.can_delegate(&holder, "org:root"));
+        // Nor a scope that implies it.
+        assert!(p.covers(&holder, "team:lead"));
+        assert!(!p.can_delegate(&holder, "team:lead"));
+        // What it holds it may hand on; a holder of the catch-all may hand on anything.
+        assert!(p.can_delegate(&holder, "org:read"));
+        assert!(p.can_delegate(&holder, "team:read"));
+        assert!(p.can_delegate(&set("org:root"), "team:lead"));
+    }
 }

@@ -361,4 +361,81 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 250), "{counts:?}");
         assert!(first8 < last8 + 500, "{first8} vs {last8}");
     }
+
+    #[test]
+    fn secrets_are_equal_only_with_the_same_text() {
+        let token = "1.0p9PMkZO4Hgy0ezwjhX0Fi4lEKrD4pflejgqjd0pfKtywlSWR9G0fIaWajuKcBT3";
+        assert_eq!(Secret::new(token.into()), Secret::new(token.into()));
+        let last_changed = format!("{}4", &token[..token.len() - 1]);
+        assert_ne!(Secret::new(token.into()), Secret::new(last_changed));
+        assert_ne!(Secret::new(token.into()), Secret::new(token[1..].into()));
+        assert_ne!(Secret::new(token.into()), Secret::new(String::new()));
+    }
+
+    #[test]
+    fn hashes_differing_in_any_one_bit_are_unequal() {
+        // Every bit of all 32 bytes takes part in the comparison, from either side.
+        for base in [
+            [0u8; 32],
+            [0xff; 32],
+            *SecretHasher::sha256().hash(b"x").as_bytes(),
+        ] {
+            let hash = SecretHash::from_bytes(base);
+            assert_eq!(hash, SecretHash::from_bytes(base));
+            for byte in 0..32 {
+                for bit in 0..8 {
+                    let mut other = base;
+                    other[byte] ^= 1 << bit;
+                    let other = SecretHash::from_bytes(other);
+                    assert_ne!(hash, other, "byte {byte}, bit {bit}");
+                    assert_ne!(other, hash, "byte {byte}, bit {bit}");
+                    assert!(!bool::from(hash.ct_eq(&other)), "byte {byte}, bit {bit}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn differences_in_several_places_do_not_cancel_out() {
+        // The same difference in two (or four) of the 8-byte words is still a difference.
+        let zero = SecretHash::from_bytes([0; 32]);
+        for (i, j) in [(0, 8), (8, 16), (16, 24), (0, 24), (3, 11)] {
+            let mut bytes = [0u8; 32];
+            bytes[i] = 0x5a;
+            bytes[j] = 0x5a;
+            assert_ne!(zero, SecretHash::from_bytes(bytes), "bytes {i} and {j}");
+        }
+        let mut four = [0u8; 32];
+        for i in [1, 9, 17, 25] {
+            four[i] = 0x80;
+        }
+        assert_ne!(zero, SecretHash::from_bytes(four));
+    }
+
+    #[test]
+    fn only_a_hmac_hasher_is_peppered() {
+        assert!(!SecretHasher::sha256().is_peppered());
+        assert!(!SecretHasher::default().is_peppered());
+        assert!(
+            SecretHasher::hmac_sha256(&[7; MIN_PEPPER_LEN])
+                .unwrap()
+                .is_peppered()
+        );
+    }
+
+    #[test]
+    fn random_base62_favours_no_symbol() {
+        // Expected 2,000 of each (standard deviation about 44). Accepting one byte value too
+        // many before reducing mod 62 gives one symbol 5 chances in 249 instead of 4 in 248,
+        // about 2,490 of it.
+        let text = random_base62(62 * 2000).unwrap();
+        let mut counts = [0u32; 62];
+        for c in text.bytes() {
+            counts[BASE62.iter().position(|a| *a == c).unwrap()] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (1750..2250).contains(&c)),
+            "{counts:?}"
+        );
+    }
 }
