@@ -178,3 +178,105 @@ async fn on_postgres_a_create_racing_a_revoke_all_held_open_does_not_survive() {
     );
     assert!(records.iter().all(TokenRecord::is_revoked), "{records:#?}");
 }
+
+/// `POST /tokens/{id}/rotate` with `grace_seconds`, by `caller`.
+fn rotate_request(caller: &str, target: &apitoken::TokenId, grace: i64) -> Request<Body> {
+    Request::post(format!("/tokens/{target}/rotate"))
+        .header("authorization", format!("Bearer {caller}"))
+        .header("content-type", "application/json")
+        .body(Body::from(format!(r#"{{"grace_seconds":{grace}}}"#)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rotation_by_a_caller_revoked_meanwhile_does_not_survive_and_a_self_rotation_needs_no_recheck()
+ {
+    let store = support::GatedStore::default();
+    let gate = store.gate();
+    let verifier = Verifier::builder(store).build();
+    let team = Owner::new("team-1").unwrap();
+    let issue = |name: &str| {
+        let issuer = verifier.issuer();
+        let new = NewToken::new(name, team.clone())
+            .scopes(["tokens:write"])
+            .unwrap();
+        async move { issuer.issue(new).await.unwrap() }
+    };
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+
+    // A token rotating itself with no grace is revoked by the rotation itself: that is no
+    // reason to withhold the new token.
+    let own = issue("own").await;
+    let response = app
+        .clone()
+        .oneshot(rotate_request(own.token.expose_secret(), &own.record.id, 0))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Another token rotated with no grace while the caller is revoked mid-rotation: the
+    // caller is checked again, and what it minted does not survive it.
+    let caller = issue("caller").await;
+    let target = issue("target").await;
+    gate.arm();
+    let rotate = tokio::spawn(app.clone().oneshot(rotate_request(
+        caller.token.expose_secret(),
+        &target.record.id,
+        0,
+    )));
+    gate.arrived().await;
+    assert!(
+        verifier
+            .store()
+            .revoke(&caller.record.id, verifier.now())
+            .await
+            .unwrap()
+    );
+    gate.release();
+    let response = rotate.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let records = verifier.store().list_by_owner(&team).await.unwrap();
+    let live: Vec<&str> = records
+        .iter()
+        .filter(|r| !r.is_revoked())
+        .map(|r| r.name.as_str())
+        .collect();
+    // Only the self-rotated token's successor is left.
+    assert_eq!(live, ["own"], "{records:#?}");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_rotate_answers_501() {
+    let (store, _) = support::FlakyStore::new();
+    let verifier = Verifier::builder(store).build();
+    let token = verifier
+        .issuer()
+        .issue(
+            NewToken::new("t", Owner::new("team-1").unwrap())
+                .scopes(["tokens:write"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+    let response = app
+        .oneshot(rotate_request(
+            token.token.expose_secret(),
+            &token.record.id,
+            60,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(
+        &body[..],
+        br#"{"message":"This token store does not rotate tokens."}"#
+    );
+}

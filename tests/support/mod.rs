@@ -468,23 +468,44 @@ impl GatedStore {
     }
 }
 
+impl Gate {
+    /// Stops here if armed, until released.
+    async fn pass(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.arrived.notify_one();
+            let permit = tokio::time::timeout(TIMEOUT, self.release.acquire())
+                .await
+                .expect("the test released the gate")
+                .expect("the gate is open");
+            permit.forget();
+        }
+    }
+}
+
 impl TokenStore for GatedStore {
     fn insert(
         &self,
         record: TokenRecord,
         hash: SecretHash,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let gate = Arc::clone(&self.gate);
         async move {
-            if gate.armed.swap(false, Ordering::SeqCst) {
-                gate.arrived.notify_one();
-                let permit = tokio::time::timeout(TIMEOUT, gate.release.acquire())
-                    .await
-                    .expect("the test released the gate")
-                    .expect("the gate is open");
-                permit.forget();
-            }
+            self.gate.pass().await;
             self.inner.insert(record, hash).await
+        }
+    }
+
+    /// Stops at the gate too, before the new token is stored.
+    fn rotate(
+        &self,
+        old: &TokenId,
+        retire: apitoken::Retire,
+        new: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let old = *old;
+        async move {
+            self.gate.pass().await;
+            self.inner.rotate(&old, retire, new, hash).await
         }
     }
 
