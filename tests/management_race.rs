@@ -280,3 +280,32 @@ async fn a_store_that_cannot_rotate_answers_501() {
         br#"{"message":"This token store does not rotate tokens."}"#
     );
 }
+
+#[tokio::test]
+async fn a_store_outage_during_a_rotation_answers_503_not_501() {
+    let store = support::GatedStore::default();
+    let gate = store.gate();
+    let verifier = Verifier::builder(store).build();
+    let token = verifier
+        .issuer()
+        .issue(
+            NewToken::new("t", Owner::new("team-1").unwrap())
+                .scopes(["tokens:write"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let app = Router::new()
+        .nest("/tokens", TokenApi::new(verifier.clone()).router())
+        .layer(AuthLayer::new(verifier.clone()));
+    gate.fail_next_rotate();
+    let response = app
+        .oneshot(rotate_request(
+            token.token.expose_secret(),
+            &token.record.id,
+            60,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

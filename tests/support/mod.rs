@@ -428,6 +428,7 @@ pub struct GatedStore {
 #[derive(Debug)]
 pub struct Gate {
     armed: AtomicBool,
+    fail_rotate: AtomicBool,
     arrived: tokio::sync::Notify,
     release: tokio::sync::Semaphore,
 }
@@ -436,6 +437,7 @@ impl Default for Gate {
     fn default() -> Self {
         Self {
             armed: AtomicBool::new(false),
+            fail_rotate: AtomicBool::new(false),
             arrived: tokio::sync::Notify::new(),
             release: tokio::sync::Semaphore::new(0),
         }
@@ -443,6 +445,11 @@ impl Default for Gate {
 }
 
 impl Gate {
+    /// Makes the next rotation fail as a store outage would.
+    pub fn fail_next_rotate(&self) {
+        self.fail_rotate.store(true, Ordering::SeqCst);
+    }
+
     /// Stops the next insert.
     pub fn arm(&self) {
         self.armed.store(true, Ordering::SeqCst);
@@ -505,6 +512,9 @@ impl TokenStore for GatedStore {
         let old = *old;
         async move {
             self.gate.pass().await;
+            if self.gate.fail_rotate.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::unavailable("injected outage"));
+            }
             self.inner.rotate(&old, retire, new, hash).await
         }
     }
