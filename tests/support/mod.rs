@@ -490,15 +490,9 @@ impl Gate {
 }
 
 impl TokenStore for GatedStore {
-    fn insert(
-        &self,
-        record: TokenRecord,
-        hash: SecretHash,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async move {
-            self.gate.pass().await;
-            self.inner.insert(record, hash).await
-        }
+    async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        self.gate.pass().await;
+        self.inner.insert(record, hash).await
     }
 
     /// Stops at the gate too, before the new token is stored.
