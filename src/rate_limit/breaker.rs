@@ -272,8 +272,12 @@ mod tests {
             breaker.acquire("other", &limit).await.unwrap();
         }
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        // Open for exactly the cool-off.
+        clock.advance(TimeDelta::seconds(5) - TimeDelta::nanoseconds(1));
+        assert!(breaker.is_open());
+        clock.advance(TimeDelta::nanoseconds(1));
+        assert!(!breaker.is_open(), "half-open at the cool-off's end");
         // After the cool-off one probe goes through; it fails: open again.
-        clock.advance(TimeDelta::seconds(5));
         breaker.acquire("k", &limit).await.unwrap();
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
         assert!(breaker.is_open());

@@ -387,6 +387,25 @@ mod tests {
     }
 
     #[test]
+    fn a_proven_address_is_proven_for_exactly_one_window() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let t = FailureThrottle::new(1, Duration::from_secs(10)).clock(clock.clone());
+        assert_eq!((t.max_failures(), t.window()), (1, Duration::from_secs(10)));
+        let ip = "192.0.2.1".parse().unwrap();
+        t.admit(ip).unwrap().succeeded();
+        // Proven: concurrency is not capped.
+        clock.advance(TimeDelta::seconds(10) - TimeDelta::nanoseconds(1));
+        let first = t.admit(ip).unwrap();
+        let second = t.admit(ip).expect("proven until the window's last nanosecond");
+        drop((first, second));
+        // At the window's end it is a stranger again: one lookup in flight at most.
+        clock.advance(TimeDelta::nanoseconds(1));
+        let first = t.admit(ip).unwrap();
+        assert_eq!(t.admit(ip).unwrap_err(), IN_FLIGHT_RETRY);
+        drop(first);
+    }
+
+    #[test]
     fn a_new_window_starts_from_zero() {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let t = FailureThrottle::new(2, Duration::from_secs(10)).clock(clock.clone());
