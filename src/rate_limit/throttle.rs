@@ -396,7 +396,9 @@ mod tests {
         // Proven: concurrency is not capped.
         clock.advance(TimeDelta::seconds(10) - TimeDelta::nanoseconds(1));
         let first = t.admit(ip).unwrap();
-        let second = t.admit(ip).expect("proven until the window's last nanosecond");
+        let second = t
+            .admit(ip)
+            .expect("proven until the window's last nanosecond");
         drop((first, second));
         // At the window's end it is a stranger again: one lookup in flight at most.
         clock.advance(TimeDelta::nanoseconds(1));
