@@ -110,6 +110,7 @@ impl RateLimit {
     }
 
     /// `requests` (1 to 1,000,000) a minute in bursts of `burst` (at least 1), for constants.
+    #[cfg_attr(not(feature = "oauth"), allow(dead_code))] // only the OAuth default uses it
     pub(crate) const fn const_per_minute(requests: u32, burst: u32) -> Self {
         assert!(requests >= 1 && requests <= 1_000_000 && burst >= 1);
         Self {

@@ -128,12 +128,9 @@ impl Queries {
                  FROM UNNEST($1::bigint[], $2::timestamp[]) AS v(id, at) \
                  WHERE t.id = v.id AND (t.last_used_at IS NULL OR t.last_used_at < v.at)"
             )),
-            last_used_batch_sqlite: sql::text(format!(
-                "UPDATE {table} SET last_used_at = v.at, updated_at = v.at \
-                 FROM (SELECT json_extract(value, '$[0]') AS id, \
-                              json_extract(value, '$[1]') AS at FROM json_each($1)) AS v \
-                 WHERE {table}.id = v.id \
-                 AND ({table}.last_used_at IS NULL OR {table}.last_used_at < v.at)"
+            last_used_batch_sqlite: sql::text(sql::sqlite_last_used_batch(
+                table,
+                "last_used_at = v.at, updated_at = v.at",
             )),
             next_id_postgres: sql::text(format!(
                 "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS n"

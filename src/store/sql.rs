@@ -37,6 +37,19 @@ pub(crate) fn identifier(name: &str) -> Result<&str, InvalidIdentifier> {
     if ok { Ok(name) } else { Err(InvalidIdentifier) }
 }
 
+/// A forward-only last-use `UPDATE` of `table` on SQLite for a whole batch in one statement:
+/// the `(id, time)` pairs arrive as one JSON array in `$1`. `set` is the `SET` list, written
+/// in terms of `v.at`.
+pub(crate) fn sqlite_last_used_batch(table: &str, set: &str) -> String {
+    format!(
+        "UPDATE {table} SET {set} \
+         FROM (SELECT json_extract(value, '$[0]') AS id, \
+                      json_extract(value, '$[1]') AS at FROM json_each($1)) AS v \
+         WHERE {table}.id = v.id \
+         AND ({table}.last_used_at IS NULL OR {table}.last_used_at < v.at)"
+    )
+}
+
 /// SQL text made from fixed fragments and [`identifier`]-checked names; every value is bound.
 pub(crate) fn text(sql: String) -> sqlx::SqlStr {
     use sqlx::SqlSafeStr;

@@ -113,13 +113,7 @@ impl Queries {
                 "UPDATE {table} SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
             )),
             // One statement for a whole batch: the pairs arrive as one JSON array.
-            last_used_batch: sql::text(format!(
-                "UPDATE {table} SET last_used_at = v.at \
-                 FROM (SELECT json_extract(value, '$[0]') AS id, \
-                              json_extract(value, '$[1]') AS at FROM json_each($1)) AS v \
-                 WHERE {table}.id = v.id \
-                 AND ({table}.last_used_at IS NULL OR {table}.last_used_at < v.at)"
-            )),
+            last_used_batch: sql::text(sql::sqlite_last_used_batch(&table, "last_used_at = v.at")),
             remove_expired: sql::text(format!(
                 "DELETE FROM {table} WHERE expires_at <= $1 AND json_type(metadata, $2) IS NOT NULL"
             )),
