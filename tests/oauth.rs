@@ -1639,3 +1639,197 @@ async fn the_maximum_refresh_lifetime_counts_from_the_authorization_not_the_rede
     f.clock.set(start() + max + TimeDelta::seconds(10));
     assert_error(&f.refresh(&client, &rt, None).await, 400, "invalid_grant");
 }
+
+// ---- bounded refresh families (a generation per family) ----
+
+/// The id a refresh token's text carries.
+fn refresh_id(text: &str) -> TokenId {
+    *apitoken::oauth::refresh_token_format()
+        .parse(text)
+        .expect("a refresh token")
+        .id()
+        .expect("with an id")
+}
+
+/// A well-formed refresh token (valid checksum, random secret) of `family`'s generation
+/// `generation`, as anyone who knows the family's id can write.
+fn forged_refresh(family: &str, generation: &str) -> String {
+    let id: TokenId = format!("{family}{generation}").parse().unwrap();
+    apitoken::oauth::refresh_token_format()
+        .generate(Some(&id))
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+async fn families_stay_bounded_and_old_generations_still_revoke<G: GrantStore + 'static>(
+    grants: Arc<G>,
+) {
+    let f = fixture_with(MemoryStore::new(), Arc::clone(&grants)).await;
+    let client = f.app_client().await;
+    let first = f.user_tokens(&client, "user-7", None).await;
+    let mut refresh = vec![str_field(&first, "refresh_token").to_owned()];
+    let mut access = vec![str_field(&first, "access_token").to_owned()];
+    for _ in 0..5 {
+        let reply = f.refresh(&client, refresh.last().unwrap(), None).await;
+        assert_eq!(reply.status, 200, "{reply:#?}");
+        let reply = reply.json();
+        refresh.push(str_field(&reply, "refresh_token").to_owned());
+        access.push(str_field(&reply, "access_token").to_owned());
+    }
+    // Ids: the family's 12 characters, then the generation in 8 base62 digits.
+    let family = &refresh_id(&refresh[0]).as_str()[..12].to_owned();
+    for (n, text) in refresh.iter().enumerate() {
+        assert_eq!(
+            refresh_id(text).as_str(),
+            format!("{family}{n:08}"),
+            "generation {n}"
+        );
+    }
+    // Six generations issued; the store holds the last two only.
+    for (n, text) in refresh.iter().enumerate() {
+        let held = grants.refresh_token(&refresh_id(text)).await.unwrap();
+        assert_eq!(held.is_some(), n >= 4, "generation {n}");
+    }
+    let family_id: TokenId = family.parse().unwrap();
+    assert_eq!(
+        grants.family(&family_id).await.unwrap().unwrap().generation,
+        5
+    );
+
+    // Another client presenting a forgotten generation changes nothing.
+    let other = f.app_client().await;
+    assert_error(
+        &f.refresh(&other, &refresh[1], None).await,
+        400,
+        "invalid_grant",
+    );
+    // Nor does a generation the family never reached, written with a valid checksum.
+    for generation in ["00000006", "00000009", "zzzzzzzz"] {
+        let forged = forged_refresh(family, generation);
+        assert_error(
+            &f.refresh(&client, &forged, None).await,
+            400,
+            "invalid_grant",
+        );
+    }
+    // Nor a wrong secret for the current id (held, so checked by hash).
+    let wrong = forged_refresh(family, "00000005");
+    assert_error(
+        &f.refresh(&client, &wrong, None).await,
+        400,
+        "invalid_grant",
+    );
+    assert!(
+        grants
+            .family(&family_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    assert_eq!(f.api(access.last().unwrap()).await.status, 200);
+
+    // Generation 1, long forgotten, from its own client: a rotated token came back. The
+    // grant is revoked with every access token it issued that still works.
+    assert_error(
+        &f.refresh(&client, &refresh[1], None).await,
+        400,
+        "invalid_grant",
+    );
+    assert_error(
+        &f.refresh(&client, refresh.last().unwrap(), None).await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(f.api(access.last().unwrap()).await.status, 401);
+}
+
+#[tokio::test]
+async fn a_family_holds_two_refresh_tokens_and_an_old_generation_still_revokes_it() {
+    families_stay_bounded_and_old_generations_still_revoke(Arc::new(MemoryGrantStore::new())).await;
+}
+
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_postgres_a_family_holds_two_refresh_tokens_and_an_old_generation_revokes_it() {
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    let tokens = stores::postgres(&url).await;
+    let grants = apitoken::oauth::PostgresGrantStore::with_schema(
+        tokens.pool().clone(),
+        &stores::unique_name("g"),
+    )
+    .expect("schema name");
+    grants.migrate().await.expect("migrate");
+    families_stay_bounded_and_old_generations_still_revoke(Arc::new(grants)).await;
+}
+
+#[tokio::test]
+async fn a_forgotten_generation_is_inactive_at_introspection_and_revocable() {
+    let f = fixture().await;
+    let client = f.app_client().await;
+    let first = f.user_tokens(&client, "user-7", None).await;
+    let rt0 = str_field(&first, "refresh_token").to_owned();
+    let rt1 = str_field(
+        &f.refresh(&client, &rt0, None).await.json(),
+        "refresh_token",
+    )
+    .to_owned();
+    let second = f.refresh(&client, &rt1, None).await.json();
+    let rt2 = str_field(&second, "refresh_token").to_owned();
+    // rt0 is forgotten now: inactive, and introspecting it revokes nothing.
+    let reply = f.introspect(&client, &rt0).await;
+    assert_eq!(reply.json(), json!({ "active": false }));
+    assert_eq!(f.introspect(&client, &rt2).await.json()["active"], true);
+    // Revoking it (RFC 7009) revokes its grant, as revoking any rotated token does.
+    assert_eq!(f.revoke(&client, &rt0).await.status, 200);
+    assert_eq!(f.introspect(&client, &rt2).await.json()["active"], false);
+    assert_eq!(f.api(str_field(&second, "access_token")).await.status, 401);
+}
+
+#[tokio::test]
+async fn refresh_tokens_issued_before_generations_keep_working() {
+    let grants = Arc::new(MemoryGrantStore::new());
+    let f = fixture_with(MemoryStore::new(), Arc::clone(&grants)).await;
+    let client = f.app_client().await;
+    // A token of the earlier format: `rt_`, a random 12-character id, no generation.
+    let legacy = apitoken::TokenFormat::builder()
+        .prefix("rt_")
+        .separator(apitoken::Separator::Underscore)
+        .build()
+        .unwrap();
+    let id: TokenId = "LegacyTok123".parse().unwrap();
+    let text = legacy.generate(Some(&id)).unwrap();
+    let parsed = legacy.parse(text.expose_secret()).unwrap();
+    let hash = apitoken::SecretHasher::sha256().hash(parsed.secret().as_bytes());
+    let family_id: TokenId = "LegacyFam123".parse().unwrap();
+    let family = GrantFamily::new(
+        family_id,
+        client.id.parse().unwrap(),
+        Owner::new("user-7").unwrap(),
+        ScopeSet::parse("db:read").unwrap(),
+        start(),
+    );
+    grants
+        .insert_family(
+            family,
+            RefreshTokenRecord::new(id, family_id, hash, start()),
+        )
+        .await
+        .unwrap();
+
+    let reply = f.refresh(&client, text.expose_secret(), None).await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    let next = str_field(&reply.json(), "refresh_token").to_owned();
+    assert_eq!(refresh_id(&next).as_str(), "LegacyFam12300000001");
+    // The legacy token is the rotated one now, held by hash: its reuse revokes the grant.
+    assert_error(
+        &f.refresh(&client, text.expose_secret(), None).await,
+        400,
+        "invalid_grant",
+    );
+    assert_error(&f.refresh(&client, &next, None).await, 400, "invalid_grant");
+}

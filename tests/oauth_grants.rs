@@ -90,7 +90,12 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
     let at1 = (id("at1"), now() + hour);
     assert!(
         store
-            .rotate_refresh(&id("rt1"), refresh("rt2", "fam1", now()), at1, now())
+            .rotate_refresh(
+                &id("rt1"),
+                refresh("rt2", "fam1", now()).in_generation(1),
+                at1,
+                now()
+            )
             .await
             .unwrap()
     );
@@ -99,6 +104,20 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
             .rotate_refresh(&id("rt1"), refresh("rt3", "fam1", now()), at1, now())
             .await
             .unwrap()
+    );
+    assert_eq!(
+        store.family(&id("fam1")).await.unwrap().unwrap().generation,
+        1,
+        "the family's generation is its newest token's"
+    );
+    assert_eq!(
+        store
+            .refresh_token(&id("rt2"))
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        1
     );
     assert!(store.refresh_token(&id("rt3")).await.unwrap().is_none());
     assert_eq!(
@@ -139,7 +158,7 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
     for n in 0..8 {
         let store = Arc::clone(&store);
         tasks.spawn(async move {
-            let new = refresh(&format!("race{n}"), "fam1", later);
+            let new = refresh(&format!("race{n}"), "fam1", later).in_generation(2);
             store
                 .rotate_refresh(
                     &id("rt2"),
@@ -165,6 +184,19 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
         .unwrap()
         .access_tokens;
     assert_eq!(noted.len(), 2, "{noted:?}");
+    // A family holds its current token and the one it replaced, no more: rt1 is forgotten.
+    assert!(store.refresh_token(&id("rt1")).await.unwrap().is_none());
+    assert!(store.refresh_token(&id("rt2")).await.unwrap().is_some());
+    let mut survivors = 0;
+    for n in 0..8 {
+        let kept = store.refresh_token(&id(&format!("race{n}"))).await.unwrap();
+        survivors += usize::from(kept.is_some());
+    }
+    assert_eq!(survivors, 1);
+    assert_eq!(
+        store.family(&id("fam1")).await.unwrap().unwrap().generation,
+        2
+    );
 
     // Revocation: returns the family with its access tokens; a revoked family rotates no more.
     let revoked = store
@@ -280,10 +312,10 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
     );
     let cut = now() + TimeDelta::days(10);
     // code1 and code2 expired; fam1's tokens are all older than the cut: code1, code2, fam1
-    // and its three tokens (rt1, rt2 and the race's one successor), famc and its one
-    // refresh token (its access token expired long ago). famx has no refresh token, but its
-    // access token is still live on day 20: it stays.
-    assert_eq!(store.purge(day20, cut).await.unwrap(), 8);
+    // and its two tokens (rt2 and the race's one successor), famc and its one refresh token
+    // (its access token expired long ago). famx has no refresh token, but its access token
+    // is still live on day 20: it stays.
+    assert_eq!(store.purge(day20, cut).await.unwrap(), 7);
     assert!(
         store.family(&id("famx")).await.unwrap().is_some(),
         "a family whose access token is live stays for a replay to revoke"
@@ -316,4 +348,76 @@ async fn postgres_grant_store_keeps_the_contract() {
     // Twice: migrations are idempotent.
     store.migrate().await.expect("migrate again");
     contract(Arc::new(store)).await;
+}
+
+/// Tables as `migrate` made them before refresh tokens had generations: `migrate` adds the
+/// column, what they held reads back as generation 0 and rotates on, and a second `migrate`
+/// does not wait behind an open reader (it changes nothing, so it locks nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_grant_tables_from_before_generations_are_upgraded_in_place() {
+    let Some(url) = postgres_url() else { return };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("APITOKEN_TEST_POSTGRES_URL is set but PostgreSQL is unreachable");
+    let schema = unique_name("g");
+    let old_ddl = format!(
+        "CREATE SCHEMA {schema}; \
+         CREATE TABLE {schema}.apitoken_oauth_families ( \
+             id TEXT COLLATE \"C\" PRIMARY KEY, client_id TEXT COLLATE \"C\" NOT NULL, \
+             owner TEXT COLLATE \"C\" NOT NULL, scopes TEXT NOT NULL, \
+             created_at TIMESTAMPTZ NOT NULL, revoked_at TIMESTAMPTZ, \
+             access_tokens JSONB NOT NULL DEFAULT '[]'); \
+         CREATE TABLE {schema}.apitoken_oauth_refresh_tokens ( \
+             id TEXT COLLATE \"C\" PRIMARY KEY, family TEXT COLLATE \"C\" NOT NULL, \
+             secret_hash BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL, used_at TIMESTAMPTZ); \
+         INSERT INTO {schema}.apitoken_oauth_families (id, client_id, owner, scopes, created_at) \
+             VALUES ('fam1', 'client', 'user', 'db:read', '2026-01-01T00:00:00Z'); \
+         INSERT INTO {schema}.apitoken_oauth_refresh_tokens (id, family, secret_hash, created_at) \
+             VALUES ('rt1', 'fam1', '\\x{}', '2026-01-01T00:00:00Z');",
+        "ab".repeat(32)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(old_ddl))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = PostgresGrantStore::with_schema(pool.clone(), &schema).unwrap();
+    store.migrate().await.expect("upgrade");
+    let family = store.family(&id("fam1")).await.unwrap().unwrap();
+    assert_eq!(family.generation, 0);
+    assert_eq!(
+        store
+            .refresh_token(&id("rt1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        0
+    );
+    let next = refresh("rt2", "fam1", now()).in_generation(1);
+    assert!(
+        store
+            .rotate_refresh(&id("rt1"), next, (id("at1"), now()), now())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.family(&id("fam1")).await.unwrap().unwrap().generation,
+        1
+    );
+
+    // A report holds a read lock on both tables; migrating again must not queue behind it.
+    let mut reader = pool.begin().await.unwrap();
+    for table in ["apitoken_oauth_families", "apitoken_oauth_refresh_tokens"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {schema}.{table}"
+        )))
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    }
+    let again = tokio::time::timeout(std::time::Duration::from_secs(5), store.migrate()).await;
+    assert!(matches!(again, Ok(Ok(()))), "{again:?}");
+    reader.rollback().await.unwrap();
 }

@@ -86,7 +86,7 @@ pub(crate) async fn issue<S: TokenStore, G: GrantStore>(
 ) -> Result<Secret, OAuthError> {
     let format = code_format();
     let id = random_id(&format)?;
-    let family = random_id(&refresh::refresh_token_format())?;
+    let family = refresh::new_family_id()?;
     let text = format
         .generate(Some(&id))
         .map_err(|_| OAuthError::server_error())?;
@@ -202,7 +202,7 @@ pub(crate) async fn code_grant<S: TokenStore + 'static, G: GrantStore + 'static>
         )?;
         family.add_access_token(request.jti, request.expires_at, now);
         let refresh = if client.registration.allows(GrantType::RefreshToken) {
-            Some(refresh::mint(shared.verifier.hasher(), family.id, now)?)
+            Some(refresh::mint(shared.verifier.hasher(), family.id, 0, now)?)
         } else {
             None
         };

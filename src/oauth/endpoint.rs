@@ -379,9 +379,16 @@ async fn revoke_token<S: TokenStore + 'static, G: GrantStore + 'static>(
     let ClientRequest { form, client } = shared.client_request(request, require_token).await?;
     let token = form.get("token").unwrap_or_default();
     // The hint is only a hint (RFC 7009 §2.1): the token's prefix says what it is.
-    if let Some(found) = refresh::find(shared, token).await? {
-        if found.family.client_id == *client.id() {
-            shared.revoke_family(&found.family.id).await?;
+    let family = match refresh::find(shared, token).await? {
+        refresh::Presented::Found(found) => Some(found.family),
+        // A rotated token the store has forgotten: revoking it revokes its grant, as
+        // revoking a rotated token it still holds does.
+        refresh::Presented::Superseded(family) => Some(family),
+        refresh::Presented::Unknown => None,
+    };
+    if let Some(family) = family {
+        if family.client_id == *client.id() {
+            shared.revoke_family(&family.id).await?;
         }
         return Ok(());
     }
@@ -441,7 +448,12 @@ async fn introspect_token<S: TokenStore + 'static, G: GrantStore + 'static>(
     }
     let token = form.get("token").unwrap_or_default();
     let inactive = json!({ "active": false });
-    if let Some(found) = refresh::find(shared, token).await? {
+    let found = match refresh::find(shared, token).await? {
+        refresh::Presented::Found(found) => Some(found),
+        refresh::Presented::Superseded(_) => return Ok(inactive),
+        refresh::Presented::Unknown => None,
+    };
+    if let Some(found) = found {
         return Ok(match refresh::active_until(shared, &found) {
             Some(exp) => json!({
                 "active": true,

@@ -5,9 +5,11 @@
 //! reads, so neither can ever verify as an access token or an API key. Both are stored only as
 //! the hash of their secret.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Mutex;
+use std::ops::Bound;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
@@ -37,6 +39,10 @@ pub struct GrantFamily {
     /// Access tokens issued under the grant that had not expired when the last one was added:
     /// `(id, expires_at)`. Revoking the family revokes these too.
     pub access_tokens: Vec<(TokenId, DateTime<Utc>)>,
+    /// The generation of the family's newest refresh token: 0 for the first, one more at
+    /// each rotation. A token of an older generation that the store no longer holds was
+    /// rotated, so presenting it is reuse.
+    pub generation: u64,
 }
 
 impl GrantFamily {
@@ -56,6 +62,7 @@ impl GrantFamily {
             created_at,
             revoked_at: None,
             access_tokens: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -80,10 +87,12 @@ pub struct RefreshTokenRecord {
     pub created_at: DateTime<Utc>,
     /// When it was exchanged for a successor. A used token presented again revokes its family.
     pub used_at: Option<DateTime<Utc>>,
+    /// Its place in the family: 0 for the first token, one more than its predecessor's.
+    pub generation: u64,
 }
 
 impl RefreshTokenRecord {
-    /// An unused refresh token.
+    /// An unused refresh token of generation 0.
     pub fn new(id: TokenId, family: TokenId, hash: SecretHash, created_at: DateTime<Utc>) -> Self {
         Self {
             id,
@@ -91,7 +100,25 @@ impl RefreshTokenRecord {
             hash,
             created_at,
             used_at: None,
+            generation: 0,
         }
+    }
+
+    /// The same token with generation `generation`.
+    ///
+    /// ```
+    /// use apitoken::oauth::RefreshTokenRecord;
+    /// use apitoken::SecretHasher;
+    /// use chrono::Utc;
+    ///
+    /// let hash = SecretHasher::sha256().hash(b"s");
+    /// let record = RefreshTokenRecord::new("rt2".parse()?, "fam".parse()?, hash, Utc::now());
+    /// assert_eq!(record.in_generation(1).generation, 1);
+    /// # Ok::<(), apitoken::InvalidTokenId>(())
+    /// ```
+    pub fn in_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 }
 
@@ -188,7 +215,8 @@ impl AuthorizationCodeRecord {
 /// # }).unwrap();
 /// ```
 pub trait GrantStore: Send + Sync {
-    /// Stores a new family with its first refresh token.
+    /// Stores a new family with its first refresh token, as given (the family's
+    /// [`generation`](GrantFamily::generation) is the token's).
     fn insert_family(
         &self,
         family: GrantFamily,
@@ -207,9 +235,15 @@ pub trait GrantStore: Send + Sync {
         id: &TokenId,
     ) -> impl Future<Output = Result<Option<RefreshTokenRecord>, StoreError>> + Send;
 
-    /// Marks `old` used at `now`, stores `new` in the same family, and notes the access token
-    /// `access` (`(id, expires_at)`) in the family, all or nothing. Returns `false`, changing
-    /// nothing, if `old` does not exist, is already used, or its family is revoked.
+    /// Marks `old` used at `now`, stores `new` in the same family, sets the family's
+    /// [`generation`](GrantFamily::generation) to `new`'s, notes the access token `access`
+    /// (`(id, expires_at)`) in the family, and forgets every other refresh token of the family
+    /// but `old` and `new`, all or nothing. Returns `false`, changing nothing, if `old` does
+    /// not exist, is already used, or its family is revoked.
+    ///
+    /// A family so holds at most two refresh tokens however often it rotates: the current
+    /// one, and the one it replaced, whose reuse is checked against its hash. Older
+    /// generations are recognised by the generation in their id.
     fn rotate_refresh(
         &self,
         old: &TokenId,
@@ -270,8 +304,88 @@ pub trait GrantStore: Send + Sync {
     }
 }
 
+/// A shared grant store: the application and the server may hold the same one.
+impl<G: GrantStore + ?Sized> GrantStore for std::sync::Arc<G> {
+    fn insert_family(
+        &self,
+        family: GrantFamily,
+        first: RefreshTokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).insert_family(family, first)
+    }
+
+    fn family(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send {
+        (**self).family(id)
+    }
+
+    fn refresh_token(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<RefreshTokenRecord>, StoreError>> + Send {
+        (**self).refresh_token(id)
+    }
+
+    fn rotate_refresh(
+        &self,
+        old: &TokenId,
+        new: RefreshTokenRecord,
+        access: (TokenId, DateTime<Utc>),
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).rotate_refresh(old, new, access, now)
+    }
+
+    fn revoke_family(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send {
+        (**self).revoke_family(id, at)
+    }
+
+    fn insert_code(
+        &self,
+        code: AuthorizationCodeRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).insert_code(code)
+    }
+
+    fn code(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<Option<AuthorizationCodeRecord>, StoreError>> + Send {
+        (**self).code(id)
+    }
+
+    fn redeem_code(
+        &self,
+        id: &TokenId,
+        at: DateTime<Utc>,
+        family: GrantFamily,
+        first: Option<RefreshTokenRecord>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).redeem_code(id, at, family, first)
+    }
+
+    fn purge(
+        &self,
+        now: DateTime<Utc>,
+        refresh_before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        (**self).purge(now, refresh_before)
+    }
+}
+
 /// A [`GrantStore`] in process memory, for tests and single-instance services. Everything is
 /// lost on restart (clients then authorize again).
+///
+/// Each operation takes one lock for a few map lookups. [`purge`](GrantStore::purge) walks
+/// the entries [`PURGE_CHUNK`] at a time, releasing the lock and yielding to the runtime
+/// between chunks, so a purge of a million grants never holds up a token request for more
+/// than one chunk's work.
 ///
 /// ```
 /// use apitoken::oauth::MemoryGrantStore;
@@ -283,11 +397,22 @@ pub struct MemoryGrantStore {
     state: Mutex<State>,
 }
 
+/// How many entries [`MemoryGrantStore`]'s purge examines under one hold of its lock.
+pub const PURGE_CHUNK: usize = 1024;
+
 #[derive(Debug, Default)]
 struct State {
-    families: HashMap<TokenId, GrantFamily>,
+    // Ordered maps, so a purge can resume after the last key it examined.
+    families: BTreeMap<TokenId, FamilyEntry>,
     refresh: HashMap<TokenId, RefreshTokenRecord>,
-    codes: HashMap<TokenId, AuthorizationCodeRecord>,
+    codes: BTreeMap<TokenId, AuthorizationCodeRecord>,
+}
+
+#[derive(Debug)]
+struct FamilyEntry {
+    family: GrantFamily,
+    /// The ids of the family's refresh tokens in `refresh`: at most two.
+    tokens: Vec<TokenId>,
 }
 
 impl MemoryGrantStore {
@@ -298,9 +423,44 @@ impl MemoryGrantStore {
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         // A panic elsewhere while holding the lock leaves the maps consistent: every update
-        // below checks first and writes last.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut state)
+        // below checks first and writes last (parking_lot's lock does not poison).
+        f(&mut self.state.lock())
+    }
+
+    /// [`with`](Self::with), then hands the lock straight to a waiting thread: between two
+    /// purge chunks, a token request blocked on the lock goes first rather than losing the
+    /// race to the purge's next chunk every time.
+    fn with_then_hand_over<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock();
+        let out = f(&mut state);
+        MutexGuard::unlock_fair(state);
+        out
+    }
+
+    /// Removes the entries of `map` after `after` that `dead` picks, examining at most
+    /// [`PURGE_CHUNK`]; returns them and the key to resume after (`None` at the end).
+    fn purge_chunk<V>(
+        map: &mut BTreeMap<TokenId, V>,
+        after: Option<TokenId>,
+        mut dead: impl FnMut(&V) -> bool,
+    ) -> (Vec<V>, Option<TokenId>) {
+        let range = match after {
+            Some(key) => map.range((Bound::Excluded(key), Bound::Unbounded)),
+            None => map.range(..),
+        };
+        let mut examined = 0;
+        let mut last = None;
+        let mut doomed = Vec::new();
+        for (key, value) in range.take(PURGE_CHUNK) {
+            examined += 1;
+            last = Some(*key);
+            if dead(value) {
+                doomed.push(*key);
+            }
+        }
+        let gone = doomed.iter().filter_map(|key| map.remove(key)).collect();
+        let next = if examined == PURGE_CHUNK { last } else { None };
+        (gone, next)
     }
 }
 
@@ -318,8 +478,9 @@ impl GrantStore for MemoryGrantStore {
             if s.families.contains_key(&family.id) || s.refresh.contains_key(&first.id) {
                 return Err(conflict());
             }
+            let tokens = vec![first.id];
             s.refresh.insert(first.id, first);
-            s.families.insert(family.id, family);
+            s.families.insert(family.id, FamilyEntry { family, tokens });
             Ok(())
         }))
     }
@@ -328,7 +489,9 @@ impl GrantStore for MemoryGrantStore {
         &self,
         id: &TokenId,
     ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send {
-        std::future::ready(Ok(self.with(|s| s.families.get(id).cloned())))
+        std::future::ready(Ok(
+            self.with(|s| s.families.get(id).map(|e| e.family.clone()))
+        ))
     }
 
     fn refresh_token(
@@ -353,7 +516,7 @@ impl GrantStore for MemoryGrantStore {
             let family_live = s
                 .families
                 .get(&family_id)
-                .is_some_and(|f| f.revoked_at.is_none());
+                .is_some_and(|e| e.family.revoked_at.is_none());
             if current.used_at.is_some() || !family_live || new.family != family_id {
                 return Ok(false);
             }
@@ -363,9 +526,18 @@ impl GrantStore for MemoryGrantStore {
             if let Some(current) = s.refresh.get_mut(old) {
                 current.used_at = Some(now);
             }
-            if let Some(family) = s.families.get_mut(&family_id) {
-                family.add_access_token(access.0, access.1, now);
+            let Some(entry) = s.families.get_mut(&family_id) else {
+                return Ok(false);
+            };
+            entry.family.add_access_token(access.0, access.1, now);
+            entry.family.generation = new.generation;
+            // Only the token just used and its successor are kept.
+            for id in std::mem::take(&mut entry.tokens) {
+                if id != *old {
+                    s.refresh.remove(&id);
+                }
             }
+            entry.tokens = vec![*old, new.id];
             s.refresh.insert(new.id, new);
             Ok(true)
         }))
@@ -377,9 +549,9 @@ impl GrantStore for MemoryGrantStore {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<GrantFamily>, StoreError>> + Send {
         std::future::ready(Ok(self.with(|s| {
-            s.families.get_mut(id).map(|family| {
-                family.revoked_at.get_or_insert(at);
-                family.clone()
+            s.families.get_mut(id).map(|entry| {
+                entry.family.revoked_at.get_or_insert(at);
+                entry.family.clone()
             })
         })))
     }
@@ -425,44 +597,80 @@ impl GrantStore for MemoryGrantStore {
             if let Some(code) = s.codes.get_mut(id) {
                 code.used_at = Some(at);
             }
+            let mut tokens = Vec::new();
             if let Some(first) = first {
+                tokens.push(first.id);
                 s.refresh.insert(first.id, first);
             }
-            s.families.insert(family.id, family);
+            s.families.insert(family.id, FamilyEntry { family, tokens });
             Ok(true)
         }))
     }
 
-    fn purge(
+    async fn purge(
         &self,
         now: DateTime<Utc>,
         refresh_before: DateTime<Utc>,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        std::future::ready(Ok(self.with(|s| {
-            let before = s.codes.len() + s.refresh.len() + s.families.len();
-            s.codes.retain(|_, code| code.expires_at > now);
-            // A family goes only when its newest token is past the limit, so a rotated token
-            // of a live family is kept and its reuse still revokes the family.
-            let mut newest: HashMap<TokenId, DateTime<Utc>> = HashMap::new();
-            for rt in s.refresh.values() {
-                let at = newest.entry(rt.family).or_insert(rt.created_at);
-                *at = (*at).max(rt.created_at);
-            }
-            // A family also stays while an access token it issued may still be used: a
-            // replayed code must find it to revoke that token.
-            s.families.retain(|id, family| {
-                newest.get(id).is_some_and(|at| *at >= refresh_before)
-                    || family.access_tokens.iter().any(|(_, end)| *end > now)
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let mut after = None;
+        loop {
+            let next = self.with_then_hand_over(|s| {
+                let (gone, next) =
+                    Self::purge_chunk(&mut s.codes, after, |code| code.expires_at <= now);
+                removed += gone.len();
+                next
             });
-            let families = &s.families;
-            s.refresh.retain(|_, rt| families.contains_key(&rt.family));
-            before - (s.codes.len() + s.refresh.len() + s.families.len())
-        })))
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut after = None;
+        loop {
+            let next = self.with_then_hand_over(|s| {
+                let refresh = &s.refresh;
+                // A family goes only when its newest token is past the limit, so the rotated
+                // token of a live family is kept and its reuse still revokes the family. It
+                // also stays while an access token it issued may still be used: a replayed
+                // code must find it to revoke that token.
+                let (gone, next) = Self::purge_chunk(&mut s.families, after, |entry| {
+                    let newest = entry
+                        .tokens
+                        .iter()
+                        .filter_map(|id| refresh.get(id))
+                        .map(|rt| rt.created_at)
+                        .max();
+                    newest.is_none_or(|at| at < refresh_before)
+                        && entry
+                            .family
+                            .access_tokens
+                            .iter()
+                            .all(|(_, end)| *end <= now)
+                });
+                for entry in gone {
+                    removed += 1;
+                    for id in entry.tokens {
+                        removed += usize::from(s.refresh.remove(&id).is_some());
+                    }
+                }
+                next
+            });
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(removed)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+
     use chrono::{TimeDelta, TimeZone};
 
     use super::*;
@@ -652,5 +860,74 @@ mod tests {
             .unwrap();
         assert_eq!(removed, 3);
         assert!(store.family(&id("fam")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn purge_lets_go_of_the_lock_between_chunks() {
+        let store = MemoryGrantStore::new();
+        let total = 3 * PURGE_CHUNK + 5;
+        for n in 0..total {
+            let code = AuthorizationCodeRecord::new(
+                TokenId::new(&format!("code{n}")).unwrap(),
+                SecretHasher::sha256().hash(b"c"),
+                id("client"),
+                "https://a.example/cb".into(),
+                "x".repeat(43),
+                Owner::new("user").unwrap(),
+                ScopeSet::new(),
+                id("fam"),
+                now(),
+                now() + TimeDelta::seconds(60),
+            );
+            store.insert_code(code).await.unwrap();
+        }
+        let later = now() + TimeDelta::hours(1);
+        let mut purge = std::pin::pin!(store.purge(later, later));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // The first poll does one chunk and yields, the lock free for others meanwhile.
+        assert!(purge.as_mut().poll(&mut cx).is_pending());
+        assert!(store.state.try_lock().is_some());
+        let left = store.with(|s| s.codes.len());
+        assert_eq!(left, total - PURGE_CHUNK);
+        let removed = loop {
+            if let std::task::Poll::Ready(removed) = purge.as_mut().poll(&mut cx) {
+                break removed.unwrap();
+            }
+        };
+        assert_eq!(removed, total);
+        assert_eq!(store.with(|s| s.codes.len()), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_chunks_resume_where_they_stopped_and_keep_the_living() {
+        let store = MemoryGrantStore::new();
+        // Live and dead families interleaved over several chunks.
+        let total = 2 * PURGE_CHUNK + 7;
+        for n in 0..total {
+            let fam = TokenId::new(&format!("f{n:06}")).unwrap();
+            let at = if n % 3 == 0 {
+                now() + TimeDelta::days(30)
+            } else {
+                now()
+            };
+            let family =
+                GrantFamily::new(fam, id("c"), Owner::new("u").unwrap(), ScopeSet::new(), at);
+            let token = RefreshTokenRecord::new(
+                TokenId::new(&format!("r{n:06}")).unwrap(),
+                fam,
+                SecretHasher::sha256().hash(b"r"),
+                at,
+            );
+            store.insert_family(family, token).await.unwrap();
+        }
+        let cut = now() + TimeDelta::days(10);
+        let removed = store.purge(cut, cut).await.unwrap();
+        let live = (0..total).filter(|n| n % 3 == 0).count();
+        assert_eq!(removed, 2 * (total - live));
+        for n in 0..total {
+            let fam = TokenId::new(&format!("f{n:06}")).unwrap();
+            let kept = store.family(&fam).await.unwrap().is_some();
+            assert_eq!(kept, n % 3 == 0, "family {n}");
+        }
     }
 }

@@ -74,7 +74,8 @@ pub use client::{CLIENT_METADATA_KEY, ClientRegistration};
 pub use code::{AUTHORIZATION_CODE_PREFIX, s256_challenge};
 pub use consent::{Consent, ConsentDecision, ConsentRequest};
 pub use grants::{
-    AuthorizationCodeRecord, GrantFamily, GrantStore, MemoryGrantStore, RefreshTokenRecord,
+    AuthorizationCodeRecord, GrantFamily, GrantStore, MemoryGrantStore, PURGE_CHUNK,
+    RefreshTokenRecord,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresGrantStore;

@@ -99,13 +99,15 @@ impl PostgresGrantStore {
                  scopes TEXT NOT NULL, \
                  created_at TIMESTAMPTZ NOT NULL, \
                  revoked_at TIMESTAMPTZ, \
-                 access_tokens JSONB NOT NULL DEFAULT '[]'); \
+                 access_tokens JSONB NOT NULL DEFAULT '[]', \
+                 generation BIGINT NOT NULL DEFAULT 0); \
              CREATE TABLE IF NOT EXISTS {refresh} ( \
                  id TEXT COLLATE \"C\" PRIMARY KEY, \
                  family TEXT COLLATE \"C\" NOT NULL, \
                  secret_hash BYTEA NOT NULL, \
                  created_at TIMESTAMPTZ NOT NULL, \
-                 used_at TIMESTAMPTZ); \
+                 used_at TIMESTAMPTZ, \
+                 generation BIGINT NOT NULL DEFAULT 0); \
              CREATE INDEX IF NOT EXISTS {by_family} ON {refresh} (family, created_at); \
              CREATE TABLE IF NOT EXISTS {codes} ( \
                  id TEXT COLLATE \"C\" PRIMARY KEY, \
@@ -123,6 +125,9 @@ impl PostgresGrantStore {
         );
         let lock_key = format!("apitoken migrate {families}");
         let schema = self.schema.clone();
+        // Tables made before refresh tokens had generations lack the column. Looked up first:
+        // an `ALTER TABLE` locks the table even when it changes nothing.
+        let added_later = [families.clone(), refresh.clone()];
         let work = async move {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -134,6 +139,21 @@ impl PostgresGrantStore {
                 sqlx::raw_sql(sql::text(create)).execute(&mut *tx).await?;
             }
             sqlx::raw_sql(sql::text(ddl)).execute(&mut *tx).await?;
+            for table in &added_later {
+                let present: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                     AND attname = 'generation' AND NOT attisdropped)",
+                )
+                .bind(table)
+                .fetch_one(&mut *tx)
+                .await?;
+                if !present {
+                    let alter = format!(
+                        "ALTER TABLE {table} ADD COLUMN generation BIGINT NOT NULL DEFAULT 0"
+                    );
+                    sqlx::raw_sql(sql::text(alter)).execute(&mut *tx).await?;
+                }
+            }
             tx.commit().await
         };
         timed(self.timeout * 10, work).await
@@ -151,7 +171,7 @@ impl PostgresGrantStore {
         first: Option<&RefreshTokenRecord>,
     ) -> Result<(), sqlx::Error> {
         let insert_family = self.q(format!(
-            "INSERT INTO {} ({FAMILY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO {} ({FAMILY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             self.families
         ));
         sqlx::query(insert_family)
@@ -162,12 +182,12 @@ impl PostgresGrantStore {
             .bind(family.created_at)
             .bind(family.revoked_at)
             .bind(access_json(&family.access_tokens))
+            .bind(generation(family.generation)?)
             .execute(&mut **tx)
             .await?;
         if let Some(first) = first {
             let insert_refresh = self.q(format!(
-                "INSERT INTO {} (id, family, secret_hash, created_at, used_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO {} ({REFRESH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
                 self.refresh
             ));
             sqlx::query(insert_refresh)
@@ -176,11 +196,22 @@ impl PostgresGrantStore {
                 .bind(first.hash.as_bytes().as_slice())
                 .bind(first.created_at)
                 .bind(first.used_at)
+                .bind(generation(first.generation)?)
                 .execute(&mut **tx)
                 .await?;
         }
         Ok(())
     }
+}
+
+/// A generation as stored (`BIGINT`).
+fn generation(generation: u64) -> Result<i64, sqlx::Error> {
+    i64::try_from(generation).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+fn decode_generation(row: &PgRow) -> Result<u64, StoreError> {
+    let stored: i64 = row.try_get("generation").map_err(sql::map_err)?;
+    u64::try_from(stored).map_err(StoreError::corrupt)
 }
 
 /// An access token noted in a family, as stored in `access_tokens`.
@@ -218,6 +249,7 @@ fn decode_family(row: &PgRow) -> Result<GrantFamily, StoreError> {
     );
     family.revoked_at = row.try_get("revoked_at").map_err(get)?;
     family.access_tokens = access.into_iter().map(|a| (a.id, a.expires_at)).collect();
+    family.generation = decode_generation(row)?;
     Ok(family)
 }
 
@@ -233,6 +265,7 @@ fn decode_refresh(row: &PgRow) -> Result<RefreshTokenRecord, StoreError> {
         row.try_get("created_at").map_err(get)?,
     );
     record.used_at = row.try_get("used_at").map_err(get)?;
+    record.generation = decode_generation(row)?;
     Ok(record)
 }
 
@@ -255,7 +288,9 @@ fn decode_code(row: &PgRow) -> Result<AuthorizationCodeRecord, StoreError> {
     })
 }
 
-const FAMILY_COLUMNS: &str = "id, client_id, owner, scopes, created_at, revoked_at, access_tokens";
+const FAMILY_COLUMNS: &str =
+    "id, client_id, owner, scopes, created_at, revoked_at, access_tokens, generation";
+const REFRESH_COLUMNS: &str = "id, family, secret_hash, created_at, used_at, generation";
 
 impl GrantStore for PostgresGrantStore {
     async fn insert_family(
@@ -283,7 +318,7 @@ impl GrantStore for PostgresGrantStore {
 
     async fn refresh_token(&self, id: &TokenId) -> Result<Option<RefreshTokenRecord>, StoreError> {
         let query = self.q(format!(
-            "SELECT id, family, secret_hash, created_at, used_at FROM {} WHERE id = $1",
+            "SELECT {REFRESH_COLUMNS} FROM {} WHERE id = $1",
             self.refresh
         ));
         let query = sqlx::query(query).bind(id.as_str());
@@ -309,12 +344,16 @@ impl GrantStore for PostgresGrantStore {
             self.refresh
         ));
         let note = self.q(format!(
-            "UPDATE {} SET access_tokens = $2 WHERE id = $1",
+            "UPDATE {} SET access_tokens = $2, generation = $3 WHERE id = $1",
             self.families
         ));
         let insert = self.q(format!(
-            "INSERT INTO {} (id, family, secret_hash, created_at, used_at) \
-             VALUES ($1, $2, $3, $4, NULL)",
+            "INSERT INTO {} ({REFRESH_COLUMNS}) VALUES ($1, $2, $3, $4, NULL, $5)",
+            self.refresh
+        ));
+        // A family keeps the token just used (its reuse is checked by hash) and its successor.
+        let forget = self.q(format!(
+            "DELETE FROM {} WHERE family = $1 AND id <> $2 AND id <> $3",
             self.refresh
         ));
         let work = async {
@@ -346,6 +385,7 @@ impl GrantStore for PostgresGrantStore {
             sqlx::query(note)
                 .bind(family.id.as_str())
                 .bind(access_json(&family.access_tokens))
+                .bind(generation(new.generation)?)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(insert)
@@ -353,6 +393,13 @@ impl GrantStore for PostgresGrantStore {
                 .bind(new.family.as_str())
                 .bind(new.hash.as_bytes().as_slice())
                 .bind(new.created_at)
+                .bind(generation(new.generation)?)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(forget)
+                .bind(new.family.as_str())
+                .bind(old.as_str())
+                .bind(new.id.as_str())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

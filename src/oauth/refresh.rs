@@ -8,31 +8,88 @@ use subtle::ConstantTimeEq;
 use super::Shared;
 use super::access::GrantType;
 use super::client::AuthenticatedClient;
-use super::endpoint::{Form, random_id, requested_scopes, token_response};
+use super::endpoint::{Form, requested_scopes, token_response};
 use super::grants::{GrantFamily, GrantStore, RefreshTokenRecord};
 use super::response::{ErrorCode, OAuthError};
-use crate::format::{Separator, TokenFormat};
+use crate::format::{BASE62, IdKind, Separator, TokenFormat};
 use crate::id::TokenId;
-use crate::secret::Secret;
+use crate::secret::{Secret, random_base62};
 use crate::store::TokenStore;
 
 /// The prefix of refresh tokens.
 pub const REFRESH_TOKEN_PREFIX: &str = "rt_";
 
-/// The format of refresh tokens: `rt_{12-character id}_{256-bit secret}{checksum}`. Never add
-/// it to a verifier: refresh tokens are not access tokens, and live in the
-/// [`GrantStore`], not the token store.
+/// Characters of a refresh token's id that name its family.
+const FAMILY_ID_LEN: usize = 12;
+/// Characters of a refresh token's id that hold its generation (base62, fixed width).
+const GENERATION_LEN: usize = 8;
+
+/// The format of refresh tokens: `rt_{20-character id}_{256-bit secret}{checksum}`. The id
+/// is the grant family's 12-character id followed by the token's generation in 8 base62
+/// digits, so a token the store has forgotten still names its family (see
+/// [`GrantStore::rotate_refresh`]). Never add it to a verifier: refresh tokens are not
+/// access tokens, and live in the [`GrantStore`], not the token store.
 ///
 /// ```
 /// use apitoken::oauth::refresh_token_format;
 /// assert_eq!(refresh_token_format().prefix(), Some("rt_"));
 /// ```
 pub fn refresh_token_format() -> TokenFormat {
+    format_with_id(FAMILY_ID_LEN + GENERATION_LEN)
+}
+
+/// The format refresh tokens had before their id carried a generation (a random
+/// 12-character id). Still accepted, so tokens issued then keep working.
+fn legacy_refresh_token_format() -> TokenFormat {
+    format_with_id(FAMILY_ID_LEN)
+}
+
+fn format_with_id(len: usize) -> TokenFormat {
     TokenFormat::builder()
         .prefix(REFRESH_TOKEN_PREFIX)
         .separator(Separator::Underscore)
+        .id(IdKind::Random { len })
         .build()
         .unwrap_or_else(|_| unreachable!("the refresh-token format is valid"))
+}
+
+/// A new family id.
+pub(crate) fn new_family_id() -> Result<TokenId, OAuthError> {
+    let text = random_base62(FAMILY_ID_LEN).map_err(|_| OAuthError::server_error())?;
+    TokenId::new(&text).map_err(|_| OAuthError::server_error())
+}
+
+/// The id of generation `generation` of `family`: `None` past 62^8 generations, or for a
+/// family id not of this crate's making.
+fn token_id(family: &TokenId, generation: u64) -> Option<TokenId> {
+    if family.as_str().len() != FAMILY_ID_LEN {
+        return None;
+    }
+    let mut digits = [0u8; GENERATION_LEN];
+    let mut rest = generation;
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(rest % 62) as usize];
+        rest /= 62;
+    }
+    if rest != 0 {
+        return None;
+    }
+    let digits = std::str::from_utf8(&digits).ok()?;
+    TokenId::new(&format!("{family}{digits}")).ok()
+}
+
+/// The family and generation a refresh token's id names.
+fn split_id(id: &TokenId) -> Option<(TokenId, u64)> {
+    let text = id.as_str();
+    if text.len() != FAMILY_ID_LEN + GENERATION_LEN {
+        return None;
+    }
+    let (family, digits) = text.split_at(FAMILY_ID_LEN);
+    let generation = digits.bytes().try_fold(0u64, |n, b| {
+        let digit = BASE62.iter().position(|c| *c == b)? as u64;
+        n.checked_mul(62)?.checked_add(digit)
+    })?;
+    Some((TokenId::new(family).ok()?, generation))
 }
 
 /// A presented refresh token whose secret matched, with its family.
@@ -41,17 +98,33 @@ pub(crate) struct Found {
     pub(crate) family: GrantFamily,
 }
 
-/// The refresh token `text` names, if it is one and its secret matches; used, revoked and
-/// expired ones included. `None` for anything else (not an error: other token kinds too).
+/// What a presented refresh token turned out to be.
+pub(crate) enum Presented {
+    /// A token the store holds, with a matching secret: used, revoked and expired ones
+    /// included.
+    Found(Found),
+    /// A well-formed token of an existing family, of a generation older than the family's
+    /// current one, that the store has forgotten: a rotated token presented again. Its
+    /// secret can no longer be checked; only the family's client can get this far.
+    Superseded(GrantFamily),
+    /// Anything else (not an error: other token kinds too).
+    Unknown,
+}
+
+/// What the refresh token `text` is.
 pub(crate) async fn find<S: TokenStore, G: GrantStore>(
     shared: &Shared<S, G>,
     text: &str,
-) -> Result<Option<Found>, OAuthError> {
-    let Ok(parsed) = refresh_token_format().parse(text) else {
-        return Ok(None);
+) -> Result<Presented, OAuthError> {
+    let parsed = match refresh_token_format().parse(text) {
+        Ok(parsed) => parsed,
+        Err(_) => match legacy_refresh_token_format().parse(text) {
+            Ok(parsed) => parsed,
+            Err(_) => return Ok(Presented::Unknown),
+        },
     };
     let Some(id) = parsed.id() else {
-        return Ok(None);
+        return Ok(Presented::Unknown);
     };
     let presented = shared.verifier.hasher().hash(parsed.secret().as_bytes());
     let stored = shared
@@ -64,15 +137,44 @@ pub(crate) async fn find<S: TokenStore, G: GrantStore>(
         .as_ref()
         .map_or(shared.verifier.dummy_hash(), |r| &r.hash);
     let matches: bool = presented.ct_eq(expected).into();
-    let Some(record) = stored.filter(|_| matches) else {
-        return Ok(None);
+    let Some(stored) = stored else {
+        return superseded(shared, id).await;
+    };
+    if !matches {
+        return Ok(Presented::Unknown);
+    }
+    let family = shared
+        .grants
+        .family(&stored.family)
+        .await
+        .map_err(|_| OAuthError::unavailable())?;
+    Ok(match family {
+        Some(family) => Presented::Found(Found {
+            record: stored,
+            family,
+        }),
+        None => Presented::Unknown,
+    })
+}
+
+/// An id the store does not hold: a forgotten older generation of a family it does hold, or
+/// nothing.
+async fn superseded<S: TokenStore, G: GrantStore>(
+    shared: &Shared<S, G>,
+    id: &TokenId,
+) -> Result<Presented, OAuthError> {
+    let Some((family_id, generation)) = split_id(id) else {
+        return Ok(Presented::Unknown);
     };
     let family = shared
         .grants
-        .family(&record.family)
+        .family(&family_id)
         .await
         .map_err(|_| OAuthError::unavailable())?;
-    Ok(family.map(|family| Found { record, family }))
+    Ok(match family {
+        Some(family) if generation < family.generation => Presented::Superseded(family),
+        _ => Presented::Unknown,
+    })
 }
 
 /// When `found` stops working, if it works now: unused, family not revoked, within the
@@ -96,14 +198,15 @@ pub(crate) fn active_until<S: TokenStore, G>(
     (end > shared.verifier.now()).then_some(end)
 }
 
-/// A new refresh token of `family`: its text and its record.
+/// Generation `generation` of `family`'s refresh token: its text and its record.
 pub(crate) fn mint(
     shared_hasher: &crate::SecretHasher,
     family: TokenId,
+    generation: u64,
     now: DateTime<Utc>,
 ) -> Result<(Secret, RefreshTokenRecord), OAuthError> {
     let format = refresh_token_format();
-    let id = random_id(&format)?;
+    let id = token_id(&family, generation).ok_or_else(OAuthError::server_error)?;
     let text = format
         .generate(Some(&id))
         .map_err(|_| OAuthError::server_error())?;
@@ -111,7 +214,8 @@ pub(crate) fn mint(
         .parse(text.expose_secret())
         .map_err(|_| OAuthError::server_error())?;
     let hash = shared_hasher.hash(parsed.secret().as_bytes());
-    Ok((text, RefreshTokenRecord::new(id, family, hash, now)))
+    let record = RefreshTokenRecord::new(id, family, hash, now).in_generation(generation);
+    Ok((text, record))
 }
 
 fn invalid_grant() -> OAuthError {
@@ -130,7 +234,17 @@ pub(crate) async fn refresh_grant<S: TokenStore + 'static, G: GrantStore + 'stat
     let text = form
         .get("refresh_token")
         .ok_or_else(|| OAuthError::new(ErrorCode::InvalidRequest, "refresh_token is required"))?;
-    let found = find(shared, text).await?.ok_or_else(invalid_grant)?;
+    let found = match find(shared, text).await? {
+        Presented::Found(found) => found,
+        Presented::Superseded(family) => {
+            if family.client_id == *client.id() && family.revoked_at.is_none() {
+                tracing::warn!(family = %family.id, client = %client.id(), "superseded refresh token presented: grant revoked");
+                shared.revoke_family(&family.id).await?;
+            }
+            return Err(invalid_grant());
+        }
+        Presented::Unknown => return Err(invalid_grant()),
+    };
     // Bound to its client (RFC 6749 §6); another client learns nothing and changes nothing.
     if found.family.client_id != *client.id() {
         return Err(invalid_grant());
@@ -160,7 +274,12 @@ pub(crate) async fn refresh_grant<S: TokenStore + 'static, G: GrantStore + 'stat
         )
         .await?;
     let now = shared.verifier.now();
-    let (refresh_text, successor) = mint(shared.verifier.hasher(), found.family.id, now)?;
+    let (refresh_text, successor) = mint(
+        shared.verifier.hasher(),
+        found.family.id,
+        found.record.generation.saturating_add(1),
+        now,
+    )?;
     // Minted first, rotated second: a store failure leaves the old refresh token usable.
     match shared
         .grants
