@@ -733,3 +733,104 @@ fn unreachable_databases_exit_1() {
     ]);
     fails(&out, 1, "could not open the SQLite database");
 }
+
+// ---------------------------------------------------------------------------------------------
+// list and revoke never migrate
+
+/// A role with only `SELECT`, `INSERT` and `UPDATE` lists and revokes (no DDL is attempted);
+/// a schema with no tables is refused with what to do, not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_revoke_never_migrate_and_need_no_ddl_rights() {
+    let Some(url) = postgres_url() else { return };
+    let schema = unique_name("cli");
+    ok(&[
+        "create",
+        "--database",
+        &url,
+        "--schema",
+        &schema,
+        "--owner",
+        "o",
+        "--name",
+        "n",
+    ]);
+    let role = unique_name("ro");
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}; \
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let as_role = url.replacen("postgres@", &format!("{role}@"), 1);
+    let out = ok(&[
+        "list",
+        "--database",
+        &as_role,
+        "--schema",
+        &schema,
+        "--owner",
+        "o",
+    ]);
+    assert!(out.stdout.contains('n'), "{}", out.stdout);
+    let out = ok(&[
+        "revoke",
+        "--database",
+        &as_role,
+        "--schema",
+        &schema,
+        "--owner",
+        "o",
+    ]);
+    assert!(out.stdout.contains("revoked 1"), "{}", out.stdout);
+
+    // Nothing there: refused with the reason, and nothing is created.
+    let empty = unique_name("cli");
+    let out = run(&[
+        "list",
+        "--database",
+        &url,
+        "--schema",
+        &empty,
+        "--owner",
+        "o",
+    ]);
+    fails(&out, 1, "`list` and `revoke` never do");
+    let created: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&empty)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(!created, "list made the schema");
+
+    // create as the role, in a schema it may not create tables in: a permission error.
+    let denied = unique_name("cli");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {denied}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let out = run(&[
+        "create",
+        "--database",
+        &as_role,
+        "--schema",
+        &denied,
+        "--owner",
+        "o",
+        "--name",
+        "n",
+    ]);
+    fails(&out, 1, "permission denied");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP OWNED BY {role}; DROP ROLE {role}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}

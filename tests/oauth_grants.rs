@@ -350,7 +350,8 @@ async fn postgres_grant_store_keeps_the_contract() {
     contract(Arc::new(store)).await;
 }
 
-/// Tables as `migrate` made them before refresh tokens had generations: `migrate` adds the
+/// Tables as `migrate` made them before refresh tokens had generations (schema version 1, the
+/// first released, which recorded no version): `migrate` adds the
 /// column, what they held reads back as generation 0 and rotates on, and a second `migrate`
 /// does not wait behind an open reader (it changes nothing, so it locks nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,6 +373,13 @@ async fn postgres_grant_tables_from_before_generations_are_upgraded_in_place() {
          CREATE TABLE {schema}.apitoken_oauth_refresh_tokens ( \
              id TEXT COLLATE \"C\" PRIMARY KEY, family TEXT COLLATE \"C\" NOT NULL, \
              secret_hash BYTEA NOT NULL, created_at TIMESTAMPTZ NOT NULL, used_at TIMESTAMPTZ); \
+         CREATE TABLE {schema}.apitoken_oauth_codes ( \
+             id TEXT COLLATE \"C\" PRIMARY KEY, secret_hash BYTEA NOT NULL, \
+             client_id TEXT COLLATE \"C\" NOT NULL, redirect_uri TEXT NOT NULL, \
+             code_challenge TEXT NOT NULL, owner TEXT COLLATE \"C\" NOT NULL, \
+             scopes TEXT NOT NULL, family TEXT COLLATE \"C\" NOT NULL, \
+             created_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL, \
+             used_at TIMESTAMPTZ); \
          INSERT INTO {schema}.apitoken_oauth_families (id, client_id, owner, scopes, created_at) \
              VALUES ('fam1', 'client', 'user', 'db:read', '2026-01-01T00:00:00Z'); \
          INSERT INTO {schema}.apitoken_oauth_refresh_tokens (id, family, secret_hash, created_at) \

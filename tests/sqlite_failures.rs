@@ -395,7 +395,7 @@ async fn read_only_behaves(
         revoked.unwrap_err(),
         flushed.unwrap_err(),
     ] {
-        assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err:?}");
+        assert_eq!(err.kind(), StoreErrorKind::PermissionDenied, "{err:?}");
         assert!(explains(&err, "readonly"), "{err:?}");
     }
     assert_eq!(

@@ -11,6 +11,7 @@ use sqlx::{Row, SqlStr};
 use super::grants::{AuthorizationCodeRecord, GrantFamily, GrantStore, RefreshTokenRecord};
 use crate::id::TokenId;
 use crate::store::StoreError;
+use crate::store::migrate::{self, Plan};
 use crate::store::sql::{self, InvalidIdentifier, timed};
 
 /// A [`GrantStore`] in PostgreSQL (features `oauth` and `postgres`), so refresh tokens and
@@ -42,6 +43,7 @@ pub struct PostgresGrantStore {
     families: String,
     refresh: String,
     codes: String,
+    versions: String,
     timeout: Duration,
 }
 
@@ -61,11 +63,9 @@ impl PostgresGrantStore {
     }
 
     fn in_schema(pool: PgPool, schema: Option<String>) -> Self {
-        let qualify = |name: &str| match &schema {
-            Some(schema) => format!("{schema}.{name}"),
-            None => name.to_owned(),
-        };
+        let qualify = |name: &str| sql::qualified(schema.as_deref(), name);
         Self {
+            versions: qualify(migrate::VERSIONS_TABLE),
             families: qualify("apitoken_oauth_families"),
             refresh: qualify("apitoken_oauth_refresh_tokens"),
             codes: qualify("apitoken_oauth_codes"),
@@ -82,81 +82,91 @@ impl PostgresGrantStore {
         self
     }
 
-    /// Creates the schema, tables and indexes if they are missing, in one transaction under
-    /// an advisory lock (safe from every replica at start-up).
+    /// Brings the tables to the schema version this build uses, as
+    /// [`PostgresStore::migrate`](crate::PostgresStore::migrate) does for tokens: the
+    /// recorded version is read first and nothing else happens when it is current; an
+    /// upgrade runs in one transaction under the schema's advisory lock (the one the token
+    /// store takes too) with a 1-second `lock_timeout`; unknown versions and foreign tables
+    /// are refused with [`StoreErrorKind::Schema`](crate::StoreErrorKind::Schema).
+    ///
+    /// Versions: 1, the first released tables; 2, refresh-token generations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let families = &self.families;
+        let refresh = &self.refresh;
+        let codes = &self.codes;
+        let columns: [(&str, &[(&'static str, &'static str)]); 3] = [
+            (families, FAMILY_TABLE_COLUMNS),
+            (refresh, REFRESH_TABLE_COLUMNS),
+            (codes, CODE_TABLE_COLUMNS),
+        ];
+        let plan = Plan {
+            component: "oauth_grants",
+            current: GRANTS_SCHEMA_VERSION,
+            versions: &self.versions,
+            columns: &columns,
+        };
+        let steps = |from: u32| self.migration_step(from);
+        migrate::pg_migrate(
+            &self.pool,
+            &plan,
+            self.schema.as_deref(),
+            families,
+            probe_grants_version,
+            &steps,
+            sql::DEFAULT_MIGRATION_LOCK_TIMEOUT,
+            self.timeout * 10,
+        )
+        .await
+    }
+
+    /// The DDL from schema version `from` to `from + 1`.
+    fn migration_step(&self, from: u32) -> Vec<String> {
         let (families, refresh, codes) = (&self.families, &self.refresh, &self.codes);
         let index_name = |table: &str, column: &str| {
-            format!("{}_{column}_idx", table.rsplit('.').next().unwrap_or(table))
+            let bare = table.rsplit('.').next().unwrap_or(table);
+            format!("{bare}_{column}_idx")
         };
-        let by_family = index_name(refresh, "family");
-        let by_expiry = index_name(codes, "expires_at");
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {families} ( \
-                 id TEXT COLLATE \"C\" PRIMARY KEY, \
-                 client_id TEXT COLLATE \"C\" NOT NULL, \
-                 owner TEXT COLLATE \"C\" NOT NULL, \
-                 scopes TEXT NOT NULL, \
-                 created_at TIMESTAMPTZ NOT NULL, \
-                 revoked_at TIMESTAMPTZ, \
-                 access_tokens JSONB NOT NULL DEFAULT '[]', \
-                 generation BIGINT NOT NULL DEFAULT 0); \
-             CREATE TABLE IF NOT EXISTS {refresh} ( \
-                 id TEXT COLLATE \"C\" PRIMARY KEY, \
-                 family TEXT COLLATE \"C\" NOT NULL, \
-                 secret_hash BYTEA NOT NULL, \
-                 created_at TIMESTAMPTZ NOT NULL, \
-                 used_at TIMESTAMPTZ, \
-                 generation BIGINT NOT NULL DEFAULT 0); \
-             CREATE INDEX IF NOT EXISTS {by_family} ON {refresh} (family, created_at); \
-             CREATE TABLE IF NOT EXISTS {codes} ( \
-                 id TEXT COLLATE \"C\" PRIMARY KEY, \
-                 secret_hash BYTEA NOT NULL, \
-                 client_id TEXT COLLATE \"C\" NOT NULL, \
-                 redirect_uri TEXT NOT NULL, \
-                 code_challenge TEXT NOT NULL, \
-                 owner TEXT COLLATE \"C\" NOT NULL, \
-                 scopes TEXT NOT NULL, \
-                 family TEXT COLLATE \"C\" NOT NULL, \
-                 created_at TIMESTAMPTZ NOT NULL, \
-                 expires_at TIMESTAMPTZ NOT NULL, \
-                 used_at TIMESTAMPTZ); \
-             CREATE INDEX IF NOT EXISTS {by_expiry} ON {codes} (expires_at);"
-        );
-        let lock_key = format!("apitoken migrate {families}");
-        let schema = self.schema.clone();
-        // Tables made before refresh tokens had generations lack the column. Looked up first:
-        // an `ALTER TABLE` locks the table even when it changes nothing.
-        let added_later = [families.clone(), refresh.clone()];
-        let work = async move {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(&lock_key)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(schema) = schema {
-                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-                sqlx::raw_sql(sql::text(create)).execute(&mut *tx).await?;
+        match from {
+            0 => {
+                let by_family = index_name(refresh, "family");
+                let by_expiry = index_name(codes, "expires_at");
+                vec![format!(
+                    "CREATE TABLE IF NOT EXISTS {families} ( \
+                         id TEXT COLLATE \"C\" PRIMARY KEY, \
+                         client_id TEXT COLLATE \"C\" NOT NULL, \
+                         owner TEXT COLLATE \"C\" NOT NULL, \
+                         scopes TEXT NOT NULL, \
+                         created_at TIMESTAMPTZ NOT NULL, \
+                         revoked_at TIMESTAMPTZ, \
+                         access_tokens JSONB NOT NULL DEFAULT '[]'); \
+                     CREATE TABLE IF NOT EXISTS {refresh} ( \
+                         id TEXT COLLATE \"C\" PRIMARY KEY, \
+                         family TEXT COLLATE \"C\" NOT NULL, \
+                         secret_hash BYTEA NOT NULL, \
+                         created_at TIMESTAMPTZ NOT NULL, \
+                         used_at TIMESTAMPTZ); \
+                     CREATE INDEX IF NOT EXISTS {by_family} ON {refresh} (family, created_at); \
+                     CREATE TABLE IF NOT EXISTS {codes} ( \
+                         id TEXT COLLATE \"C\" PRIMARY KEY, \
+                         secret_hash BYTEA NOT NULL, \
+                         client_id TEXT COLLATE \"C\" NOT NULL, \
+                         redirect_uri TEXT NOT NULL, \
+                         code_challenge TEXT NOT NULL, \
+                         owner TEXT COLLATE \"C\" NOT NULL, \
+                         scopes TEXT NOT NULL, \
+                         family TEXT COLLATE \"C\" NOT NULL, \
+                         created_at TIMESTAMPTZ NOT NULL, \
+                         expires_at TIMESTAMPTZ NOT NULL, \
+                         used_at TIMESTAMPTZ); \
+                     CREATE INDEX IF NOT EXISTS {by_expiry} ON {codes} (expires_at);"
+                )]
             }
-            sqlx::raw_sql(sql::text(ddl)).execute(&mut *tx).await?;
-            for table in &added_later {
-                let present: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                     AND attname = 'generation' AND NOT attisdropped)",
-                )
-                .bind(table)
-                .fetch_one(&mut *tx)
-                .await?;
-                if !present {
-                    let alter = format!(
-                        "ALTER TABLE {table} ADD COLUMN generation BIGINT NOT NULL DEFAULT 0"
-                    );
-                    sqlx::raw_sql(sql::text(alter)).execute(&mut *tx).await?;
-                }
-            }
-            tx.commit().await
-        };
-        timed(self.timeout * 10, work).await
+            1 => vec![
+                format!("ALTER TABLE {families} ADD COLUMN generation BIGINT NOT NULL DEFAULT 0"),
+                format!("ALTER TABLE {refresh} ADD COLUMN generation BIGINT NOT NULL DEFAULT 0"),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     fn q(&self, text: String) -> SqlStr {
@@ -286,6 +296,53 @@ fn decode_code(row: &PgRow) -> Result<AuthorizationCodeRecord, StoreError> {
         expires_at: row.try_get("expires_at").map_err(get)?,
         used_at: row.try_get("used_at").map_err(get)?,
     })
+}
+
+/// The schema version of the grant tables this build writes.
+const GRANTS_SCHEMA_VERSION: u32 = 2;
+
+const TIMESTAMPTZ: &str = "timestamp with time zone";
+const FAMILY_TABLE_COLUMNS: &[(&str, &str)] = &[
+    ("id", "text"),
+    ("client_id", "text"),
+    ("owner", "text"),
+    ("scopes", "text"),
+    ("created_at", TIMESTAMPTZ),
+    ("revoked_at", TIMESTAMPTZ),
+    ("access_tokens", "jsonb"),
+    ("generation", "bigint"),
+];
+const REFRESH_TABLE_COLUMNS: &[(&str, &str)] = &[
+    ("id", "text"),
+    ("family", "text"),
+    ("secret_hash", "bytea"),
+    ("created_at", TIMESTAMPTZ),
+    ("used_at", TIMESTAMPTZ),
+    ("generation", "bigint"),
+];
+const CODE_TABLE_COLUMNS: &[(&str, &str)] = &[
+    ("id", "text"),
+    ("secret_hash", "bytea"),
+    ("client_id", "text"),
+    ("redirect_uri", "text"),
+    ("code_challenge", "text"),
+    ("owner", "text"),
+    ("scopes", "text"),
+    ("family", "text"),
+    ("created_at", TIMESTAMPTZ),
+    ("expires_at", TIMESTAMPTZ),
+    ("used_at", TIMESTAMPTZ),
+];
+
+/// The version of grant tables made before versions were recorded.
+fn probe_grants_version(family_columns: &[(String, String)]) -> u32 {
+    if family_columns.is_empty() {
+        0
+    } else if family_columns.iter().any(|(name, _)| name == "generation") {
+        2
+    } else {
+        1
+    }
 }
 
 const FAMILY_COLUMNS: &str =

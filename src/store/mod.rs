@@ -21,6 +21,8 @@
 
 mod cache;
 mod memory;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) mod migrate;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -352,6 +354,13 @@ pub enum StoreErrorKind {
     Unsupported,
     /// The store answered with data that is not a valid record.
     Corrupt,
+    /// The stored tables are not in a form this build can use: a newer schema version, or
+    /// a table that was not made by this crate (a missing column, another type). Nothing was
+    /// changed.
+    Schema,
+    /// The database refused for lack of a privilege (for example `CREATE` on the schema, or
+    /// ownership of the table, which a migration needs).
+    PermissionDenied,
 }
 
 /// An error from a [`TokenStore`]: a kind for callers to act on, and the store's own error as

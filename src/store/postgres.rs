@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, SqlStr};
 
+use super::migrate::{self, Plan};
 use super::sql::{self, InvalidIdentifier, timed};
 use super::{StoreChange, StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
@@ -45,12 +46,17 @@ pub struct PostgresStore {
     pool: PgPool,
     queries: Arc<Queries>,
     timeout: Duration,
+    lock_timeout: Duration,
 }
 
 #[derive(Debug)]
 struct Queries {
     schema: Option<String>,
     table: String,
+    /// `schema.apitoken_tokens` unquoted, as every release has spelled it in the owner
+    /// lock's key (replicas of two releases must agree on it).
+    lock_name: String,
+    versions: String,
     channel: String,
     insert: SqlStr,
     get: SqlStr,
@@ -77,12 +83,10 @@ const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_a
 
 impl Queries {
     fn new(schema: Option<String>) -> Self {
-        let qualify = |name: &str| match &schema {
-            Some(schema) => format!("{schema}.{name}"),
-            None => name.to_owned(),
-        };
+        let qualify = |name: &str| sql::qualified(schema.as_deref(), name);
         let table = qualify("apitoken_tokens");
         let sequence = qualify("apitoken_token_ids");
+        let versions = qualify(migrate::VERSIONS_TABLE);
         let channel = change_channel(schema.as_deref());
         Self {
             insert: sql::text(format!(
@@ -130,36 +134,74 @@ impl Queries {
             notify: sql::text("SELECT pg_notify($1, $2)".to_owned()),
             owner_shared: sql::text("SELECT pg_advisory_xact_lock_shared($1)".to_owned()),
             owner_exclusive: sql::text("SELECT pg_advisory_xact_lock($1)".to_owned()),
+            lock_name: match &schema {
+                Some(schema) => format!("{schema}.apitoken_tokens"),
+                None => "apitoken_tokens".to_owned(),
+            },
             schema,
             table,
+            versions,
             channel,
         }
     }
 
-    fn migrations(&self) -> Vec<String> {
+    /// The DDL from schema version `from` to `from + 1`.
+    ///
+    /// 1. The first released schema: the table, its owner index, the id sequence.
+    /// 2. IP allowlists (`allowed_ips`).
+    fn migration_step(&self, from: u32) -> Vec<String> {
         let table = &self.table;
-        let sequence = match &self.schema {
-            Some(schema) => format!("{schema}.apitoken_token_ids"),
-            None => "apitoken_token_ids".to_owned(),
-        };
-        let index = "apitoken_tokens_owner_idx";
-        vec![format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\
-                 id TEXT COLLATE \"C\" PRIMARY KEY, \
-                 secret_hash BYTEA NOT NULL UNIQUE CHECK (octet_length(secret_hash) = 32), \
-                 name TEXT NOT NULL, \
-                 owner TEXT COLLATE \"C\" NOT NULL, \
-                 scopes TEXT NOT NULL DEFAULT '', \
-                 metadata JSONB NOT NULL DEFAULT '{{}}', \
-                 created_at TIMESTAMPTZ NOT NULL, \
-                 last_used_at TIMESTAMPTZ, \
-                 expires_at TIMESTAMPTZ, \
-                 revoked_at TIMESTAMPTZ, \
-                 allowed_ips TEXT NOT NULL DEFAULT ''); \
-             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS allowed_ips TEXT NOT NULL DEFAULT ''; \
-             CREATE INDEX IF NOT EXISTS {index} ON {table} (owner, created_at); \
-             CREATE SEQUENCE IF NOT EXISTS {sequence};"
-        )]
+        let sequence = sql::qualified(self.schema.as_deref(), "apitoken_token_ids");
+        match from {
+            0 => vec![format!(
+                "CREATE TABLE {table} (\
+                     id TEXT COLLATE \"C\" PRIMARY KEY, \
+                     secret_hash BYTEA NOT NULL UNIQUE CHECK (octet_length(secret_hash) = 32), \
+                     name TEXT NOT NULL, \
+                     owner TEXT COLLATE \"C\" NOT NULL, \
+                     scopes TEXT NOT NULL DEFAULT '', \
+                     metadata JSONB NOT NULL DEFAULT '{{}}', \
+                     created_at TIMESTAMPTZ NOT NULL, \
+                     last_used_at TIMESTAMPTZ, \
+                     expires_at TIMESTAMPTZ, \
+                     revoked_at TIMESTAMPTZ); \
+                 CREATE INDEX IF NOT EXISTS apitoken_tokens_owner_idx ON {table} (owner, created_at); \
+                 CREATE SEQUENCE IF NOT EXISTS {sequence};"
+            )],
+            1 => vec![format!(
+                "ALTER TABLE {table} ADD COLUMN allowed_ips TEXT NOT NULL DEFAULT ''"
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The schema version of [`PostgresStore`]'s tables this build writes.
+const SCHEMA_VERSION: u32 = 2;
+
+/// What the store reads, with PostgreSQL's names for the types.
+const TOKEN_COLUMNS: &[(&str, &str)] = &[
+    ("id", "text"),
+    ("secret_hash", "bytea"),
+    ("name", "text"),
+    ("owner", "text"),
+    ("scopes", "text"),
+    ("metadata", "jsonb"),
+    ("created_at", "timestamp with time zone"),
+    ("last_used_at", "timestamp with time zone"),
+    ("expires_at", "timestamp with time zone"),
+    ("revoked_at", "timestamp with time zone"),
+    ("allowed_ips", "text"),
+];
+
+/// The version of a token table made before versions were recorded.
+fn probe_version(columns: &[(String, String)]) -> u32 {
+    if columns.is_empty() {
+        0
+    } else if columns.iter().any(|(name, _)| name == "allowed_ips") {
+        2
+    } else {
+        1
     }
 }
 
@@ -170,14 +212,24 @@ pub struct PostgresStoreBuilder {
     pool: PgPool,
     schema: Option<String>,
     timeout: Duration,
+    lock_timeout: Duration,
 }
 
 impl PostgresStoreBuilder {
     /// Keeps the tables in this schema (created by [`PostgresStore::migrate`] if missing):
-    /// lowercase letters, digits and `_`.
+    /// lowercase letters, digits and `_`. Reserved words (`user`, `order`) are fine: the
+    /// name is quoted wherever it is used.
     pub fn schema(mut self, schema: &str) -> Result<Self, InvalidIdentifier> {
         self.schema = Some(sql::identifier(schema)?.to_owned());
         Ok(self)
+    }
+
+    /// How long [`PostgresStore::migrate`] waits for a table lock before giving up
+    /// (PostgreSQL's `lock_timeout`), so that lookups queued behind its DDL wait at most
+    /// that long. Default: 1 second. Only a migration that has DDL to run takes a lock.
+    pub fn migration_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// The deadline of each query, connection acquisition included. Default: 3 seconds.
@@ -192,6 +244,7 @@ impl PostgresStoreBuilder {
             pool: self.pool,
             queries: Arc::new(Queries::new(self.schema)),
             timeout: self.timeout,
+            lock_timeout: self.lock_timeout,
         }
     }
 }
@@ -214,6 +267,7 @@ impl PostgresStore {
             pool,
             schema: None,
             timeout: sql::DEFAULT_QUERY_TIMEOUT,
+            lock_timeout: sql::DEFAULT_MIGRATION_LOCK_TIMEOUT,
         }
     }
 
@@ -222,28 +276,70 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates the schema, table, index and id sequence if they are missing. Safe to call from
-    /// every replica at start-up: the work runs in one transaction under an advisory lock.
+    /// Brings the tables to the schema version this build uses, creating them (and the
+    /// schema) if missing. Safe to call from every replica at start-up, and cheap once done:
+    ///
+    /// - It first reads the version recorded in `apitoken_schema_versions`. If it is
+    ///   current, that is all: no DDL, no lock, and a role with only `SELECT`, `INSERT` and
+    ///   `UPDATE` may call it.
+    /// - Otherwise it upgrades in one transaction, under an advisory lock per schema (shared
+    ///   with `PostgresGrantStore`, so the two never race on `CREATE SCHEMA`), with
+    ///   `lock_timeout` set ([`migration_lock_timeout`](PostgresStoreBuilder::migration_lock_timeout),
+    ///   1 s by default): a reader holding the table makes the migration fail with
+    ///   [`Unavailable`](super::StoreErrorKind::Unavailable) rather than stall every lookup.
+    ///   Tables made by releases that recorded no version are dated by their columns.
+    /// - A newer version than this build knows, or a table whose columns are not this
+    ///   store's (another type, one missing), is refused with
+    ///   [`StoreErrorKind::Schema`](super::StoreErrorKind::Schema), changing nothing. A role
+    ///   without the privileges DDL needs gets
+    ///   [`StoreErrorKind::PermissionDenied`](super::StoreErrorKind::PermissionDenied).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let queries = Arc::clone(&self.queries);
-        let lock_key = format!("apitoken migrate {}", queries.table);
-        let work = async move {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(&lock_key)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(schema) = &queries.schema {
-                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-                sqlx::raw_sql(sql::text(create)).execute(&mut *tx).await?;
-            }
-            for step in queries.migrations() {
-                sqlx::raw_sql(sql::text(step)).execute(&mut *tx).await?;
-            }
-            tx.commit().await
-        };
-        // Migrations may wait for another replica's lock: allow them longer than a query.
-        timed(self.timeout * 10, work).await
+        let queries = &self.queries;
+        let columns = [(queries.table.as_str(), TOKEN_COLUMNS)];
+        let plan = self.plan(&columns);
+        let steps = |from: u32| queries.migration_step(from);
+        migrate::pg_migrate(
+            &self.pool,
+            &plan,
+            queries.schema.as_deref(),
+            &queries.table,
+            probe_version,
+            &steps,
+            self.lock_timeout,
+            // Migrations may wait for another replica's lock: allow them longer than a query.
+            self.timeout * 10,
+        )
+        .await
+    }
+
+    /// Checks, changing nothing and taking no lock, that the tables are at the schema
+    /// version this build uses: for processes that must not migrate (a read-only role, a
+    /// command-line listing). [`StoreErrorKind::Schema`](super::StoreErrorKind::Schema) if
+    /// they are missing, behind or ahead.
+    ///
+    /// ```no_run
+    /// # async fn run(store: apitoken::PostgresStore) -> Result<(), apitoken::StoreError> {
+    /// store.check_schema().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let columns = [(self.queries.table.as_str(), TOKEN_COLUMNS)];
+        let plan = self.plan(&columns);
+        let found = migrate::pg_version(&self.pool, &plan, self.timeout).await?;
+        migrate::require_current(&plan, found)
+    }
+
+    fn plan<'a>(
+        &'a self,
+        columns: &'a [(&'a str, &'a [(&'static str, &'static str)])],
+    ) -> Plan<'a> {
+        Plan {
+            component: "tokens",
+            current: SCHEMA_VERSION,
+            versions: &self.queries.versions,
+            columns,
+        }
     }
 
     /// Listens for changes made through any `PostgresStore` on the same database and schema
@@ -349,7 +445,7 @@ impl PostgresStore {
             .bind(record.revoked_at)
             .bind(sql::networks_text(&record.allowed_ips))
             .bind(&self.queries.channel)
-            .bind(owner_lock_key(&self.queries.table, &record.owner))
+            .bind(owner_lock_key(&self.queries.lock_name, &record.owner))
     }
 }
 
@@ -444,7 +540,7 @@ impl TokenStore for PostgresStore {
             // First, before any row lock: a revoke-all holding the owner's lock may be
             // waiting for the old token's row.
             sqlx::query(self.queries.owner_shared.clone())
-                .bind(owner_lock_key(&self.queries.table, &new.owner))
+                .bind(owner_lock_key(&self.queries.lock_name, &new.owner))
                 .execute(&mut *tx)
                 .await?;
             let retired = sqlx::query(retire_query)
@@ -561,7 +657,7 @@ impl TokenStore for PostgresStore {
         owner: &Owner,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        let key = owner_lock_key(&self.queries.table, owner);
+        let key = owner_lock_key(&self.queries.lock_name, owner);
         let owner = owner.as_str().to_owned();
         async move {
             let work = async {

@@ -16,6 +16,10 @@ use crate::secret::SecretHash;
 pub(crate) const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long to wait for a pooled connection.
+/// How long a migration waits for a table lock (PostgreSQL's `lock_timeout`).
+#[cfg(feature = "postgres")]
+pub(crate) const DEFAULT_MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(crate) const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A schema, table or prefix name that is not a plain SQL identifier.
@@ -35,6 +39,15 @@ pub(crate) fn identifier(name: &str) -> Result<&str, InvalidIdentifier> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok { Ok(name) } else { Err(InvalidIdentifier) }
+}
+
+/// `name` in `schema` (quoted, since a schema may be named like a reserved word), or `name`
+/// alone, found on the connection's `search_path`.
+pub(crate) fn qualified(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some(schema) => format!("\"{schema}\".{name}"),
+        None => name.to_owned(),
+    }
 }
 
 /// A forward-only last-use `UPDATE` of `table` on SQLite for a whole batch in one statement:
@@ -60,11 +73,25 @@ pub(crate) fn text(sql: String) -> sqlx::SqlStr {
 #[error("the database did not answer within {0:?}")]
 struct QueryTimedOut(Duration);
 
+/// Whether the database refused for lack of a privilege: SQLSTATE 42501 on PostgreSQL,
+/// `SQLITE_READONLY` (and its extended codes) on SQLite.
+fn is_permission_denied(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    code == "42501" || code.parse::<i32>().is_ok_and(|n| n & 0xff == 8)
+}
+
 pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::with_source(
             StoreErrorKind::Conflict,
             "a token with this id or secret hash already exists",
+            err,
+        ),
+        sqlx::Error::Database(db) if is_permission_denied(db.as_ref()) => StoreError::with_source(
+            StoreErrorKind::PermissionDenied,
+            "the database refused: the role lacks a privilege this needs",
             err,
         ),
         sqlx::Error::ColumnDecode { .. }

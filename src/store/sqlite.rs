@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlStr};
 
+use super::migrate::{self, Plan};
 use super::sql::{self, InvalidIdentifier, timed};
 use super::{StoreError, StoredToken, TokenStore};
 use crate::id::TokenId;
@@ -48,7 +49,9 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Queries {
-    migration: String,
+    table: String,
+    sequence: String,
+    versions: String,
     insert: SqlStr,
     get: SqlStr,
     find_by_hash: SqlStr,
@@ -63,16 +66,45 @@ struct Queries {
     last_used_batch: SqlStr,
 }
 
+/// The schema version of [`SqliteStore`]'s tables this build writes.
+const SCHEMA_VERSION: u32 = 2;
+
+/// What the store reads, with the types it declares.
+const TOKEN_COLUMNS: &[(&str, &str)] = &[
+    ("id", "TEXT"),
+    ("secret_hash", "BLOB"),
+    ("name", "TEXT"),
+    ("owner", "TEXT"),
+    ("scopes", "TEXT"),
+    ("metadata", "TEXT"),
+    ("created_at", "INTEGER"),
+    ("last_used_at", "INTEGER"),
+    ("expires_at", "INTEGER"),
+    ("revoked_at", "INTEGER"),
+    ("allowed_ips", "TEXT"),
+];
+
+/// The version of a token table made before versions were recorded.
+fn probe_version(columns: &[(String, String)]) -> u32 {
+    if columns.is_empty() {
+        0
+    } else if columns.iter().any(|(name, _)| name == "allowed_ips") {
+        2
+    } else {
+        1
+    }
+}
+
 const COLUMNS: &str = "id, secret_hash, name, owner, scopes, metadata, created_at, last_used_at, \
                        expires_at, revoked_at, allowed_ips";
 
 impl Queries {
-    fn new(prefix: &str) -> Self {
-        let table = format!("{prefix}tokens");
-        let sequence = format!("{prefix}sequence");
-        Self {
-            migration: format!(
-                "CREATE TABLE IF NOT EXISTS {table} (\
+    /// The DDL from schema version `from` to `from + 1`.
+    fn migration_step(&self, from: u32) -> Vec<String> {
+        let (table, sequence) = (&self.table, &self.sequence);
+        match from {
+            0 => vec![format!(
+                "CREATE TABLE {table} (\
                      id TEXT NOT NULL PRIMARY KEY, \
                      secret_hash BLOB NOT NULL UNIQUE CHECK (length(secret_hash) = 32), \
                      name TEXT NOT NULL, \
@@ -82,12 +114,23 @@ impl Queries {
                      created_at INTEGER NOT NULL, \
                      last_used_at INTEGER, \
                      expires_at INTEGER, \
-                     revoked_at INTEGER, \
-                     allowed_ips TEXT NOT NULL DEFAULT ''); \
+                     revoked_at INTEGER); \
                  CREATE INDEX IF NOT EXISTS {table}_owner_idx ON {table} (owner, created_at); \
                  CREATE TABLE IF NOT EXISTS {sequence} (name TEXT NOT NULL PRIMARY KEY, value INTEGER NOT NULL); \
                  INSERT OR IGNORE INTO {sequence} (name, value) VALUES ('token_ids', 0);"
-            ),
+            )],
+            1 => vec![format!(
+                "ALTER TABLE {table} ADD COLUMN allowed_ips TEXT NOT NULL DEFAULT ''"
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    fn new(prefix: &str) -> Self {
+        let table = format!("{prefix}tokens");
+        let sequence = format!("{prefix}sequence");
+        Self {
+            versions: format!("{prefix}schema_versions"),
             insert: sql::text(format!(
                 "INSERT INTO {table} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             )),
@@ -121,6 +164,8 @@ impl Queries {
                 "UPDATE {table} SET expires_at = MIN(COALESCE(expires_at, $2), $2) \
                  WHERE id = $1 AND revoked_at IS NULL"
             )),
+            table,
+            sequence,
         }
     }
 }
@@ -202,17 +247,68 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Creates the tables and index if they are missing, in one transaction.
+    /// Brings the tables to the schema version this build uses, creating them if missing.
+    ///
+    /// It first reads the version recorded in `{prefix}schema_versions`; if it is current,
+    /// nothing else happens (no write, so a read-only file is fine). Otherwise it upgrades
+    /// in one `BEGIN IMMEDIATE` transaction (processes migrating at once take turns): a file
+    /// made by a release that recorded no version is dated by its columns and gets what it
+    /// lacks (`ALTER TABLE … ADD COLUMN`). A newer version than this build knows, or a table
+    /// whose columns are not this store's, is refused with
+    /// [`StoreErrorKind::Schema`](super::StoreErrorKind::Schema), changing nothing.
+    ///
+    /// Versions: 1, the first released table; 2, IP allowlists (`allowed_ips`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let migration = sql::text(self.queries.migration.clone());
-        let work = async move {
-            // IMMEDIATE takes the write lock up front, so processes migrating at once wait
-            // (busy timeout) instead of failing with "database is locked".
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::raw_sql(migration).execute(&mut *tx).await?;
-            tx.commit().await
-        };
-        timed(self.timeout, work).await
+        let queries = &self.queries;
+        let columns = [(queries.table.as_str(), TOKEN_COLUMNS)];
+        let plan = self.plan(&columns);
+        let steps = |from: u32| queries.migration_step(from);
+        migrate::sqlite_migrate(
+            &self.pool,
+            &plan,
+            &queries.versions,
+            &queries.table,
+            probe_version,
+            &steps,
+            self.timeout,
+        )
+        .await
+    }
+
+    /// Checks, changing nothing, that the tables are at the schema version this build uses:
+    /// [`StoreErrorKind::Schema`](super::StoreErrorKind::Schema) if they are missing, behind
+    /// or ahead.
+    ///
+    /// ```
+    /// use apitoken::{SqliteStore, StoreErrorKind};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = SqliteStore::connect("sqlite::memory:").await?;
+    /// assert_eq!(store.check_schema().await.unwrap_err().kind(), StoreErrorKind::Schema);
+    /// store.migrate().await?;
+    /// store.check_schema().await?;
+    /// # Ok::<(), apitoken::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let columns = [(self.queries.table.as_str(), TOKEN_COLUMNS)];
+        let plan = self.plan(&columns);
+        let found =
+            migrate::sqlite_version(&self.pool, &plan, &self.queries.versions, self.timeout)
+                .await?;
+        migrate::require_current(&plan, found)
+    }
+
+    fn plan<'a>(
+        &'a self,
+        columns: &'a [(&'a str, &'a [(&'static str, &'static str)])],
+    ) -> Plan<'a> {
+        Plan {
+            component: "tokens",
+            current: SCHEMA_VERSION,
+            versions: &self.queries.versions,
+            columns,
+        }
     }
 }
 

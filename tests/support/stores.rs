@@ -170,3 +170,15 @@ mod rand_like {
             .expect("read /dev/urandom");
     }
 }
+
+/// An error and its sources, for asserting on what an operator would read.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(next) = source {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        source = next.source();
+    }
+    out
+}

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use apitoken::{PostgresStore, SqliteStore, StoreError};
+use apitoken::{PostgresStore, SqliteStore, StoreError, StoreErrorKind};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
@@ -46,8 +46,10 @@ fn target(args: &DatabaseArgs) -> Result<Target, Failure> {
     target.map_err(|e| Failure::Usage(format!("the database URL is not valid: {e}")))
 }
 
-/// Opens and migrates the store. `create` lets a SQLite file be created; commands that only
-/// read or revoke refuse a missing file rather than make an empty one at a mistyped path.
+/// Opens the store. `create` (for `create` and `bootstrap`) lets a SQLite file be created and
+/// migrates the tables; the other commands never migrate (no DDL, no lock, no privilege
+/// beyond reading and updating rows) and only check the schema version, and refuse a missing
+/// SQLite file rather than make an empty one at a mistyped path.
 pub(crate) async fn open(args: &DatabaseArgs, create: bool) -> Result<Database, Failure> {
     match target(args)? {
         Target::Postgres(options) => {
@@ -62,7 +64,11 @@ pub(crate) async fn open(args: &DatabaseArgs, create: bool) -> Result<Database, 
                     .map_err(|e| Failure::Usage(format!("--schema: {e}")))?;
             }
             let store = builder.build();
-            store.migrate().await.map_err(unreachable)?;
+            if create {
+                store.migrate().await.map_err(schema_failure)?;
+            } else {
+                store.check_schema().await.map_err(schema_failure)?;
+            }
             Ok(Database::Postgres(store))
         }
         Target::Sqlite(options) => {
@@ -87,7 +93,11 @@ pub(crate) async fn open(args: &DatabaseArgs, create: bool) -> Result<Database, 
                     ))
                 })?;
             let store = SqliteStore::builder(pool).build();
-            migrate_sqlite(&store).await?;
+            if create {
+                migrate_sqlite(&store).await?;
+            } else {
+                store.check_schema().await.map_err(schema_failure)?;
+            }
             Ok(Database::Sqlite(store))
         }
     }
@@ -115,13 +125,25 @@ async fn migrate_sqlite(store: &SqliteStore) -> Result<(), Failure> {
                 tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 attempt += 1;
             }
-            Err(err) => return Err(unreachable(err)),
+            Err(err) => return Err(schema_failure(err)),
         }
     }
 }
 
-fn unreachable(err: StoreError) -> Failure {
-    Failure::Runtime(format!("could not reach the database: {}", chain(&err)))
+/// What a failed migration or schema check tells the operator.
+fn schema_failure(err: StoreError) -> Failure {
+    let what = match err.kind() {
+        StoreErrorKind::Schema => {
+            "the database's tables are not ones this apitoken can use (`create` and \
+             `bootstrap` migrate them; `list` and `revoke` never do)"
+        }
+        StoreErrorKind::PermissionDenied => {
+            "permission denied: migrating needs CREATE on the schema and ownership of the \
+             tables; run `create` once as their owner, or migrate from the application"
+        }
+        _ => "could not reach the database",
+    };
+    Failure::Runtime(format!("{what}: {}", chain(&err)))
 }
 
 /// An error and its sources, `: `-separated.
