@@ -120,6 +120,8 @@ impl<S: TokenStore> Issuer<S> {
             .filter(|stored| inner.is_active(&stored.record, now))
             .ok_or(IssueError::NotFound)?;
         let current = &current.record;
+        // A record stored before the caps (or by another tool) is not copied past them.
+        self.check_caps(current.scopes.len(), current.allowed_ips.len())?;
         let (token, mut record, hash) = self
             .mint(None, current.owner.clone(), current.name.clone(), now)
             .await?;
@@ -152,6 +154,22 @@ impl<S: TokenStore> Issuer<S> {
             return Err(IssueError::NotFound);
         }
         Ok(IssuedToken { token, record })
+    }
+
+    /// The per-token caps on scopes and allowlist entries.
+    fn check_caps(&self, scopes: usize, networks: usize) -> Result<(), IssueError> {
+        let inner = &*self.inner;
+        if scopes > inner.max_scopes {
+            return Err(IssueError::TooManyScopes {
+                max: inner.max_scopes,
+            });
+        }
+        if networks > inner.max_allowed_ips {
+            return Err(IssueError::TooManyNetworks {
+                max: inner.max_allowed_ips,
+            });
+        }
+        Ok(())
     }
 
     /// Allocates an id (or takes `given`'s) and generates a token for it in the format
@@ -228,16 +246,7 @@ impl<S: TokenStore> Issuer<S> {
         if expires_at.is_some_and(|at| at <= now) {
             return Err(IssueError::ExpiryOutOfRange);
         }
-        if new.scopes.len() > inner.max_scopes {
-            return Err(IssueError::TooManyScopes {
-                max: inner.max_scopes,
-            });
-        }
-        if new.allowed_ips.len() > inner.max_allowed_ips {
-            return Err(IssueError::TooManyNetworks {
-                max: inner.max_allowed_ips,
-            });
-        }
+        self.check_caps(new.scopes.len(), new.allowed_ips.len())?;
         let (token, mut record, hash) = self.mint(given, new.owner, new.name, now).await?;
         record.scopes = new.scopes;
         record.expires_at = expires_at;

@@ -1686,10 +1686,10 @@ async fn families_stay_bounded_and_old_generations_still_revoke<G: GrantStore + 
             "generation {n}"
         );
     }
-    // Six generations issued; the store holds the last two only.
+    // Six generations issued; the store holds the first and the last two only.
     for (n, text) in refresh.iter().enumerate() {
         let held = grants.refresh_token(&refresh_id(text)).await.unwrap();
-        assert_eq!(held.is_some(), n >= 4, "generation {n}");
+        assert_eq!(held.is_some(), n == 0 || n >= 4, "generation {n}");
     }
     let family_id: TokenId = family.parse().unwrap();
     assert_eq!(
@@ -1747,13 +1747,13 @@ async fn families_stay_bounded_and_old_generations_still_revoke<G: GrantStore + 
 }
 
 #[tokio::test]
-async fn a_family_holds_two_refresh_tokens_and_an_old_generation_still_revokes_it() {
+async fn a_family_holds_three_refresh_tokens_and_an_old_generation_still_revokes_it() {
     families_stay_bounded_and_old_generations_still_revoke(Arc::new(MemoryGrantStore::new())).await;
 }
 
 #[cfg(all(feature = "postgres", feature = "sqlite"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_postgres_a_family_holds_two_refresh_tokens_and_an_old_generation_revokes_it() {
+async fn over_postgres_a_family_holds_three_refresh_tokens_and_an_old_generation_revokes_it() {
     let Some(url) = stores::postgres_url() else {
         return;
     };
@@ -1780,14 +1780,18 @@ async fn a_forgotten_generation_is_inactive_at_introspection_and_revocable() {
     .to_owned();
     let second = f.refresh(&client, &rt1, None).await.json();
     let rt2 = str_field(&second, "refresh_token").to_owned();
-    // rt0 is forgotten now: inactive, and introspecting it revokes nothing.
-    let reply = f.introspect(&client, &rt0).await;
+    let third = f.refresh(&client, &rt2, None).await.json();
+    let rt3 = str_field(&third, "refresh_token").to_owned();
+    // rt1 is forgotten now (generation 0 and the last two are kept): inactive, and
+    // introspecting it revokes nothing.
+    let reply = f.introspect(&client, &rt1).await;
     assert_eq!(reply.json(), json!({ "active": false }));
-    assert_eq!(f.introspect(&client, &rt2).await.json()["active"], true);
+    assert_eq!(f.introspect(&client, &rt3).await.json()["active"], true);
     // Revoking it (RFC 7009) revokes its grant, as revoking any rotated token does.
-    assert_eq!(f.revoke(&client, &rt0).await.status, 200);
-    assert_eq!(f.introspect(&client, &rt2).await.json()["active"], false);
-    assert_eq!(f.api(str_field(&second, "access_token")).await.status, 401);
+    assert_eq!(f.revoke(&client, &rt1).await.status, 200);
+    assert_eq!(f.introspect(&client, &rt3).await.json()["active"], false);
+    assert_eq!(f.api(str_field(&third, "access_token")).await.status, 401);
+    let _ = second;
 }
 
 #[tokio::test]

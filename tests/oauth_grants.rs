@@ -184,19 +184,45 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
         .unwrap()
         .access_tokens;
     assert_eq!(noted.len(), 2, "{noted:?}");
-    // A family holds its current token and the one it replaced, no more: rt1 is forgotten.
-    assert!(store.refresh_token(&id("rt1")).await.unwrap().is_none());
+    // A family holds its first token, its current one and the one it replaced, no more.
+    assert!(store.refresh_token(&id("rt1")).await.unwrap().is_some());
     assert!(store.refresh_token(&id("rt2")).await.unwrap().is_some());
-    let mut survivors = 0;
+    let mut winner = None;
     for n in 0..8 {
-        let kept = store.refresh_token(&id(&format!("race{n}"))).await.unwrap();
-        survivors += usize::from(kept.is_some());
+        let name = format!("race{n}");
+        if store.refresh_token(&id(&name)).await.unwrap().is_some() {
+            assert!(winner.replace(name).is_none(), "two winners");
+        }
     }
-    assert_eq!(survivors, 1);
+    let winner = winner.expect("one winner");
     assert_eq!(
         store.family(&id("fam1")).await.unwrap().unwrap().generation,
         2
     );
+    assert!(
+        store
+            .rotate_refresh(
+                &id(&winner),
+                refresh("rt4", "fam1", later).in_generation(3),
+                (id("at4"), later + hour),
+                later
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.refresh_token(&id("rt2")).await.unwrap().is_none(),
+        "generation 1 is forgotten at generation 3"
+    );
+    assert!(store.refresh_token(&id("rt1")).await.unwrap().is_some());
+    assert!(store.refresh_token(&id(&winner)).await.unwrap().is_some());
+    let noted = store
+        .family(&id("fam1"))
+        .await
+        .unwrap()
+        .unwrap()
+        .access_tokens;
+    assert_eq!(noted.len(), 3, "{noted:?}");
 
     // Revocation: returns the family with its access tokens; a revoked family rotates no more.
     let revoked = store
@@ -312,10 +338,10 @@ async fn contract<G: GrantStore + 'static>(store: Arc<G>) {
     );
     let cut = now() + TimeDelta::days(10);
     // code1 and code2 expired; fam1's tokens are all older than the cut: code1, code2, fam1
-    // and its two tokens (rt2 and the race's one successor), famc and its one refresh token
+    // and its three tokens (rt1, the race's winner, rt4), famc and its one refresh token
     // (its access token expired long ago). famx has no refresh token, but its access token
     // is still live on day 20: it stays.
-    assert_eq!(store.purge(day20, cut).await.unwrap(), 7);
+    assert_eq!(store.purge(day20, cut).await.unwrap(), 8);
     assert!(
         store.family(&id("famx")).await.unwrap().is_some(),
         "a family whose access token is live stays for a replay to revoke"

@@ -107,11 +107,15 @@ where
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(None) if self.layer.allow_anonymous => {
+                if let Some(attempt) = attempt {
+                    attempt.neither();
+                }
                 return ResponseFuture::calling(self.inner.call(request));
             }
             Ok(None) => {
                 let error = AuthError::missing_credentials();
                 self.layer.verifier.audit_refusal(&error, client_ip);
+                settle(attempt, &error);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(Some(span)) => span,
@@ -150,15 +154,19 @@ where
 
 /// Settles a failed attempt: invalid tokens and malformed credentials count against the
 /// address. Missing credentials, missing scopes and outages are not an attacker guessing, and
-/// count as neither failure nor success.
+/// count as neither failure nor success. (An attempt dropped unsettled, with the request
+/// future, counts as a failure.)
 fn settle(attempt: Option<crate::rate_limit::Attempt>, error: &AuthError) {
-    if let Some(attempt) = attempt
-        && matches!(
-            error.kind(),
-            AuthErrorKind::InvalidToken | AuthErrorKind::MalformedRequest
-        )
-    {
+    let Some(attempt) = attempt else {
+        return;
+    };
+    if matches!(
+        error.kind(),
+        AuthErrorKind::InvalidToken | AuthErrorKind::MalformedRequest
+    ) {
         attempt.failed();
+    } else {
+        attempt.neither();
     }
 }
 

@@ -237,13 +237,15 @@ pub trait GrantStore: Send + Sync {
 
     /// Marks `old` used at `now`, stores `new` in the same family, sets the family's
     /// [`generation`](GrantFamily::generation) to `new`'s, notes the access token `access`
-    /// (`(id, expires_at)`) in the family, and forgets every other refresh token of the family
-    /// but `old` and `new`, all or nothing. Returns `false`, changing nothing, if `old` does
-    /// not exist, is already used, or its family is revoked.
+    /// (`(id, expires_at)`) in the family, and forgets the family's other refresh tokens
+    /// except those of generation 0, all or nothing. Returns `false`, changing nothing, if
+    /// `old` does not exist, is already used, or its family is revoked.
     ///
-    /// A family so holds at most two refresh tokens however often it rotates: the current
-    /// one, and the one it replaced, whose reuse is checked against its hash. Older
-    /// generations are recognised by the generation in their id.
+    /// A family so holds at most three refresh tokens however often it rotates: the current
+    /// one, the one it replaced (whose reuse is checked against its hash), and its first.
+    /// Other generations are recognised by the generation in their id. Generation 0 is kept
+    /// because tokens issued before ids carried a generation are all generation 0 and their
+    /// ids name no family: forgotten, their reuse could not be recognised.
     fn rotate_refresh(
         &self,
         old: &TokenId,
@@ -411,7 +413,8 @@ struct State {
 #[derive(Debug)]
 struct FamilyEntry {
     family: GrantFamily,
-    /// The ids of the family's refresh tokens in `refresh`: at most two.
+    /// The ids of the family's refresh tokens in `refresh`: generation 0, the one replaced
+    /// and the current one.
     tokens: Vec<TokenId>,
 }
 
@@ -531,13 +534,18 @@ impl GrantStore for MemoryGrantStore {
             };
             entry.family.add_access_token(access.0, access.1, now);
             entry.family.generation = new.generation;
-            // Only the token just used and its successor are kept.
+            // The token just used, its successor, and generation 0 are kept.
+            let mut kept = Vec::with_capacity(3);
             for id in std::mem::take(&mut entry.tokens) {
-                if id != *old {
+                let first = s.refresh.get(&id).is_some_and(|rt| rt.generation == 0);
+                if id == *old || first {
+                    kept.push(id);
+                } else {
                     s.refresh.remove(&id);
                 }
             }
-            entry.tokens = vec![*old, new.id];
+            kept.push(new.id);
+            entry.tokens = kept;
             s.refresh.insert(new.id, new);
             Ok(true)
         }))

@@ -408,9 +408,10 @@ impl GrantStore for PostgresGrantStore {
             "INSERT INTO {} ({REFRESH_COLUMNS}) VALUES ($1, $2, $3, $4, NULL, $5)",
             self.refresh
         ));
-        // A family keeps the token just used (its reuse is checked by hash) and its successor.
+        // A family keeps the token just used (its reuse is checked by hash), its successor,
+        // and generation 0 (see `GrantStore::rotate_refresh`).
         let forget = self.q(format!(
-            "DELETE FROM {} WHERE family = $1 AND id <> $2 AND id <> $3",
+            "DELETE FROM {} WHERE family = $1 AND id <> $2 AND id <> $3 AND generation <> 0",
             self.refresh
         ));
         let work = async {

@@ -179,9 +179,16 @@ impl<P: RateLimiter, F: RateLimiter> RateLimiter for CircuitBreaker<P, F> {
             if half_open && state.probing.swap(true, Ordering::AcqRel) {
                 return self.fallback.acquire(&key, &limit).await;
             }
+            // A probe dropped before it answers (the request timed out, the client went away)
+            // must not leave `probing` set, or no probe would ever run again: the guard
+            // clears it and, since the limiter did not answer, starts a new cool-off.
+            let probe = half_open.then(|| Probe {
+                state,
+                answered: false,
+            });
             let answer = self.primary.acquire(&key, &limit).await;
-            if half_open {
-                state.probing.store(false, Ordering::Release);
+            if let Some(mut probe) = probe {
+                probe.answered = true;
             }
             match answer {
                 Ok(decision) => {
@@ -198,6 +205,27 @@ impl<P: RateLimiter, F: RateLimiter> RateLimiter for CircuitBreaker<P, F> {
                     self.fallback.acquire(&key, &limit).await
                 }
             }
+        }
+    }
+}
+
+/// The half-open probe in flight; see [`CircuitBreaker`]'s `acquire`.
+struct Probe<'a> {
+    state: &'a State,
+    answered: bool,
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.state.probing.store(false, Ordering::Release);
+        if !self.answered {
+            let now = nanos(&*self.state.clock);
+            let mut until = self
+                .state
+                .open_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *until = Some(now.saturating_add(self.state.cool_off.as_nanos() as i128));
         }
     }
 }

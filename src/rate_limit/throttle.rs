@@ -308,7 +308,13 @@ fn wait_until(ends: i128, now: i128) -> Duration {
 
 /// One admitted authentication attempt ([`FailureThrottle::admit`]), in flight until it is
 /// settled or dropped.
-#[must_use = "an attempt counts as in flight until it is settled or dropped"]
+///
+/// Dropping it unsettled counts as a failure: a request given up half-way (the client hung
+/// up, or reset its HTTP/2 stream, after the lookup started) still cost a lookup, and an
+/// attacker who cancels every forged request must not be spared. Settle with
+/// [`neither`](Self::neither) what is neither a guess nor a success (an outage, a missing
+/// scope).
+#[must_use = "an attempt counts as in flight until it is settled, and as a failure if dropped"]
 pub struct Attempt {
     entry: Option<Arc<Mutex<Window>>>,
     clock: Arc<dyn Clock>,
@@ -329,6 +335,24 @@ impl Attempt {
         });
     }
 
+    /// The attempt ended with neither verdict (the store was down, the token lacked a scope,
+    /// no credentials were sent): nothing counts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::rate_limit::FailureThrottle;
+    ///
+    /// let throttle = FailureThrottle::new(1, Duration::from_secs(60));
+    /// let ip = "203.0.113.9".parse().unwrap();
+    /// throttle.admit(ip).unwrap().neither();
+    /// assert_eq!(throttle.failures(ip), 0);
+    /// drop(throttle.admit(ip).unwrap()); // given up half-way: a failure
+    /// assert_eq!(throttle.failures(ip), 1);
+    /// ```
+    pub fn neither(mut self) {
+        self.settle(|_, _, _| {});
+    }
+
     fn settle(&mut self, outcome: impl FnOnce(&mut Window, i128, Duration)) {
         if let Some(entry) = self.entry.take() {
             let now = nanos(&*self.clock);
@@ -342,8 +366,9 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        // Neither outcome (a store outage, a missing scope, a request given up half-way).
-        self.settle(|_, _, _| {});
+        // Unsettled: given up half-way, after its lookup may have started. Counted, so that
+        // cancelling every forged request does not escape the throttle.
+        self.settle(|window, _, _| window.failures = window.failures.saturating_add(1));
     }
 }
 

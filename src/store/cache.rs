@@ -10,6 +10,7 @@
 //! every request. The full account is on [`CachedStore`]; the design note is in
 //! `docs/design.md`, "The verification cache".
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -302,6 +303,14 @@ struct CacheState {
     stripe_hasher: RandomState,
     ttl: Duration,
     negative_ttl: Duration,
+    /// Stripes whose last write failed, and until when their refills are not kept: a write
+    /// that timed out may still commit later (a lock held elsewhere, then released), after
+    /// its invalidation ran, and a refill made in between would then serve the old record
+    /// for a whole TTL. Doubt lasts one TTL, so such a write is seen at most one TTL late,
+    /// and the stripe's lookups go to the store meanwhile.
+    doubt: std::sync::Mutex<HashMap<u16, Instant>>,
+    /// Whether `doubt` has any entry: the fill path reads this one atomic when none does.
+    any_doubt: std::sync::atomic::AtomicBool,
 }
 
 impl<S: TokenStore> CachedStore<S> {
@@ -605,6 +614,8 @@ impl<S: TokenStore> CachedStoreBuilder<S> {
                 stripe_hasher: RandomState::new(),
                 ttl: self.ttl,
                 negative_ttl: self.negative_ttl,
+                doubt: std::sync::Mutex::default(),
+                any_doubt: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -727,21 +738,42 @@ enum Stale {
 
 /// Drops cache entries when it goes out of scope: after the write returns, after it fails (a
 /// store that timed out may still have committed), and when the write's future is dropped
-/// half-way (a client that disconnected), so a revocation can never leave a stale entry.
+/// half-way (a client that disconnected), so a revocation can never leave a stale entry. A
+/// write that did not succeed also puts its keys' stripes in doubt for a TTL (see
+/// `CacheState::doubt`), since it may still commit after this runs.
 struct Invalidate<'a, const N: usize> {
     cache: &'a CacheState,
     drops: [Stale; N],
+    succeeded: bool,
 }
 
 impl<'a, const N: usize> Invalidate<'a, N> {
     fn new(cache: &'a CacheState, drops: [Stale; N]) -> Self {
-        Self { cache, drops }
+        Self {
+            cache,
+            drops,
+            succeeded: false,
+        }
+    }
+
+    /// Notes the write's outcome and hands it back.
+    fn settle<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.succeeded = result.is_ok();
+        result
     }
 }
 
 impl<const N: usize> std::ops::Drop for Invalidate<'_, N> {
     fn drop(&mut self) {
         for stale in &self.drops {
+            let tag = match stale {
+                Stale::Id(id) => Tag::Id(id),
+                Stale::Hash(hash) => Tag::Hash(hash),
+                Stale::Owner(owner) => Tag::Owner(owner.as_str()),
+            };
+            if !self.succeeded {
+                self.cache.doubt(tag);
+            }
             match stale {
                 Stale::Id(id) => self.cache.invalidate_id(id),
                 Stale::Hash(hash) => self.cache.invalidate_hash(hash),
@@ -846,7 +878,7 @@ impl CacheState {
             }
             CachedAnswer::NotFound | CachedAnswer::FoundAtId(_) => [self.key_stripe(key); 3],
         };
-        if !self.untouched_since(lookup.tick, &stripes) {
+        if !self.untouched_since(lookup.tick, &stripes) || self.in_doubt(&stripes) {
             return;
         }
         let weight = ENTRY_OVERHEAD
@@ -888,6 +920,30 @@ impl CacheState {
 
     /// Marks a stripe invalidated, before the caller drops entries: from here on, nothing
     /// in it that a lookup started before can be cached or served.
+    /// Puts `tag`'s stripe in doubt for a TTL: see `doubt`.
+    fn doubt(&self, tag: Tag<'_>) {
+        let stripe = self.stripe(tag);
+        let until = Instant::now() + self.ttl;
+        let mut doubt = self.doubt.lock().unwrap_or_else(|e| e.into_inner());
+        doubt.insert(stripe, until);
+        self.any_doubt.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether any of `stripes` is in doubt now (forgetting doubts that have lapsed).
+    fn in_doubt(&self, stripes: &[u16]) -> bool {
+        if !self.any_doubt.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        let mut doubt = self.doubt.lock().unwrap_or_else(|e| e.into_inner());
+        doubt.retain(|_, until| *until > now);
+        if doubt.is_empty() {
+            self.any_doubt.store(false, Ordering::SeqCst);
+            return false;
+        }
+        stripes.iter().any(|stripe| doubt.contains_key(stripe))
+    }
+
     fn touch(&self, tag: Tag<'_>) {
         let tick = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         self.stripes[usize::from(self.stripe(tag))].fetch_max(tick, Ordering::SeqCst);
@@ -1102,8 +1158,8 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
     /// Inserts into the wrapped store, then drops any cached miss for the id or the hash, so
     /// a lookup made before the token existed cannot hide it.
     async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
-        let _drop_after = Invalidate::new(&self.cache, [Stale::Id(record.id), Stale::Hash(hash)]);
-        self.inner.insert(record, hash).await
+        let drop_after = Invalidate::new(&self.cache, [Stale::Id(record.id), Stale::Hash(hash)]);
+        drop_after.settle(self.inner.insert(record, hash).await)
     }
 
     fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
@@ -1153,8 +1209,8 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
 
     /// Revokes in the wrapped store, then drops the token's cached record.
     async fn revoke(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let _drop_after = Invalidate::new(&self.cache, [Stale::Id(*id)]);
-        self.inner.revoke(id, at).await
+        let drop_after = Invalidate::new(&self.cache, [Stale::Id(*id)]);
+        drop_after.settle(self.inner.revoke(id, at).await)
     }
 
     /// Rotates in the wrapped store, then drops what is cached about both tokens.
@@ -1165,18 +1221,18 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         new: TokenRecord,
         hash: SecretHash,
     ) -> Result<bool, StoreError> {
-        let _drop_after = Invalidate::new(
+        let drop_after = Invalidate::new(
             &self.cache,
             [Stale::Id(*old), Stale::Id(new.id), Stale::Hash(hash)],
         );
-        self.inner.rotate(old, retire, new, hash).await
+        drop_after.settle(self.inner.rotate(old, retire, new, hash).await)
     }
 
     /// Revokes in the wrapped store, then drops every cached record of the owner (one pass over
     /// the cache, no extra store call).
     async fn revoke_owner(&self, owner: &Owner, at: DateTime<Utc>) -> Result<usize, StoreError> {
-        let _drop_after = Invalidate::new(&self.cache, [Stale::Owner(owner.clone())]);
-        self.inner.revoke_owner(owner, at).await
+        let drop_after = Invalidate::new(&self.cache, [Stale::Owner(owner.clone())]);
+        drop_after.settle(self.inner.revoke_owner(owner, at).await)
     }
 
     fn remove_expired(
