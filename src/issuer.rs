@@ -206,7 +206,29 @@ impl<S: TokenStore> Issuer<S> {
     /// Issues a token: allocates an id, generates a secret, stores the record with the
     /// secret's hash, and returns the token text, once.
     pub async fn issue(&self, new: NewToken) -> Result<IssuedToken, IssueError> {
-        self.issue_with(None, new).await
+        issued(self.issue_with(None, new, Insert::Always).await)
+    }
+
+    /// Issues a token only if its owner has none yet (revoked and expired ones count): the
+    /// first admin key of a deployment, made by whichever replica starts first. `Ok(None)` if
+    /// the owner already has a token. Atomic in the store
+    /// ([`TokenStore::insert_first`]): of replicas bootstrapping at once, exactly one gets
+    /// the token, and the others `None`.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let admin = || NewToken::new("bootstrap", Owner::new("admin").unwrap());
+    /// let first = verifier.issuer().issue_first(admin().scopes(["admin"])?).await?;
+    /// assert!(first.is_some());
+    /// assert!(verifier.issuer().issue_first(admin()).await?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn issue_first(&self, new: NewToken) -> Result<Option<IssuedToken>, IssueError> {
+        self.issue_with(None, new, Insert::IfOwnerHasNone).await
     }
 
     /// [`issue`](Self::issue) in `format` with the id `id` instead of the verifier's first
@@ -219,14 +241,18 @@ impl<S: TokenStore> Issuer<S> {
         id: TokenId,
         new: NewToken,
     ) -> Result<IssuedToken, IssueError> {
-        self.issue_with(Some((format, id)), new).await
+        issued(
+            self.issue_with(Some((format, id)), new, Insert::Always)
+                .await,
+        )
     }
 
     async fn issue_with(
         &self,
         given: Option<(&TokenFormat, TokenId)>,
         new: NewToken,
-    ) -> Result<IssuedToken, IssueError> {
+        insert: Insert,
+    ) -> Result<Option<IssuedToken>, IssueError> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         if new.name.is_empty()
@@ -252,9 +278,30 @@ impl<S: TokenStore> Issuer<S> {
         record.expires_at = expires_at;
         record.metadata = new.metadata;
         record.allowed_ips = new.allowed_ips;
-        inner.store.insert(record.clone(), hash).await?;
-        Ok(IssuedToken { token, record })
+        match insert {
+            Insert::Always => inner.store.insert(record.clone(), hash).await?,
+            Insert::IfOwnerHasNone => {
+                if !inner.store.insert_first(record.clone(), hash).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(IssuedToken { token, record }))
     }
+}
+
+/// What an unconditional insert issued: always a token.
+fn issued(result: Result<Option<IssuedToken>, IssueError>) -> Result<IssuedToken, IssueError> {
+    match result? {
+        Some(issued) => Ok(issued),
+        None => unreachable!("an unconditional insert always issues"),
+    }
+}
+
+/// How [`Issuer::issue_with`] stores the record.
+enum Insert {
+    Always,
+    IfOwnerHasNone,
 }
 
 /// What to issue: name, owner, scopes, expiry and metadata.

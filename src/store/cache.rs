@@ -1162,6 +1162,17 @@ impl<S: TokenStore> TokenStore for CachedStore<S> {
         drop_after.settle(self.inner.insert(record, hash).await)
     }
 
+    /// Inserts in the wrapped store if the owner has no token there (the check reads the
+    /// store, never the cache), then drops any cached miss for the id or the hash.
+    async fn insert_first(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> Result<bool, StoreError> {
+        let drop_after = Invalidate::new(&self.cache, [Stale::Id(record.id), Stale::Hash(hash)]);
+        drop_after.settle(self.inner.insert_first(record, hash).await)
+    }
+
     fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
         self.inner.next_id()
     }

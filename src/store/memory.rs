@@ -158,13 +158,32 @@ impl MemoryStore {
         &self.by_hash[usize::from(hash.as_bytes()[0]) % SHARDS]
     }
 
-    fn insert_now(&self, mut record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+    fn insert_now(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
+        self.insert_checked(record, hash, false).map(|_| ())
+    }
+
+    /// Inserts, or with `first`, inserts only if the owner has no record (returns whether
+    /// it inserted).
+    fn insert_checked(
+        &self,
+        mut record: TokenRecord,
+        hash: SecretHash,
+        first: bool,
+    ) -> Result<bool, StoreError> {
         // Lock order everywhere: owner index, then id shard, then hash shard. Every change
         // that adds or removes records holds the owner index's write lock throughout, so the
-        // duplicate-hash check below cannot be raced.
+        // duplicate-hash check below (and the owner check of `first`) cannot be raced.
         let id = record.id;
         let id_hash = self.id_hash(&id);
         let mut owners = write(&self.by_owner);
+        if first
+            && owners
+                .owners
+                .get(&record.owner)
+                .is_some_and(|ids| !ids.is_empty())
+        {
+            return Ok(false);
+        }
         if self.find_by_hash_now(&hash).is_some() {
             return Err(StoreError::conflict(
                 "a token with this secret hash already exists",
@@ -184,7 +203,7 @@ impl MemoryStore {
             .or_default()
             .push(id_hash);
         id_slot.insert(StoredToken::new(record, hash));
-        Ok(())
+        Ok(true)
     }
 
     fn contains_id(&self, id: &TokenId) -> bool {
@@ -333,6 +352,14 @@ impl TokenStore for MemoryStore {
         hash: SecretHash,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         ready(self.insert_now(record, hash))
+    }
+
+    fn insert_first(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(self.insert_checked(record, hash, true))
     }
 
     fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {

@@ -101,6 +101,25 @@ pub trait TokenStore: Send + Sync {
         hash: SecretHash,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Stores a new record only if its owner has no record yet (revoked and expired ones
+    /// count), atomically against other `insert_first` calls and inserts for that owner: of
+    /// replicas bootstrapping the same owner at once, exactly one gets `true`. Returns
+    /// whether it stored the record. Used by
+    /// [`Issuer::issue_first`](crate::Issuer::issue_first).
+    ///
+    /// The default refuses with [`StoreErrorKind::Unsupported`]: a check followed by an
+    /// insert would let two bootstraps both win.
+    fn insert_first(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (record, hash);
+        std::future::ready(Err(StoreError::unsupported(
+            "this store cannot insert a first token atomically",
+        )))
+    }
+
     /// Allocates a fresh numeric id, for formats whose ids are
     /// [`IdKind::Numeric`](crate::IdKind::Numeric). Stores without a sequence keep the default,
     /// which answers [`StoreErrorKind::Unsupported`].
@@ -222,6 +241,14 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
         hash: SecretHash,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).insert(record, hash)
+    }
+
+    fn insert_first(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).insert_first(record, hash)
     }
 
     fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {

@@ -522,6 +522,42 @@ impl TokenStore for PostgresStore {
         Ok(())
     }
 
+    /// One transaction under the owner's exclusive advisory lock (the one revoke-all takes;
+    /// inserts take it shared): the owner's records are counted and the record inserted with
+    /// no other insert for the owner in between.
+    async fn insert_first(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> Result<bool, StoreError> {
+        let key = owner_lock_key(&self.queries.lock_name, &record.owner);
+        let any = sql::text(format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE owner = $1)",
+            self.queries.table
+        ));
+        let work = async {
+            let mut tx = self.pool.begin().await?;
+            // READ COMMITTED, so the count sees what committed while the lock was awaited.
+            sqlx::query(READ_COMMITTED).execute(&mut *tx).await?;
+            sqlx::query(self.queries.owner_exclusive.clone())
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            let taken: bool = sqlx::query_scalar(any)
+                .bind(record.owner.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                return Ok(false);
+            }
+            self.insert_query(&record, &hash).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        // A transaction dropped without commit (the early return) rolls back.
+        timed(self.timeout, work).await
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

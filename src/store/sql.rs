@@ -41,6 +41,7 @@ pub(crate) fn identifier(name: &str) -> Result<&str, InvalidIdentifier> {
     if ok { Ok(name) } else { Err(InvalidIdentifier) }
 }
 
+#[cfg(feature = "postgres")]
 /// `name` in `schema` (quoted, since a schema may be named like a reserved word), or `name`
 /// alone, found on the connection's `search_path`.
 pub(crate) fn qualified(schema: Option<&str>, name: &str) -> String {

@@ -385,6 +385,36 @@ impl TokenStore for SqliteStore {
         Ok(())
     }
 
+    /// One `BEGIN IMMEDIATE` transaction (SQLite's single writer): the owner's records are
+    /// counted and the record inserted with no other write in between, across processes.
+    async fn insert_first(
+        &self,
+        record: TokenRecord,
+        hash: SecretHash,
+    ) -> Result<bool, StoreError> {
+        let metadata = serde_json::to_string(&record.metadata).map_err(StoreError::corrupt)?;
+        let any = sql::text(format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE owner = $1)",
+            self.queries.table
+        ));
+        let work = async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let taken: bool = sqlx::query_scalar(any)
+                .bind(record.owner.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if taken {
+                return Ok(false);
+            }
+            self.insert_query(&record, &hash, metadata)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        timed(self.timeout, work).await
+    }
+
     async fn rotate(
         &self,
         old: &TokenId,

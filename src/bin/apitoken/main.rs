@@ -246,47 +246,30 @@ async fn bootstrap<S: TokenStore>(
 ) -> Result<(), Failure> {
     let owner = &args.owner;
     let verifier = verifier(store, prepared);
-    let store = verifier.store();
-    let existing = store
-        .list_by_owner(owner)
-        .await
-        .map_err(|e| store_failure("could not list tokens", &e))?;
-    if !existing.is_empty() {
-        return Err(Failure::Runtime(format!(
-            "refusing to bootstrap: {owner} already has {} token(s), revoked and expired ones \
-             included. Bootstrap makes only the first admin token; issue more with `apitoken \
-             create` or through your API",
-            existing.len()
-        )));
-    }
     let scopes: ScopeSet = if args.issue.scopes.is_empty() {
         ScopeSet::parse("admin").map_err(|e| Failure::Runtime(e.to_string()))?
     } else {
         args.issue.scopes.iter().cloned().collect()
     };
+    // Check and insert are one step in the store (an advisory lock on PostgreSQL, a write
+    // transaction on SQLite): of runs started together, exactly one makes the token.
     let issued = verifier
         .issuer()
-        .issue(new_token(&args.name, owner, scopes, &args.issue))
+        .issue_first(new_token(&args.name, owner, scopes, &args.issue))
         .await
         .map_err(|e| store_failure("could not issue the token", &e))?;
-    // Check-then-insert races with a concurrent bootstrap; insert-then-check does not let two
-    // win: whichever lists second sees both tokens. A loser revokes its own token unseen.
-    let after = store
-        .list_by_owner(owner)
-        .await
-        .map_err(|e| store_failure("could not list tokens after issuing", &e))?;
-    if after.iter().any(|r| r.id != issued.record.id) {
-        let id = issued.record.id;
-        drop(issued);
-        store
-            .revoke(&id, Utc::now())
+    let Some(issued) = issued else {
+        let existing = verifier
+            .store()
+            .list_by_owner(owner)
             .await
-            .map_err(|e| store_failure(&format!("another bootstrap ran at the same time, and this run's token {id} could not be revoked; revoke it with `apitoken revoke {id}`"), &e))?;
+            .map_or_else(|_| "some".to_owned(), |records| records.len().to_string());
         return Err(Failure::Runtime(format!(
-            "another bootstrap ran at the same time; this run's token {id} was revoked unseen. \
-             Check `apitoken list --owner {owner}`"
+            "refusing to bootstrap: {owner} already has {existing} token(s), revoked and expired \
+             ones included. Bootstrap makes only the first admin token; issue more with \
+             `apitoken create` or through your API"
         )));
-    }
+    };
     println!("{}", issued.token.expose_secret());
     println!("{}", issued.record.id);
     eprintln!(
