@@ -195,15 +195,36 @@ impl<S: TokenStore> Verifier<S> {
     }
 
     /// Verifies `token` for a request described by `info` (its client address, for
-    /// allowlists and audit events), and checks that it satisfies `required`. The middleware
-    /// calls this.
+    /// allowlists and audit events), and checks that it satisfies `required`. (The middleware
+    /// runs the same steps, and emits the audit event after its rate limit.)
     pub async fn verify_request(
         &self,
         token: &str,
         required: &ScopeRequirement,
         info: &RequestInfo,
     ) -> Result<Principal, AuthError> {
-        let result = self.verify_unlogged(token, required, info).await;
+        let verified = self.verify_unaudited(token, required, info).await;
+        self.audit(verified)
+    }
+
+    /// [`verify_request`](Self::verify_request) without its audit event, which
+    /// [`audit`](Self::audit) emits once the front end's admit step (a rate limit) has
+    /// decided, so a request refused there is audited as refused, not accepted.
+    pub(crate) async fn verify_unaudited(
+        &self,
+        token: &str,
+        required: &ScopeRequirement,
+        info: &RequestInfo,
+    ) -> Unaudited {
+        Unaudited {
+            result: self.verify_unlogged(token, required, info).await,
+            client_ip: info.client_ip,
+        }
+    }
+
+    /// Emits the audit event of `verified` and returns its outcome.
+    pub(crate) fn audit(&self, verified: Unaudited) -> Result<Principal, AuthError> {
+        let Unaudited { result, client_ip } = verified;
         let inner = &*self.inner;
         // The event is built only for someone who reads it: a configured sink, or a `tracing`
         // subscriber that wants this level. Otherwise nothing is allocated and the clock is not
@@ -218,7 +239,7 @@ impl<S: TokenStore> Verifier<S> {
                 outcome: AuditOutcome::Accepted,
                 token_id: Some(*principal.token_id()),
                 owner: Some(principal.owner().clone()),
-                client_ip: info.client_ip,
+                client_ip,
             },
             Err(Refused { error, record }) => AuditEvent {
                 at: inner.clock.now(),
@@ -228,7 +249,7 @@ impl<S: TokenStore> Verifier<S> {
                 },
                 token_id: error.token_id().copied(),
                 owner: record.as_ref().map(|r| r.owner.clone()),
-                client_ip: info.client_ip,
+                client_ip,
             },
         };
         inner.refusal_log.trace(&event);
@@ -593,6 +614,29 @@ impl Refused {
             error,
             record: None,
         }
+    }
+}
+
+/// A verification whose audit event is still to be emitted ([`Verifier::audit`]).
+pub(crate) struct Unaudited {
+    result: Result<Principal, Refused>,
+    client_ip: Option<IpAddr>,
+}
+
+impl Unaudited {
+    /// The principal, if the token was accepted so far.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.result.as_ref().ok()
+    }
+
+    /// A step after the verifier refused the accepted token with `error` (the rate limit):
+    /// the event becomes a refusal, with the token's owner.
+    pub(crate) fn refuse(&mut self, error: AuthError) {
+        let record = match &self.result {
+            Ok(principal) => Some(Arc::clone(&principal.record)),
+            Err(refused) => refused.record.clone(),
+        };
+        self.result = Err(Refused { error, record });
     }
 }
 
