@@ -7,7 +7,9 @@
 //! 2. **Hash** the secret, always, before the lookup.
 //! 3. **Look up** the record by id (or by hash, for formats without an id).
 //! 4. **Compare** the hashes in constant time. An unknown id is compared against a dummy hash,
-//!    so an unknown id and a wrong secret take the same path and the same time.
+//!    so an unknown id and a wrong secret take the same path and the same time. Steps 2 to 4
+//!    run for each format that parses the text, in order, until a secret matches, so one
+//!    format cannot shadow another (see [`VerifierBuilder::also_accept`]).
 //! 5. **Revoked?** then **expired?** (`expires_at <= now`, the optional maximum lifetime
 //!    counted from `created_at`, and the optional maximum idle time counted from the last use).
 //! 6. **Client address**: a token with an allowlist is refused from anywhere else (as an
@@ -34,7 +36,7 @@ use subtle::ConstantTimeEq;
 use crate::audit::{self, AuditEvent, AuditOutcome, AuditSink};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, RejectReason};
-use crate::format::{FormatError, ParsedToken, TokenFormat};
+use crate::format::{FormatError, TokenFormat};
 use crate::id::TokenId;
 use crate::issuer::Issuer;
 use crate::last_used::{DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_PENDING, LastUsedBuffer};
@@ -193,15 +195,36 @@ impl<S: TokenStore> Verifier<S> {
     }
 
     /// Verifies `token` for a request described by `info` (its client address, for
-    /// allowlists and audit events), and checks that it satisfies `required`. The middleware
-    /// calls this.
+    /// allowlists and audit events), and checks that it satisfies `required`. (The middleware
+    /// runs the same steps, and emits the audit event after its rate limit.)
     pub async fn verify_request(
         &self,
         token: &str,
         required: &ScopeRequirement,
         info: &RequestInfo,
     ) -> Result<Principal, AuthError> {
-        let result = self.verify_unlogged(token, required, info).await;
+        let verified = self.verify_unaudited(token, required, info).await;
+        self.audit(verified)
+    }
+
+    /// [`verify_request`](Self::verify_request) without its audit event, which
+    /// [`audit`](Self::audit) emits once the front end's admit step (a rate limit) has
+    /// decided, so a request refused there is audited as refused, not accepted.
+    pub(crate) async fn verify_unaudited(
+        &self,
+        token: &str,
+        required: &ScopeRequirement,
+        info: &RequestInfo,
+    ) -> Unaudited {
+        Unaudited {
+            result: self.verify_unlogged(token, required, info).await,
+            client_ip: info.client_ip,
+        }
+    }
+
+    /// Emits the audit event of `verified` and returns its outcome.
+    pub(crate) fn audit(&self, verified: Unaudited) -> Result<Principal, AuthError> {
+        let Unaudited { result, client_ip } = verified;
         let inner = &*self.inner;
         // The event is built only for someone who reads it: a configured sink, or a `tracing`
         // subscriber that wants this level. Otherwise nothing is allocated and the clock is not
@@ -216,7 +239,7 @@ impl<S: TokenStore> Verifier<S> {
                 outcome: AuditOutcome::Accepted,
                 token_id: Some(*principal.token_id()),
                 owner: Some(principal.owner().clone()),
-                client_ip: info.client_ip,
+                client_ip,
             },
             Err(Refused { error, record }) => AuditEvent {
                 at: inner.clock.now(),
@@ -226,7 +249,7 @@ impl<S: TokenStore> Verifier<S> {
                 },
                 token_id: error.token_id().copied(),
                 owner: record.as_ref().map(|r| r.owner.clone()),
-                client_ip: info.client_ip,
+                client_ip,
             },
         };
         inner.refusal_log.trace(&event);
@@ -274,33 +297,32 @@ impl<S: TokenStore> Verifier<S> {
         {
             return self.verify_jwt(jwt, token, required);
         }
-        let parsed = self.parse(token).map_err(Refused::early)?;
-        let presented = inner.hasher.hash(parsed.secret().as_bytes());
-        let found = match parsed.id() {
-            Some(id) => inner.store.get(id).await,
-            None => inner.store.find_by_hash(&presented).await,
-        }
-        .map_err(|err| Refused::early(AuthError::store_unavailable(err)))?;
-
-        let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
-        let secret_matches: bool = presented.ct_eq(expected).into();
-        let presented_id = parsed.id().copied();
-        let record = match found {
-            Some(stored) if secret_matches => stored.record,
-            Some(stored) => {
-                self.balance_early_refusal(Some(&stored.record), presented_id.as_ref(), required);
+        let record = match self.lookup(token).await {
+            Ok(Lookup::Matched(record)) => record,
+            Ok(Lookup::Missed {
+                record: Some(record),
+                presented_id,
+            }) => {
+                self.balance_early_refusal(Some(&record), presented_id.as_ref(), required);
                 return Err(Refused {
                     error: AuthError::invalid_token(RejectReason::WrongSecret, presented_id),
-                    record: Some(stored.record),
+                    record: Some(record),
                 });
             }
-            None => {
+            Ok(Lookup::Missed {
+                record: None,
+                presented_id,
+            }) => {
                 self.balance_early_refusal(None, presented_id.as_ref(), required);
                 return Err(Refused::early(AuthError::invalid_token(
                     RejectReason::UnknownToken,
                     presented_id,
                 )));
             }
+            Ok(Lookup::Malformed(reason)) => {
+                return Err(Refused::early(AuthError::invalid_token(reason, None)));
+            }
+            Err(err) => return Err(Refused::early(AuthError::store_unavailable(err))),
         };
 
         let now = inner.clock.now();
@@ -412,21 +434,59 @@ impl<S: TokenStore> Verifier<S> {
         self.balance_refusal(id, required);
     }
 
-    fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, AuthError> {
-        // Every format is tried: formats without a prefix cannot tell each other's tokens
-        // apart by their first bytes.
+    /// Finds the record `token` names. Each format that parses the text gets its own hash,
+    /// lookup and constant-time compare, in the order the formats were added, until a secret
+    /// matches: the first format that parses does not win on its own, so one format's shape
+    /// cannot shadow another's (`tok` before `toklive`, DCT before a canonical token whose id
+    /// is all digits). A token no format's record matches costs one hash, one lookup and one
+    /// compare per format that parses its text, whether any record exists or not: that
+    /// number depends on the text and the configuration only, and is at most the number of
+    /// formats.
+    async fn lookup(&self, token: &str) -> Result<Lookup, crate::store::StoreError> {
+        let inner = &*self.inner;
         let mut best: Option<FormatError> = None;
-        for format in &self.inner.formats {
-            match format.parse(token) {
-                Ok(parsed) => return Ok(parsed),
-                Err(err) => best = Some(more_telling(best, err)),
+        let mut first_miss: Option<(Option<TokenId>, Option<Arc<TokenRecord>>)> = None;
+        for format in &inner.formats {
+            let parsed = match format.parse(token) {
+                Ok(parsed) => parsed,
+                Err(err) => {
+                    best = Some(more_telling(best, err));
+                    continue;
+                }
+            };
+            let presented = inner.hasher.hash(parsed.secret().as_bytes());
+            let found = match parsed.id() {
+                Some(id) => inner.store.get(id).await?,
+                None => inner.store.find_by_hash(&presented).await?,
+            };
+            let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
+            let secret_matches: bool = presented.ct_eq(expected).into();
+            if let Some(stored) = &found
+                && secret_matches
+            {
+                return Ok(Lookup::Matched(Arc::clone(&stored.record)));
+            }
+            // The first record found is the one reported (its owner in the audit event), else
+            // the first id presented.
+            let report = match &first_miss {
+                None => true,
+                Some((_, None)) => found.is_some(),
+                Some((_, Some(_))) => false,
+            };
+            if report {
+                first_miss = Some((parsed.id().copied(), found.map(|s| s.record)));
             }
         }
-        let reason = match best.unwrap_or(FormatError::Empty) {
-            FormatError::BadChecksum => RejectReason::BadChecksum,
-            other => RejectReason::Malformed(other),
-        };
-        Err(AuthError::invalid_token(reason, None))
+        Ok(match first_miss {
+            Some((presented_id, record)) => Lookup::Missed {
+                record,
+                presented_id,
+            },
+            None => Lookup::Malformed(match best.unwrap_or(FormatError::Empty) {
+                FormatError::BadChecksum => RejectReason::BadChecksum,
+                other => RejectReason::Malformed(other),
+            }),
+        })
     }
 
     /// The record `token` names if the token is genuine and active (not revoked, expired,
@@ -439,20 +499,12 @@ impl<S: TokenStore> Verifier<S> {
         token: &str,
     ) -> Result<Option<Arc<TokenRecord>>, crate::store::StoreError> {
         let inner = &*self.inner;
-        let Ok(parsed) = self.parse(token) else {
-            return Ok(None);
-        };
-        let presented = inner.hasher.hash(parsed.secret().as_bytes());
-        let found = match parsed.id() {
-            Some(id) => inner.store.get(id).await?,
-            None => inner.store.find_by_hash(&presented).await?,
-        };
-        let expected = found.as_ref().map_or(&inner.dummy_hash, |s| &s.hash);
-        let matches: bool = presented.ct_eq(expected).into();
-        Ok(found
-            .filter(|_| matches)
-            .map(|stored| stored.record)
-            .filter(|record| inner.is_active(record, inner.clock.now())))
+        Ok(match self.lookup(token).await? {
+            Lookup::Matched(record) => {
+                Some(record).filter(|r| inner.is_active(r, inner.clock.now()))
+            }
+            Lookup::Missed { .. } | Lookup::Malformed(_) => None,
+        })
     }
 
     /// Whether `record` would pass every check but the secret, address and scopes now.
@@ -565,6 +617,43 @@ impl Refused {
     }
 }
 
+/// A verification whose audit event is still to be emitted ([`Verifier::audit`]).
+pub(crate) struct Unaudited {
+    result: Result<Principal, Refused>,
+    client_ip: Option<IpAddr>,
+}
+
+impl Unaudited {
+    /// The principal, if the token was accepted so far.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.result.as_ref().ok()
+    }
+
+    /// A step after the verifier refused the accepted token with `error` (the rate limit):
+    /// the event becomes a refusal, with the token's owner.
+    pub(crate) fn refuse(&mut self, error: AuthError) {
+        let record = match &self.result {
+            Ok(principal) => Some(Arc::clone(&principal.record)),
+            Err(refused) => refused.record.clone(),
+        };
+        self.result = Err(Refused { error, record });
+    }
+}
+
+/// What [`Verifier::lookup`] found for a token.
+enum Lookup {
+    /// A format's record whose hash matches the presented secret.
+    Matched(Arc<TokenRecord>),
+    /// At least one format parsed the text, and no record matched: the first record found
+    /// (its secret did not match) with the id its format read, or no record and the first id.
+    Missed {
+        record: Option<Arc<TokenRecord>>,
+        presented_id: Option<TokenId>,
+    },
+    /// No format parsed the text: the most telling reason.
+    Malformed(RejectReason),
+}
+
 /// Which of two parse errors says more about a token no format accepted: a bad checksum
 /// (the token had the shape of a format) over anything else, and anything over a wrong prefix.
 fn more_telling(earlier: Option<FormatError>, later: FormatError) -> FormatError {
@@ -622,8 +711,30 @@ impl<S: TokenStore> VerifierBuilder<S> {
 
     /// Also accepts tokens in `format`: for a migration from one format to another, or to
     /// verify Sanctum or DCT tokens beside new ones. Formats are tried in the order added
-    /// (the main one first) and the first that parses the token wins, so when two formats
-    /// could both parse a token, add the stricter one first.
+    /// (the main one first). A text that several formats parse is looked up once per such
+    /// format until one's record matches the secret, so neither shadows the other: with a
+    /// `tok` prefix accepted before `toklive`, `toklive` tokens still verify. A token that
+    /// matches no record costs one hash and one lookup for each format that parses it, never
+    /// more than the number of formats (a format added twice counts once).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use apitoken::{IdKind, MemoryStore, NewToken, Owner, TokenFormat, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let toklive = || TokenFormat::builder().prefix("toklive").id(IdKind::None).build();
+    /// // Also parses every `toklive` token: "live" and 43 characters are 47 characters.
+    /// let tok = TokenFormat::builder().prefix("tok").id(IdKind::None).accept_secret_lengths(43..=47).build()?;
+    /// let store = Arc::new(MemoryStore::new());
+    /// let issuing = Verifier::builder(Arc::clone(&store)).format(toklive()?).build();
+    /// let issued = issuing.issuer().issue(NewToken::new("ci", Owner::new("team-1")?)).await?;
+    ///
+    /// // `tok` is tried first and its lookup misses; `toklive`'s then matches.
+    /// let verifier = Verifier::builder(store).format(tok).also_accept(toklive()?).build();
+    /// assert!(verifier.authenticate(issued.token.expose_secret()).await.is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub fn also_accept(mut self, format: TokenFormat) -> Self {
         self.formats.push(format);
         self
@@ -833,10 +944,17 @@ impl<S: TokenStore> VerifierBuilder<S> {
             return Err(VerifierBuildError::IdleWithoutLastUse);
         }
         let dummy_hash = self.hasher.hash(b"apitoken: no such token");
+        // A format added twice would only look a failing token up twice.
+        let mut formats: Vec<TokenFormat> = Vec::with_capacity(self.formats.len());
+        for format in self.formats {
+            if !formats.contains(&format) {
+                formats.push(format);
+            }
+        }
         Ok(Verifier {
             inner: Arc::new(Inner {
                 store: self.store,
-                formats: self.formats,
+                formats,
                 hasher: self.hasher,
                 clock: self.clock,
                 policy: Arc::new(self.policy),

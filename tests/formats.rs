@@ -958,3 +958,250 @@ fn errors_never_contain_the_input() {
     // A generated token's Debug is redacted.
     assert!(!format!("{token:?}").contains(&secret[..10]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several formats in one verifier: a format that parses another's tokens does not shadow it
+// ---------------------------------------------------------------------------------------------
+
+mod several_formats {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use apitoken::{
+        IdKind, MemoryStore, NewToken, Owner, RejectReason, SecretHash, SecretHasher, StoreError,
+        StoredToken, TokenFormat, TokenId, TokenRecord, TokenStore, Verifier,
+    };
+    use chrono::{DateTime, Utc};
+
+    /// A `MemoryStore` that counts lookups (by id and by hash).
+    #[derive(Clone, Default)]
+    struct Counting {
+        inner: Arc<MemoryStore>,
+        lookups: Arc<AtomicUsize>,
+    }
+
+    impl Counting {
+        fn take_lookups(&self) -> usize {
+            self.lookups.swap(0, Ordering::SeqCst)
+        }
+    }
+
+    impl TokenStore for Counting {
+        fn insert(
+            &self,
+            record: TokenRecord,
+            hash: SecretHash,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.inner.insert(record, hash)
+        }
+        fn next_id(&self) -> impl Future<Output = Result<TokenId, StoreError>> + Send {
+            self.inner.next_id()
+        }
+        fn get(
+            &self,
+            id: &TokenId,
+        ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(id)
+        }
+        fn find_by_hash(
+            &self,
+            hash: &SecretHash,
+        ) -> impl Future<Output = Result<Option<StoredToken>, StoreError>> + Send {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            self.inner.find_by_hash(hash)
+        }
+        fn list_by_owner(
+            &self,
+            owner: &Owner,
+        ) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send {
+            self.inner.list_by_owner(owner)
+        }
+        fn revoke(
+            &self,
+            id: &TokenId,
+            at: DateTime<Utc>,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            self.inner.revoke(id, at)
+        }
+        fn revoke_owner(
+            &self,
+            owner: &Owner,
+            at: DateTime<Utc>,
+        ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+            self.inner.revoke_owner(owner, at)
+        }
+        fn record_last_used(
+            &self,
+            id: &TokenId,
+            at: DateTime<Utc>,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.inner.record_last_used(id, at)
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner::new("team-1").expect("owner")
+    }
+
+    fn verifier(store: &Counting, formats: &[&TokenFormat]) -> Verifier<Counting> {
+        let mut builder = Verifier::builder(store.clone()).format(formats[0].clone());
+        for format in &formats[1..] {
+            builder = builder.also_accept((*format).clone());
+        }
+        builder.disable_last_used().build()
+    }
+
+    async fn issue(store: &Counting, format: &TokenFormat) -> String {
+        let issued = verifier(store, &[format])
+            .issuer()
+            .issue(NewToken::new("t", owner()))
+            .await
+            .expect("issued");
+        issued.token.expose_secret().to_owned()
+    }
+
+    /// `tok` and `toklive` in two layouts where `tok` parses every `toklive` token: id-less
+    /// ("live" joins the secret) and with random ids ("live" joins the id).
+    fn tok_and_toklive() -> Vec<(TokenFormat, TokenFormat)> {
+        let b = TokenFormat::builder;
+        vec![
+            (
+                b().prefix("tok")
+                    .id(IdKind::None)
+                    .accept_secret_lengths(43..=47)
+                    .build()
+                    .expect("tok"),
+                b().prefix("toklive")
+                    .id(IdKind::None)
+                    .build()
+                    .expect("toklive"),
+            ),
+            (
+                b().prefix("tok")
+                    .id(IdKind::Random { len: 16 })
+                    .build()
+                    .expect("tok"),
+                b().prefix("toklive")
+                    .id(IdKind::Random { len: 12 })
+                    .build()
+                    .expect("toklive"),
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_shorter_prefix_accepted_first_does_not_shadow_a_longer_one() {
+        for (tok, toklive) in tok_and_toklive() {
+            let store = Counting::default();
+            let old = issue(&store, &tok).await;
+            let new = issue(&store, &toklive).await;
+            // The shadowing shape: `tok` parses the `toklive` token, to a different id or secret.
+            assert!(tok.parse(&new).is_ok(), "{tok:?} parses {new}");
+
+            for order in [[&tok, &toklive], [&toklive, &tok]] {
+                let both = verifier(&store, &order);
+                for token in [&old, &new] {
+                    let verified = both.authenticate(token).await;
+                    assert!(verified.is_ok(), "{order:?}: {token} refused: {verified:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_canonical_token_whose_id_is_all_digits_is_not_taken_for_dct() {
+        let store = Counting::default();
+        let canonical = TokenFormat::canonical();
+        let dct = TokenFormat::dct();
+        // A random id that happens to be all digits (about 3 in 10^10 of them).
+        let digits = TokenId::new("123456789012").expect("id");
+        let token = canonical.generate(Some(&digits)).expect("generated");
+        let token = token.expose_secret();
+        let parsed_as_dct = dct
+            .parse(token)
+            .expect("a canonical token of this id is DCT-shaped");
+        assert_eq!(parsed_as_dct.id(), Some(&digits));
+        let secret = canonical
+            .parse(token)
+            .expect("canonical")
+            .secret()
+            .to_owned();
+        let record = TokenRecord::new(digits, owner(), "all digits", Utc::now());
+        store
+            .insert(record, SecretHasher::sha256().hash(secret.as_bytes()))
+            .await
+            .expect("inserted");
+        let dct_token = issue(&store, &dct).await;
+
+        let both = verifier(&store, &[&dct, &canonical]);
+        let principal = both
+            .authenticate(token)
+            .await
+            .expect("the canonical token verifies");
+        assert_eq!(principal.token_id(), &digits);
+        assert!(both.authenticate(&dct_token).await.is_ok());
+        // Its id with another secret is still refused, as a wrong secret of that record.
+        let forged = canonical
+            .render(Some(&digits), &"x".repeat(43))
+            .expect("rendered");
+        let refused = both
+            .authenticate(forged.expose_secret())
+            .await
+            .expect_err("wrong secret");
+        assert_eq!(refused.reason(), Some(RejectReason::WrongSecret));
+        assert_eq!(refused.token_id(), Some(&digits));
+    }
+
+    #[tokio::test]
+    async fn a_token_no_record_matches_costs_one_lookup_per_format_that_parses_it() {
+        let (tok, toklive) = tok_and_toklive().remove(1);
+        let store = Counting::default();
+        let issued = issue(&store, &toklive).await;
+        let known = toklive
+            .parse(&issued)
+            .expect("parses")
+            .id()
+            .copied()
+            .expect("id");
+        let both = verifier(&store, &[&tok, &toklive]);
+        store.take_lookups();
+
+        // Unknown id and known id with a wrong secret: the same work, a lookup per format.
+        let unknown = toklive
+            .render(
+                Some(&TokenId::new("AbCdEfGh1234").expect("id")),
+                &"y".repeat(43),
+            )
+            .expect("rendered");
+        let wrong = toklive
+            .render(Some(&known), &"y".repeat(43))
+            .expect("rendered");
+        for (token, reason) in [
+            (&unknown, RejectReason::UnknownToken),
+            (&wrong, RejectReason::WrongSecret),
+        ] {
+            let refused = both.authenticate(token.expose_secret()).await.unwrap_err();
+            assert_eq!(refused.reason(), Some(reason));
+            assert_eq!(store.take_lookups(), 2, "{reason:?}");
+        }
+        // The valid token stops at its match; text only one format parses costs one lookup.
+        assert!(both.authenticate(&issued).await.is_ok());
+        assert_eq!(store.take_lookups(), 2, "tok first, then toklive's match");
+        let only_tok = tok
+            .render(
+                Some(&TokenId::new("AbCdEfGh12345678").expect("id")),
+                &"y".repeat(43),
+            )
+            .expect("rendered");
+        assert!(both.authenticate(only_tok.expose_secret()).await.is_err());
+        assert_eq!(store.take_lookups(), 1);
+        // Malformed text: no lookup. A format added twice is looked up once.
+        assert!(both.authenticate("tok_nothing").await.is_err());
+        assert_eq!(store.take_lookups(), 0);
+        let twice = verifier(&store, &[&toklive, &toklive]);
+        assert!(twice.authenticate(unknown.expose_secret()).await.is_err());
+        assert_eq!(store.take_lookups(), 1);
+    }
+}

@@ -203,7 +203,8 @@ async fn over_the_limit_is_429_with_retry_after_and_ratelimit_fields() {
         header(&refused, "ratelimit-policy"),
         r#""default";q=2;w=60"#
     );
-    assert_eq!(header(&refused, "ratelimit"), r#""default";r=0;t=60"#);
+    // The effective window is the wait: `Retry-After` names no time before its end.
+    assert_eq!(header(&refused, "ratelimit"), r#""default";r=0;t=30"#);
 
     s.clock.advance(TimeDelta::milliseconds(10_500));
     assert_429(&send(&svc, None, Some(&t)).await, "20"); // 19.5 s, rounded up
@@ -667,4 +668,281 @@ async fn an_unreachable_redis_is_an_error_not_a_hang() {
     let result = within(RedisRateLimiter::connect("redis://127.0.0.1:1")).await;
     assert!(result.is_err());
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RateLimit fields on every response of a limited request (draft-ietf-httpapi-ratelimit-headers-11)
+// ---------------------------------------------------------------------------------------------
+
+/// One member of an RFC 9651 List: a String bare item and its Integer parameters.
+#[derive(Debug, PartialEq)]
+struct SfMember {
+    name: String,
+    params: Vec<(String, i64)>,
+}
+
+/// A small, hand-written RFC 9651 check, independent of the crate's serializer: each line of
+/// `name` is a List (§3.1) of Items whose bare item is a String (§3.3.3) and whose parameters
+/// (§3.1.2) are Integers (§3.3.1). Panics on anything else. Lines are joined as one list.
+fn sf_list(response: &Response<String>, name: &str) -> Vec<SfMember> {
+    let mut members = Vec::new();
+    for line in response.headers().get_all(name) {
+        let line = line.to_str().expect("visible ASCII");
+        for member in line.split(',') {
+            // Optional whitespace around members (OWS: SP or HTAB).
+            let member = member.trim_matches([' ', '\t']);
+            let rest = member
+                .strip_prefix('"')
+                .unwrap_or_else(|| panic!("not a String item: {member:?}"));
+            let end = rest.find('"').expect("an unterminated String");
+            let text = &rest[..end];
+            assert!(
+                text.bytes()
+                    .all(|b| (0x20..=0x7e).contains(&b) && b != b'\\'),
+                "a String with escapes or controls: {text:?}"
+            );
+            let tail = &rest[end + 1..];
+            assert!(
+                tail.is_empty() || tail.starts_with(';'),
+                "junk after the String: {tail:?}"
+            );
+            let mut params: Vec<(String, i64)> = Vec::new();
+            for param in tail.split(';').skip(1) {
+                let (key, value) = param.split_once('=').expect("an Integer parameter");
+                let mut key_bytes = key.bytes();
+                let first = key_bytes.next().expect("an empty key");
+                assert!(first.is_ascii_lowercase() || first == b'*', "key {key:?}");
+                assert!(
+                    key_bytes.all(|b| b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || matches!(b, b'_' | b'-' | b'.' | b'*')),
+                    "key {key:?}"
+                );
+                let digits = value.strip_prefix('-').unwrap_or(value);
+                assert!(
+                    (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()),
+                    "not an Integer: {value:?}"
+                );
+                assert!(
+                    params.iter().all(|(k, _)| k != key),
+                    "duplicate key {key:?}"
+                );
+                params.push((key.to_owned(), value.parse().expect("integer")));
+            }
+            members.push(SfMember {
+                name: text.to_owned(),
+                params,
+            });
+        }
+    }
+    members
+}
+
+fn member(name: &str, params: &[(&str, i64)]) -> SfMember {
+    SfMember {
+        name: name.to_owned(),
+        params: params.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    }
+}
+
+#[test]
+fn the_structured_field_check_accepts_the_drafts_examples_and_refuses_others() {
+    let with = |value: &str| {
+        let mut response = Response::new(String::new());
+        response
+            .headers_mut()
+            .insert("ratelimit", value.parse().expect("value"));
+        response
+    };
+    assert_eq!(
+        sf_list(
+            &with(r#""permin";q=50;w=60, "perhr";q=1000;w=3600"#),
+            "ratelimit"
+        ),
+        vec![
+            member("permin", &[("q", 50), ("w", 60)]),
+            member("perhr", &[("q", 1000), ("w", 3600)]),
+        ]
+    );
+    for bad in [
+        "default;r=1",
+        r#""default";r=x"#,
+        r#""default";R=1"#,
+        r#""default"r=1"#,
+        r#""default";r=1;r=2"#,
+    ] {
+        let caught = std::panic::catch_unwind(|| sf_list(&with(bad), "ratelimit"));
+        assert!(caught.is_err(), "{bad} was accepted");
+    }
+}
+
+#[tokio::test]
+async fn every_response_under_a_limit_carries_the_ratelimit_fields_with_a_falling_count() {
+    let s = setup(TokenFormat::canonical());
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    // Three a minute: one comes back every 20 s.
+    let policy = RateLimitPolicy::new(RateLimit::per_minute(3));
+    let svc = app(AuthLayer::new(s.verifier.clone()).rate_limit(limiter, policy));
+    let t = issue(&s.verifier, token("team-1")).await;
+    let policy_field = vec![member("default", &[("q", 3), ("w", 60)])];
+
+    for remaining in [2, 1, 0] {
+        let ok = send(&svc, None, Some(&t)).await;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.body(), "ok", "the inner service's response");
+        assert_eq!(sf_list(&ok, "ratelimit-policy"), policy_field);
+        assert_eq!(
+            sf_list(&ok, "ratelimit"),
+            vec![member("default", &[("r", remaining), ("t", 20)])]
+        );
+        assert!(ok.headers().get("retry-after").is_none());
+    }
+    let refused = send(&svc, None, Some(&t)).await;
+    assert_429(&refused, "20");
+    assert_eq!(sf_list(&refused, "ratelimit-policy"), policy_field);
+    assert_eq!(
+        sf_list(&refused, "ratelimit"),
+        vec![member("default", &[("r", 0), ("t", 20)])]
+    );
+    s.clock.advance(TimeDelta::seconds(20));
+    let again = send(&svc, None, Some(&t)).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        sf_list(&again, "ratelimit"),
+        vec![member("default", &[("r", 0), ("t", 20)])]
+    );
+    // Nothing secret in the fields: neither the token nor its id.
+    let id = support::token_id(&TokenFormat::canonical(), &t);
+    for name in ["ratelimit", "ratelimit-policy"] {
+        for value in again.headers().get_all(name) {
+            let value = value.to_str().expect("ASCII");
+            assert!(
+                !value.contains(id.as_str()) && !value.contains(&t),
+                "{value}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_inner_services_own_ratelimit_fields_are_kept() {
+    let s = setup(TokenFormat::canonical());
+    let limiter = MemoryRateLimiter::with_clock(s.clock.clone());
+    let layer = AuthLayer::new(s.verifier.clone())
+        .rate_limit(limiter, RateLimitPolicy::new(RateLimit::per_minute(5)));
+    let inner = service_fn(|_request: Request<String>| async {
+        let mut response = Response::new("ok".to_owned());
+        let headers = response.headers_mut();
+        headers.insert(
+            "ratelimit-policy",
+            r#""search";q=10;w=1"#.parse().expect("value"),
+        );
+        headers.insert("ratelimit", r#""search";r=9;t=1"#.parse().expect("value"));
+        Ok::<_, Infallible>(response)
+    });
+    let svc = tower::util::BoxCloneService::new(layer.layer(inner));
+    let t = issue(&s.verifier, token("team-1")).await;
+    let ok = send(&svc, None, Some(&t)).await;
+    assert_eq!(
+        sf_list(&ok, "ratelimit"),
+        vec![
+            member("search", &[("r", 9), ("t", 1)]),
+            member("default", &[("r", 4), ("t", 12)]),
+        ]
+    );
+    assert_eq!(sf_list(&ok, "ratelimit-policy").len(), 2);
+}
+
+#[tokio::test]
+async fn a_route_without_a_limit_sends_no_ratelimit_fields() {
+    let s = setup(TokenFormat::canonical());
+    let svc = app(AuthLayer::new(s.verifier.clone()));
+    let t = issue(&s.verifier, token("team-1")).await;
+    let limited = app(AuthLayer::new(s.verifier.clone()).rate_limit(
+        MemoryRateLimiter::with_clock(s.clock.clone()),
+        RateLimitPolicy::new(RateLimit::per_minute(5)),
+    ));
+    for response in [
+        send(&svc, None, Some(&t)).await,
+        send(&svc, None, Some("made-up")).await,
+        // Under a limit, a refusal before the limit applies spends nothing and says nothing.
+        send(&limited, None, Some("made-up")).await,
+        send(&limited, None, None).await,
+    ] {
+        assert!(
+            response.headers().get("ratelimit").is_none(),
+            "{response:?}"
+        );
+        assert!(
+            response.headers().get("ratelimit-policy").is_none(),
+            "{response:?}"
+        );
+    }
+    // A limiter that cannot answer (fail open) gives no fields either: it decided nothing.
+    let down = app(AuthLayer::new(s.verifier.clone())
+        .rate_limit(Down, RateLimitPolicy::new(RateLimit::per_minute(5))));
+    let ok = send(&down, None, Some(&t)).await;
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get("ratelimit").is_none());
+}
+
+#[tokio::test]
+async fn a_rate_limited_request_is_audited_as_refused() {
+    use apitoken::{AuditEvent, AuditOutcome, AuthErrorKind};
+    use std::sync::Mutex;
+
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let events: Arc<Mutex<Vec<AuditEvent>>> = Arc::default();
+    let sink = Arc::clone(&events);
+    let verifier = Verifier::builder(CountingStore::default())
+        .clock(clock.clone())
+        .disable_last_used()
+        .audit(move |event: &AuditEvent| sink.lock().expect("lock").push(event.clone()))
+        .build();
+    let limiter = MemoryRateLimiter::with_clock(clock);
+    let svc = app(AuthLayer::new(verifier.clone())
+        .rate_limit(limiter, RateLimitPolicy::new(RateLimit::per_minute(1))));
+    let t = issue(&verifier, token("team-1")).await;
+    let id = support::token_id(&TokenFormat::canonical(), &t);
+
+    assert_eq!(send(&svc, Some("192.0.2.7"), Some(&t)).await.status(), 200);
+    assert_eq!(send(&svc, Some("192.0.2.7"), Some(&t)).await.status(), 429);
+    let events = events.lock().expect("lock");
+    assert_eq!(events.len(), 2, "one event a request: {events:?}");
+    assert_eq!(events[0].outcome, AuditOutcome::Accepted);
+    assert_eq!(
+        events[1].outcome,
+        AuditOutcome::Refused {
+            kind: AuthErrorKind::RateLimited,
+            reason: None
+        }
+    );
+    assert_eq!(events[1].token_id, Some(id));
+    assert_eq!(events[1].owner.as_ref().map(Owner::as_str), Some("team-1"));
+    assert_eq!(events[1].client_ip, Some("192.0.2.7".parse().expect("ip")));
+}
+
+#[tokio::test]
+async fn redis_and_the_in_process_limiter_report_the_same_budget() {
+    let Some(url) = redis_url() else { return };
+    let redis = redis_limiter(&url, &format!("{}:", unique_prefix())).await;
+    let memory = MemoryRateLimiter::new();
+    let limit = RateLimit::per_minute(3);
+    // Whole seconds, as the fields carry them, rounded up.
+    let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    for _ in 0..5 {
+        let shared = within(redis.acquire("token:same", &limit))
+            .await
+            .expect("redis");
+        let local = memory.acquire_now("token:same", &limit);
+        assert_eq!(shared.is_allowed(), local.is_allowed());
+        assert_eq!(shared.remaining(), local.remaining());
+        assert_eq!(
+            secs(shared.window()),
+            secs(local.window()),
+            "{shared:?} {local:?}"
+        );
+        assert_eq!(secs(shared.retry_after()), secs(local.retry_after()));
+        assert_eq!(secs(shared.reset_after()), secs(local.reset_after()));
+    }
 }

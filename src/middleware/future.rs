@@ -9,12 +9,20 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::response::Responder;
+use super::response::{Responder, append_rate_limit_fields};
 use crate::error::AuthError;
+use crate::rate_limit::RateLimitDecision;
 use crate::verifier::Principal;
 
-type Verification<B> =
-    Pin<Box<dyn Future<Output = (Request<B>, Result<crate::Principal, AuthError>)> + Send>>;
+/// The request back, the outcome, and the rate limiter's decision for an admitted request
+/// (for the RateLimit fields of the inner service's response).
+pub(crate) type Verified<B> = (
+    Request<B>,
+    Result<crate::Principal, AuthError>,
+    Option<RateLimitDecision>,
+);
+
+type Verification<B> = Pin<Box<dyn Future<Output = Verified<B>> + Send>>;
 
 pin_project! {
     /// The response future of [`Auth`](super::Auth).
@@ -38,6 +46,8 @@ pin_project! {
         Calling {
             #[pin]
             future: F,
+            // Added to the inner service's response: clients slow down before a 429.
+            decision: Option<RateLimitDecision>,
         },
         Refused {
             response: Option<Response<ResBody>>,
@@ -61,7 +71,10 @@ where
 
     pub(crate) fn calling(future: I::Future) -> Self {
         Self {
-            state: State::Calling { future },
+            state: State::Calling {
+                future,
+                decision: None,
+            },
         }
     }
 
@@ -90,7 +103,7 @@ where
                     inner,
                     responder,
                 } => {
-                    let (mut request, outcome) = ready!(verify.as_mut().poll(cx));
+                    let (mut request, outcome, decision) = ready!(verify.as_mut().poll(cx));
                     let principal: Principal = match outcome {
                         Ok(principal) => principal,
                         Err(error) => {
@@ -104,9 +117,15 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let future = service.call(request);
-                    this.state.set(State::Calling { future });
+                    this.state.set(State::Calling { future, decision });
                 }
-                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Calling { future, decision } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(decision) = decision {
+                        append_rate_limit_fields(response.headers_mut(), decision);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
                 StateProj::Refused { response } => {
                     let response = response
                         .take()

@@ -84,8 +84,11 @@ impl<S, R> AuthLayer<S, R> {
     /// Limits how often each token (or owner) may be used: after a successful verification
     /// (so a refused request spends nothing), one request of the budget `policy` gives the
     /// token is spent in `limiter`; a request over budget is answered 429 with `Retry-After`
-    /// and the `RateLimit-Policy` / `RateLimit` fields. If the limiter fails (Redis down), the
-    /// request goes through and a warning is logged. See [`rate_limit`](crate::rate_limit).
+    /// and the `RateLimit-Policy` / `RateLimit` fields, and audited as refused. A request
+    /// within budget reaches the inner service, and its response gets the same two fields
+    /// (appended to any the service set), so clients can slow down before a 429. If the
+    /// limiter fails (Redis down), the request goes through without the fields and a warning
+    /// is logged. See [`rate_limit`](crate::rate_limit).
     ///
     /// ```
     /// use apitoken::middleware::AuthLayer;

@@ -15,6 +15,7 @@
 //! | missing scope | 403 | `…, error="insufficient_scope", scope="…"` |
 //! | token store down | 503 | none: fail closed |
 //! | token over its rate limit ([`AuthLayer::rate_limit`]) | 429, `Retry-After`, `RateLimit-Policy`, `RateLimit` | none |
+//! | token under its rate limit | the inner service's response, plus `RateLimit-Policy` and `RateLimit` | — |
 //! | address that failed too often ([`AuthLayer::throttle_failures`]) | 429, `Retry-After` | none |
 //!
 //! See [`Credentials`] for exactly how each odd header is classified, [`JsonResponder`] for the

@@ -8,6 +8,7 @@ use http::header::{
 use http::{Response, StatusCode};
 
 use crate::error::{AuthError, AuthErrorKind};
+use crate::rate_limit::RateLimitDecision;
 
 /// Makes the response for a refused request. The layers call it; applications replace it to
 /// answer in their own shape (RFC 9457 problem+json, gRPC status…) without re-implementing
@@ -56,9 +57,10 @@ pub trait Responder<B>: Clone + Send + Sync + 'static {
 ///
 /// A 429 carries `Retry-After` in whole seconds (rounded up, at least 1). One from a token's
 /// rate limit also carries the IETF RateLimit fields
-/// (draft-ietf-httpapi-ratelimit-headers-10), for example
-/// `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=0;t=12`; a throttled
-/// address gets only `Retry-After`.
+/// (draft-ietf-httpapi-ratelimit-headers-11), for example
+/// `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=0;t=12`, `t` equal to
+/// `Retry-After`; a throttled address gets only `Retry-After`. (`AuthLayer` adds the same
+/// fields to every other response of a rate-limited request, 200s included.)
 ///
 /// Every response has `Content-Type: application/json` and `Cache-Control: no-store`. The
 /// challenge holds only the configured realm, fixed error codes and the route's required
@@ -111,26 +113,41 @@ fn rate_limit_headers(headers: &mut HeaderMap, error: &AuthError) {
         headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
     }
     if let Some(decision) = error.rate_limit() {
-        let limit = decision.limit();
-        let policy = format!(
-            r#""default";q={};w={}"#,
-            limit.requests(),
-            ceil_secs(limit.period())
-        );
-        let state = format!(
-            r#""default";r={};t={}"#,
-            decision.remaining(),
-            ceil_secs(decision.reset_after())
-        );
-        if let (Ok(policy), Ok(state)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        ) {
-            headers.insert("ratelimit-policy", policy);
-            headers.insert("ratelimit", state);
-        }
+        append_rate_limit_fields(headers, decision);
     }
 }
+
+/// Appends `RateLimit-Policy` and `RateLimit` for `decision`, in the structured-field form of
+/// draft-ietf-httpapi-ratelimit-headers-11: `"default";q=<requests>;w=<period s>` and
+/// `"default";r=<remaining>;t=<window s>`. Appended, not inserted: both are lists (RFC 9651
+/// §3.1), so an inner service's own policies stay. No `pk`: it would only restate which
+/// token the client sent.
+pub(crate) fn append_rate_limit_fields(headers: &mut HeaderMap, decision: &RateLimitDecision) {
+    let limit = decision.limit();
+    let policy = format!(
+        r#""default";q={};w={}"#,
+        limit.requests(),
+        ceil_secs(limit.period())
+    );
+    // On a refusal the window is the wait, so `Retry-After` never names a time before the
+    // window's end (draft -11 §6).
+    let state = format!(
+        r#""default";r={};t={}"#,
+        decision.remaining(),
+        ceil_secs(decision.window())
+    );
+    if let (Ok(policy), Ok(state)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        headers.append(RATELIMIT_POLICY, policy);
+        headers.append(RATELIMIT, state);
+    }
+}
+
+const RATELIMIT_POLICY: http::header::HeaderName =
+    http::header::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: http::header::HeaderName = http::header::HeaderName::from_static("ratelimit");
 
 impl JsonResponder {
     /// The default responder, with realm `api`.
@@ -339,7 +356,8 @@ mod tests {
         assert_eq!(r.body(), TOO_MANY);
         assert_eq!(r.headers()[RETRY_AFTER], "12");
         assert_eq!(r.headers()["ratelimit-policy"], r#""default";q=100;w=60"#);
-        assert_eq!(r.headers()["ratelimit"], r#""default";r=0;t=60"#);
+        // `t` is the wait, as `Retry-After` (draft -11 §6).
+        assert_eq!(r.headers()["ratelimit"], r#""default";r=0;t=12"#);
         assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());

@@ -127,26 +127,31 @@ where
         let layer = Arc::clone(&self.layer);
         let verify = Box::pin(async move {
             let info = crate::verifier::RequestInfo::new().client_ip(client_ip);
-            let mut outcome = layer
+            let mut verified = layer
                 .verifier
-                .verify_request(span.token(), &layer.required, &info)
+                .verify_unaudited(span.token(), &layer.required, &info)
                 .await;
-            match &outcome {
+            let mut decision = None;
+            let mut attempt = attempt;
+            if let Some(principal) = verified.principal() {
+                if let Some(attempt) = attempt.take() {
+                    attempt.succeeded();
+                }
                 // Last, as in Unkey's order: a request refused for any other reason spends
-                // no budget.
-                Ok(principal) => {
-                    if let Some(attempt) = attempt {
-                        attempt.succeeded();
-                    }
-                    if let Some(step) = &layer.rate_limit
-                        && let Err(error) = step.check(principal).await
-                    {
-                        outcome = Err(error);
+                // no budget. Audited after it, so a 429 is audited as a refusal.
+                if let Some(step) = &layer.rate_limit {
+                    match step.check(principal).await {
+                        Ok(admitted) => decision = admitted,
+                        Err(error) => verified.refuse(error),
                     }
                 }
-                Err(error) => settle(attempt, error),
             }
-            (request, outcome)
+            let outcome = layer.verifier.audit(verified);
+            if let Err(error) = &outcome {
+                // `None` when the token was verified: a rate-limit refusal is no guess.
+                settle(attempt, error);
+            }
+            (request, outcome, decision)
         });
         ResponseFuture::verifying(verify, inner, self.layer.responder.clone())
     }

@@ -8,8 +8,9 @@
 //!   as in Unkey's order. The budget is a [`RateLimit`] from a [`RateLimitPolicy`], which a
 //!   token can override in its metadata; it is kept by a [`RateLimiter`]:
 //!   [`MemoryRateLimiter`] in process, or `RedisRateLimiter` (feature `redis`) shared by every
-//!   replica. A request over budget is answered 429 with `Retry-After` and the IETF
-//!   `RateLimit-Policy` / `RateLimit` fields.
+//!   replica. Every response to a request the limit applied to carries the IETF
+//!   `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers-11), 200s
+//!   included; a request over budget is answered 429 with `Retry-After` as well.
 //! - **Throttling** ([`AuthLayer::throttle_failures`](crate::middleware::AuthLayer::throttle_failures)):
 //!   a [`FailureThrottle`] counts failed authentications per client address; after too many
 //!   in a window the address gets 429 before any header parsing, hashing or store lookup.
@@ -235,11 +236,13 @@ pub struct RateLimitDecision {
     remaining: u32,
     retry_after: Duration,
     reset_after: Duration,
+    window: Duration,
 }
 
 impl RateLimitDecision {
     /// The request is allowed; `remaining` more may be made at once, and the whole burst is
-    /// available again after `reset_after`.
+    /// available again after `reset_after`. The [`window`](Self::window) is `reset_after`:
+    /// nothing is assumed about requests coming back before then (right for a fixed window).
     pub fn allowed(limit: RateLimit, remaining: u32, reset_after: Duration) -> Self {
         Self {
             limit,
@@ -247,6 +250,20 @@ impl RateLimitDecision {
             remaining,
             retry_after: Duration::ZERO,
             reset_after,
+            window: reset_after,
+        }
+    }
+
+    /// An allowed GCRA decision, whose budget comes back one request every
+    /// [`interval`](RateLimit::interval): the window ends when the next one does,
+    /// `reset_after − (burst − remaining − 1) × interval`. Both backends build their
+    /// decisions here, so Redis and the in-process limiter report the same window.
+    pub(crate) fn allowed_gcra(limit: RateLimit, remaining: u32, reset_after: Duration) -> Self {
+        let still_out = limit.burst().saturating_sub(remaining).saturating_sub(1);
+        let window = reset_after.saturating_sub(limit.interval().saturating_mul(still_out));
+        Self {
+            window,
+            ..Self::allowed(limit, remaining, reset_after)
         }
     }
 
@@ -259,6 +276,7 @@ impl RateLimitDecision {
             remaining: 0,
             retry_after,
             reset_after,
+            window: retry_after,
         }
     }
 
@@ -286,6 +304,33 @@ impl RateLimitDecision {
     pub fn reset_after(&self) -> Duration {
         self.reset_after
     }
+
+    /// The effective window (the `t` of the `RateLimit` field): how long
+    /// [`remaining`](Self::remaining) is all that may be made. For a refusal, `retry_after`;
+    /// for an allowed request under GCRA, the time until one more request comes back.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use apitoken::ManualClock;
+    /// use apitoken::rate_limit::{MemoryRateLimiter, RateLimit};
+    ///
+    /// // A clock that stands still, so the figures are exact.
+    /// let limiter = MemoryRateLimiter::with_clock(Arc::new(ManualClock::new(chrono::Utc::now())));
+    /// let limit = RateLimit::per_minute(3); // one back every 20 s
+    /// let first = limiter.acquire_now("k", &limit);
+    /// assert_eq!((first.remaining(), first.window()), (2, Duration::from_secs(20)));
+    /// limiter.acquire_now("k", &limit);
+    /// let third = limiter.acquire_now("k", &limit);
+    /// assert_eq!(third.remaining(), 0);
+    /// assert_eq!(third.reset_after(), Duration::from_secs(60));
+    /// assert_eq!(third.window(), Duration::from_secs(20));
+    /// let refused = limiter.acquire_now("k", &limit);
+    /// assert_eq!(refused.window(), refused.retry_after());
+    /// ```
+    pub fn window(&self) -> Duration {
+        self.window
+    }
 }
 
 /// The GCRA step shared by the backends, in nanoseconds. `tat` is the stored theoretical
@@ -303,7 +348,7 @@ pub(crate) fn gcra(tat: Option<i128>, now: i128, limit: &RateLimit) -> (RateLimi
     }
     let remaining = (capacity - (new_tat - now)) / interval;
     let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
-    let decision = RateLimitDecision::allowed(*limit, remaining, nanos(new_tat - now));
+    let decision = RateLimitDecision::allowed_gcra(*limit, remaining, nanos(new_tat - now));
     (decision, new_tat)
 }
 

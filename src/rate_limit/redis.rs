@@ -123,7 +123,7 @@ impl RedisRateLimiter {
         let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
         Ok(if allowed == 1 {
             let remaining = u32::try_from(remaining).unwrap_or(0);
-            RateLimitDecision::allowed(*limit, remaining, micros(reset))
+            RateLimitDecision::allowed_gcra(*limit, remaining, micros(reset))
         } else {
             RateLimitDecision::denied(*limit, micros(retry), micros(reset))
         })
