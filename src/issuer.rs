@@ -7,6 +7,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::format::{FormatError, GenerateError, TokenFormat};
 use crate::id::TokenId;
+use crate::name::{MAX_NAME_LEN, check_name};
 use crate::record::{Metadata, Owner, TokenRecord};
 use crate::scope::{InvalidScope, ScopeSet};
 use crate::secret::SecretHash;
@@ -14,9 +15,6 @@ use crate::secret::{RandomnessUnavailable, Secret};
 use crate::store::Retire;
 use crate::store::{StoreError, TokenStore};
 use crate::verifier::Inner;
-
-/// The longest token name accepted.
-pub const MAX_NAME_LEN: usize = 255;
 
 /// The most scopes a token may be issued with, by default
 /// ([`VerifierBuilder::max_scopes_per_token`](crate::VerifierBuilder::max_scopes_per_token)):
@@ -255,12 +253,8 @@ impl<S: TokenStore> Issuer<S> {
     ) -> Result<Option<IssuedToken>, IssueError> {
         let inner = &*self.inner;
         let now = inner.clock.now();
-        if new.name.is_empty()
-            || new.name.chars().count() > MAX_NAME_LEN
-            || new.name.chars().any(char::is_control)
-        {
-            return Err(IssueError::InvalidName);
-        }
+        // `check_name` says which rule and which character; callers that want that call it.
+        check_name(&new.name).map_err(|_| IssueError::InvalidName)?;
         let expires_at = match (new.expires_at, new.expires_in) {
             (Some(at), _) => Some(at),
             (None, Some(delta)) => Some(
@@ -320,7 +314,9 @@ pub struct NewToken {
 }
 
 impl NewToken {
-    /// A token named `name` (1 to 255 characters, shown in token lists) acting for `owner`.
+    /// A token named `name` acting for `owner`. The name is shown in token lists: 1 to 255
+    /// characters, none of the invisible or reordering ones
+    /// [`check_name`](crate::name::check_name) refuses; [`Issuer::issue`] checks it.
     pub fn new(name: impl Into<String>, owner: Owner) -> Self {
         Self {
             name: name.into(),
@@ -399,8 +395,11 @@ pub struct IssuedToken {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IssueError {
-    /// The name is empty, longer than 255 characters, or has control characters.
-    #[error("a token name is 1 to {MAX_NAME_LEN} characters without control characters")]
+    /// The name is empty, longer than 255 characters, or has a control, format, line or
+    /// paragraph separator character ([`check_name`](crate::name::check_name) says which).
+    #[error(
+        "a token name is 1 to {MAX_NAME_LEN} characters without control, format, line or paragraph separator characters"
+    )]
     InvalidName,
     /// The expiry is not in the future.
     #[error("the expiry must be in the future")]

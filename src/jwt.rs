@@ -54,7 +54,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, RejectReason};
 use crate::format::FormatError;
 use crate::id::TokenId;
-use crate::issuer::MAX_NAME_LEN;
+use crate::name::MAX_NAME_LEN;
 use crate::record::{Owner, TokenRecord};
 use crate::scope::{InvalidScope, ScopeSet};
 use crate::secret::{RandomnessUnavailable, Secret, random_base62};

@@ -26,6 +26,7 @@ pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;
 pub mod middleware;
+pub mod name;
 #[cfg(feature = "oauth")]
 pub mod oauth;
 pub mod rate_limit;
@@ -46,11 +47,11 @@ pub use format::{
 };
 pub use id::{InvalidTokenId, MAX_ID_LEN, TokenId};
 pub use issuer::{
-    DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_SCOPES, IssueError, IssuedToken, Issuer, MAX_NAME_LEN,
-    NewToken,
+    DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_SCOPES, IssueError, IssuedToken, Issuer, NewToken,
 };
 #[cfg(feature = "tokio")]
 pub use last_used::LastUsedFlusher;
+pub use name::{InvalidName, MAX_NAME_LEN};
 pub use record::{InvalidOwner, MAX_OWNER_LEN, Metadata, Owner, TokenRecord};
 pub use scope::{InvalidScope, Scope, ScopePolicy, ScopeRequirement, ScopeSet};
 pub use secret::{

@@ -607,6 +607,144 @@ async fn concurrent_bootstraps_make_exactly_one_token_on_postgres() {
     }
 }
 
+/// Names written to the table directly (by an older version, another tool, or SQL) may hold
+/// characters `create` refuses: `list` must show them escaped, never raw, so a name cannot
+/// reorder or hide what the terminal shows.
+async fn hostile_names_are_listed_escaped<S: TokenStore>(db: &[&str], store: S) {
+    let owner = unique_name("team");
+    let names = [
+        "deploy\u{202e}gnp.exe",
+        "two\u{2028}lines",
+        "in\u{200b}visible\u{feff}",
+        "\u{1b}[31mred\u{1b}[0m",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let id = apitoken::TokenId::from_u64(9_000 + i as u64);
+        let record = apitoken::TokenRecord::new(
+            id,
+            apitoken::Owner::new(&owner).unwrap(),
+            *name,
+            chrono::Utc::now(),
+        );
+        let hash = SecretHasher::sha256().hash(format!("secret {i}").as_bytes());
+        store.insert(record, hash).await.unwrap();
+    }
+    let with_db = |extra: &[&str]| {
+        let mut args = vec!["list", "--owner", owner.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(db);
+        ok(&args)
+    };
+    let table = with_db(&[]);
+    let json = with_db(&["--json"]);
+    for out in [&table, &json] {
+        for c in ['\u{202e}', '\u{2028}', '\u{200b}', '\u{feff}', '\u{1b}'] {
+            assert!(
+                !out.stdout.contains(c),
+                "{c:?} printed raw: {:?}",
+                out.stdout
+            );
+        }
+    }
+    for shown in [
+        "deploy\\u{202e}gnp.exe",
+        "two\\u{2028}lines",
+        "in\\u{200b}visible\\u{feff}",
+        "\\u{1b}[31mred\\u{1b}[0m",
+    ] {
+        assert!(
+            table.stdout.contains(shown),
+            "{shown} not in {}",
+            table.stdout
+        );
+    }
+    // One line per token: a separator in a name does not break the table.
+    assert_eq!(table.lines().len(), 1 + names.len(), "{}", table.stdout);
+    // The JSON escapes them too, and still holds the names exactly.
+    assert!(
+        json.stdout.contains("deploy\\u202egnp.exe"),
+        "{}",
+        json.stdout
+    );
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let listed: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, names);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_are_listed_escaped_on_sqlite() {
+    let db = TempDb::new();
+    let url = db.url();
+    ok(&[
+        "create",
+        "--database",
+        &url,
+        "--owner",
+        "x",
+        "--name",
+        "first",
+    ]);
+    hostile_names_are_listed_escaped(&["--database", &url], sqlite_store(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_are_listed_escaped_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let schema = unique_name("cli");
+    ok(&[
+        "create",
+        "--database",
+        &url,
+        "--schema",
+        &schema,
+        "--owner",
+        "x",
+        "--name",
+        "first",
+    ]);
+    hostile_names_are_listed_escaped(
+        &["--database", &url, "--schema", &schema],
+        postgres_store(&url, &schema).await,
+    )
+    .await;
+}
+
+#[test]
+fn create_refuses_a_name_with_a_bidi_override_without_printing_it() {
+    let db = TempDb::new();
+    let url = db.url();
+    for c in ['\u{202e}', '\u{2028}', '\u{200b}', '\u{ad}'] {
+        let name = format!("deploy{c}gnp.exe");
+        let out = run(&[
+            "create",
+            "--database",
+            &url,
+            "--owner",
+            "o",
+            "--name",
+            &name,
+        ]);
+        fails(&out, 2, "--name");
+        assert!(!out.stderr.contains(c), "{c:?} echoed: {:?}", out.stderr);
+        assert!(
+            !out.stderr.contains("gnp"),
+            "the name echoed: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("U+{:04X}", c as u32)),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(!db.0.exists(), "refused before touching the database");
+}
+
 // ---------------------------------------------------------------------------------------------
 // bad input
 

@@ -1,6 +1,11 @@
 //! `list` output: a table for people, JSON for scripts. Records hold no secret and no hash.
+//!
+//! Names are printed with the characters `create` refuses escaped (`\u{202e}` in the table,
+//! `\u202e` in the JSON, the same value): a name written to the table by other means, or
+//! before the rule, must not reorder or hide what the terminal shows.
 
 use apitoken::TokenRecord;
+use apitoken::name::{EscapedName, escape_json};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -32,7 +37,8 @@ pub(crate) fn json(records: &[TokenRecord]) -> String {
         })
         .collect();
     // Serializing strings and times cannot fail.
-    let mut out = serde_json::to_string_pretty(&rows).unwrap_or_default();
+    let out = serde_json::to_string_pretty(&rows).unwrap_or_default();
+    let mut out = escape_json(&out).into_owned();
     out.push('\n');
     out
 }
@@ -59,7 +65,7 @@ pub(crate) fn table(records: &[TokenRecord]) -> String {
         let scopes: Vec<&str> = r.scopes.iter().map(|s| s.as_str()).collect();
         rows.push([
             r.id.to_string(),
-            r.name.clone(),
+            EscapedName::new(&r.name).to_string(),
             if scopes.is_empty() {
                 "-".to_owned()
             } else {

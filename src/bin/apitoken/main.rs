@@ -65,6 +65,13 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Revoke(args) => (&args.db, false),
     };
     // Check what needs no database before connecting to one.
+    match &command {
+        Command::Create(CreateArgs { name, .. })
+        | Command::Bootstrap(BootstrapArgs { name, .. }) => {
+            args::check_name(name).map_err(Failure::Usage)?;
+        }
+        _ => {}
+    }
     let prepared = match &command {
         Command::Create(args) => Some(prepare(&args.issue)?),
         Command::Bootstrap(args) => Some(prepare(&args.issue)?),

@@ -1,8 +1,11 @@
 //! A token-management API to mount in an axum application: create, list, rotate and revoke
 //! the caller's own team's tokens.
 
+mod input;
+
 use std::sync::Arc;
 
+use ::axum::extract::rejection::PathRejection;
 use ::axum::extract::{Path, State};
 use ::axum::http::{HeaderValue, StatusCode, header};
 use ::axum::response::{IntoResponse, Response};
@@ -15,11 +18,13 @@ use serde_json::json;
 use crate::id::TokenId;
 use crate::issuer::{IssueError, IssuedToken, NewToken};
 use crate::middleware::RequireScopesLayer;
+use crate::name::{InvalidName, MAX_NAME_LEN, check_name, escape_json};
 use crate::rate_limit::{self, RateLimit};
 use crate::record::{Metadata, TokenRecord};
 use crate::scope::{InvalidScope, ScopeRequirement, ScopeSet};
 use crate::store::{StoreErrorKind, TokenStore};
 use crate::verifier::{CredentialKind, Principal, Verifier};
+use input::{JsonBody, JsonOrEmpty};
 
 /// The default grace period of a rotation when the request names none: a day for clients to
 /// switch to the new token.
@@ -45,6 +50,15 @@ pub const DEFAULT_ROTATION_GRACE: TimeDelta = TimeDelta::days(1);
 /// token hands out a working copy of it, so the same
 /// rules decide who may rotate which token. Another team's token ids answer 404, so they cannot
 /// be probed. Scopes default to `tokens:read` / `tokens:write`.
+///
+/// Every error is JSON, `{"message": "…"}`, as the seeds' `"Unauthenticated."`: 400 for
+/// malformed JSON, 413 for a body over axum's limit (`DefaultBodyLimit`, 2 MB), 415 for a body
+/// that is not `application/json`, 422 for JSON that does not fit (a missing, mistyped or
+/// unknown field: unknown fields are refused, not ignored), 404 for unknown paths and ids, 405
+/// for other methods. A message may name a field, never repeat a value. An empty rotation body
+/// (none at all, or `{}`) means the default grace. Names in responses are JSON with the
+/// characters [`check_name`] refuses written as `\uXXXX` escapes:
+/// the same value, safe to print.
 ///
 /// ```
 /// use apitoken::management::TokenApi;
@@ -92,7 +106,12 @@ impl<S: TokenStore + 'static> TokenApi<S> {
             .route("/{id}", ::axum::routing::delete(revoke::<S>))
             .route("/{id}/rotate", post(rotate::<S>))
             .route_layer(RequireScopesLayer::new(self.write));
-        reads.merge(writes).with_state(state)
+        // axum's own 404 and 405 have empty bodies: the API answers in JSON throughout.
+        reads
+            .merge(writes)
+            .method_not_allowed_fallback(method_not_allowed)
+            .fallback(not_found_route)
+            .with_state(state)
     }
 }
 
@@ -114,6 +133,31 @@ fn not_found() -> Response {
     message(StatusCode::NOT_FOUND, "Not found.")
 }
 
+async fn not_found_route() -> Response {
+    not_found()
+}
+
+async fn method_not_allowed() -> Response {
+    message(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+}
+
+/// `value` as JSON, with the characters names may not hold escaped: names stored before the
+/// rule (or by other writers) must not reach a terminal raw.
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_string(value) {
+        Ok(text) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            escape_json(&text).into_owned(),
+        )
+            .into_response(),
+        Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "Server error."),
+    }
+}
+
 /// A newly issued token, once, uncached (RFC 6749 §5.1).
 fn issued(token: IssuedToken) -> Response {
     let body = json!({
@@ -125,7 +169,7 @@ fn issued(token: IssuedToken) -> Response {
         "created_at": token.record.created_at,
         "expires_at": token.record.expires_at,
     });
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    let mut response = json_response(StatusCode::CREATED, &body);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -194,13 +238,14 @@ async fn list<S: TokenStore>(State(verifier): Shared<S>, principal: Principal) -
                 .filter(|r| !r.is_revoked() && !r.is_expired_at(now))
                 .map(TokenView::from)
                 .collect();
-            Json(active).into_response()
+            json_response(StatusCode::OK, &active)
         }
         Err(_) => unavailable(),
     }
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Create {
     name: String,
     #[serde(default)]
@@ -213,7 +258,7 @@ struct Create {
 async fn create<S: TokenStore>(
     State(verifier): Shared<S>,
     principal: Principal,
-    Json(body): Json<Create>,
+    JsonBody(body): JsonBody<Create>,
 ) -> Response {
     let Ok(requested) = ScopeRequirement::all(&body.scopes) else {
         return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid scope.");
@@ -243,6 +288,8 @@ async fn create<S: TokenStore>(
             limit.to_metadata_value(),
         );
     }
+    // The issuer refuses the same names; this says which rule, and which character.
+    let name_problem = check_name(&body.name).err();
     let mut new = NewToken::new(body.name, principal.owner().clone())
         .scope_set(requested.scopes().clone())
         .allowed_ips(allowed_ips)
@@ -252,9 +299,10 @@ async fn create<S: TokenStore>(
     }
     match verifier.issuer().issue(new).await {
         Ok(token) => settle(&verifier, &principal, true, token).await,
-        Err(IssueError::InvalidName | IssueError::ExpiryOutOfRange) => message(
+        Err(IssueError::InvalidName) => invalid_name(name_problem),
+        Err(IssueError::ExpiryOutOfRange) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "The name or expiry is invalid.",
+            "The expiry must be in the future.",
         ),
         Err(IssueError::TooManyScopes { .. } | IssueError::TooManyNetworks { .. }) => message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -262,6 +310,18 @@ async fn create<S: TokenStore>(
         ),
         Err(_) => unavailable(),
     }
+}
+
+/// The 422 for a refused name: the rule, and the character as a code point, never the name.
+fn invalid_name(problem: Option<InvalidName>) -> Response {
+    let text = match problem {
+        Some(InvalidName::Character(c)) => format!(
+            "The name may not contain U+{:04X}: control, format, line and paragraph separator characters are refused.",
+            u32::from(c)
+        ),
+        _ => format!("The name must be 1 to {MAX_NAME_LEN} characters."),
+    };
+    message(StatusCode::UNPROCESSABLE_ENTITY, &text)
 }
 
 /// Whether `nets` reach no further than `limit` (an empty `limit` is everywhere).
@@ -276,6 +336,7 @@ fn within(nets: &[ipnet::IpNet], limit: &[ipnet::IpNet]) -> bool {
 pub const MAX_ROTATION_GRACE: TimeDelta = TimeDelta::days(90);
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct Rotate {
     grace_seconds: Option<i64>,
 }
@@ -298,9 +359,13 @@ async fn own_token<S: TokenStore>(
 async fn rotate<S: TokenStore>(
     State(verifier): Shared<S>,
     principal: Principal,
-    Path(id): Path<String>,
-    body: Option<Json<Rotate>>,
+    id: Result<Path<String>, PathRejection>,
+    JsonOrEmpty(body): JsonOrEmpty<Rotate>,
 ) -> Response {
+    // An id that is not even text (`%FF`) names no token.
+    let Ok(Path(id)) = id else {
+        return not_found();
+    };
     let target = match own_token(&verifier, &principal, &id).await {
         Ok(record) => record,
         Err(response) => return response,
@@ -321,7 +386,7 @@ async fn rotate<S: TokenStore>(
     if !principal.can_delegate(&target.scopes) || wider || faster {
         return message(StatusCode::FORBIDDEN, "This action is unauthorized.");
     }
-    let grace = match body.and_then(|Json(b)| b.grace_seconds) {
+    let grace = match body.grace_seconds {
         None => DEFAULT_ROTATION_GRACE,
         Some(seconds) => match TimeDelta::try_seconds(seconds) {
             Some(grace) if grace >= TimeDelta::zero() && grace <= MAX_ROTATION_GRACE => grace,
@@ -357,8 +422,11 @@ async fn rotate<S: TokenStore>(
 async fn revoke<S: TokenStore>(
     State(verifier): Shared<S>,
     principal: Principal,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
+    let Ok(Path(id)) = id else {
+        return not_found();
+    };
     let id = match own_token(&verifier, &principal, &id).await {
         Ok(record) => record.id,
         Err(response) => return response,
