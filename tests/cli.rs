@@ -959,3 +959,138 @@ async fn list_and_revoke_never_migrate_and_need_no_ddl_rights() {
     .await
     .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// standard output that cannot be written
+
+/// Runs the binary with standard output on `/dev/full` (every write fails with ENOSPC).
+fn run_into_full_stdout(args: &[&str]) -> (i32, String) {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::from(full))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `create` and `bootstrap` whose token cannot be printed exit 1 (no panic, no backtrace)
+/// and revoke the token no one saw; `list` and `generate` exit 1 too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_cannot_be_printed_is_revoked_and_the_run_fails_cleanly() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full on this system");
+        return;
+    }
+    let db = TempDb::new();
+    let url = db.url();
+    for (args, then) in [
+        (
+            vec!["create", "--database", &url, "--owner", "o", "--name", "n"],
+            "apitoken create",
+        ),
+        (
+            vec!["bootstrap", "--database", &url],
+            "apitoken create --scope admin",
+        ),
+    ] {
+        let (code, stderr) = run_into_full_stdout(&args);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("could not write to standard output"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("was revoked, since no one saw it"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(then), "{stderr}");
+    }
+    let store = sqlite_store(&db).await;
+    for owner in ["o", "admin"] {
+        let made = store
+            .list_by_owner(&apitoken::Owner::new(owner).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(made.len(), 1, "{owner}");
+        assert!(made[0].is_revoked(), "{owner}'s unseen token is revoked");
+    }
+    let (code, stderr) = run_into_full_stdout(&["list", "--database", &url, "--owner", "o"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (code, stderr) = run_into_full_stdout(&["generate"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS to PostgreSQL
+
+/// `sslmode=require` connects over TLS (it refuses plaintext, so success means TLS), and
+/// `verify-full` checks the server's certificate rather than falling back to plaintext.
+/// Skipped when the server has no TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_speaks_tls_to_postgres() {
+    let Some(url) = postgres_url() else { return };
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("skipped: the PostgreSQL server has ssl = {ssl}");
+        return;
+    }
+    let schema = unique_name("cli");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let require = format!("{url}{sep}sslmode=require");
+    let out = ok(&[
+        "create",
+        "--database",
+        &require,
+        "--schema",
+        &schema,
+        "--owner",
+        "o",
+        "--name",
+        "tls",
+    ]);
+    let id = out.lines()[1].to_owned();
+    let listed = ok(&[
+        "list",
+        "--database",
+        &require,
+        "--schema",
+        &schema,
+        "--owner",
+        "o",
+    ]);
+    assert!(listed.stdout.contains(&id));
+    // The server's certificate is not one the system trusts (a test server's own): verify-full
+    // must refuse it, not connect in plaintext.
+    let full = format!("{url}{sep}sslmode=verify-full");
+    let out = run(&[
+        "list",
+        "--database",
+        &full,
+        "--schema",
+        &schema,
+        "--owner",
+        "o",
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("without TLS support"),
+        "{}",
+        out.stderr
+    );
+}

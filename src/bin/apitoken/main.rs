@@ -187,8 +187,7 @@ fn generate(args: &GenerateArgs) -> Result<(), Failure> {
         .parse(token.expose_secret())
         .map_err(|e| Failure::Runtime(format!("a generated token did not parse: {e}")))?;
     let hash = hasher.hash(parsed.secret().as_bytes());
-    println!("{}", token.expose_secret());
-    println!("{}", hash.to_hex());
+    emit(&[token.expose_secret(), &hash.to_hex()])?;
     Ok(())
 }
 
@@ -221,6 +220,39 @@ fn verifier<S: TokenStore>(store: S, prepared: &Prepared) -> Verifier<S> {
         .build()
 }
 
+/// Writes `lines` to standard output and flushes, reporting a failure (a full disk, a closed
+/// pipe) as one instead of panicking as `println!` does.
+fn emit(lines: &[&str]) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Runtime(format!("could not write to standard output: {e}")))
+}
+
+/// Prints a newly issued token and its id. If standard output cannot take them, no one has
+/// seen the token: it is revoked, and the failure says so (and what to do, `then`).
+async fn shown_or_revoked<S: TokenStore>(
+    store: &S,
+    issued: &apitoken::IssuedToken,
+    then: &str,
+) -> Result<(), Failure> {
+    let id = issued.record.id;
+    let Err(Failure::Runtime(why)) = emit(&[issued.token.expose_secret(), id.as_str()]) else {
+        return Ok(());
+    };
+    let outcome = match store.revoke(&id, Utc::now()).await {
+        Ok(_) => format!("token {id} was revoked, since no one saw it. {then}"),
+        Err(e) => format!(
+            "token {id} could not be revoked ({}): revoke it with `apitoken revoke {id}`",
+            db::chain(&e)
+        ),
+    };
+    Err(Failure::Runtime(format!("{why}; {outcome}")))
+}
+
 fn store_failure(what: &str, err: &dyn std::error::Error) -> Failure {
     Failure::Runtime(format!("{what}: {}", chain(err)))
 }
@@ -231,13 +263,18 @@ async fn create<S: TokenStore>(
     prepared: &Prepared,
 ) -> Result<(), Failure> {
     let scopes: ScopeSet = args.issue.scopes.iter().cloned().collect();
-    let issued = verifier(store, prepared)
+    let verifier = verifier(store, prepared);
+    let issued = verifier
         .issuer()
         .issue(new_token(&args.name, &args.owner, scopes, &args.issue))
         .await
         .map_err(|e| store_failure("could not issue the token", &e))?;
-    println!("{}", issued.token.expose_secret());
-    println!("{}", issued.record.id);
+    shown_or_revoked(
+        verifier.store(),
+        &issued,
+        "Issue one again with `apitoken create`",
+    )
+    .await?;
     eprintln!(
         "Issued token {} for {}. Copy it now: it is stored only as a hash and cannot be shown \
          again.",
@@ -277,8 +314,13 @@ async fn bootstrap<S: TokenStore>(
              `apitoken create` or through your API"
         )));
     };
-    println!("{}", issued.token.expose_secret());
-    println!("{}", issued.record.id);
+    shown_or_revoked(
+        verifier.store(),
+        &issued,
+        "Bootstrap now refuses for this owner: make the first admin token with `apitoken \
+         create --scope admin` instead",
+    )
+    .await?;
     eprintln!(
         "Bootstrap token {} for {} (scopes: {}). Copy it now: it cannot be shown again. Issue \
          a new admin token with it, then revoke this one (`apitoken revoke {}`).",
@@ -297,7 +339,7 @@ async fn list<S: TokenStore>(store: &S, args: &ListArgs) -> Result<(), Failure> 
     } else {
         list::table(&records)
     };
-    print!("{out}");
+    emit(&[out.trim_end_matches('\n')])?;
     Ok(())
 }
 
@@ -312,7 +354,7 @@ async fn revoke<S: TokenStore>(
             .revoke_owner(owner, now)
             .await
             .map_err(|e| store_failure("could not revoke", &e))?;
-        println!("revoked {n} token(s) of {owner}");
+        emit(&[&format!("revoked {n} token(s) of {owner}")])?;
         return Ok(());
     }
     let Some(id) = id else {
@@ -323,12 +365,12 @@ async fn revoke<S: TokenStore>(
         .await
         .map_err(|e| store_failure("could not revoke", &e))?;
     if revoked {
-        println!("revoked {id}");
+        emit(&[&format!("revoked {id}")])?;
         return Ok(());
     }
     match store.get(&id).await {
         Ok(Some(stored)) if stored.record.is_revoked() => {
-            println!("{id} was already revoked");
+            emit(&[&format!("{id} was already revoked")])?;
             Ok(())
         }
         Ok(Some(_)) => Err(Failure::Runtime(format!(
