@@ -297,6 +297,32 @@ async fn laravel_tokens_verify_on_postgres() {
     sanctum_checks!(s.pool, &s.table, s.store, expiring);
 }
 
+/// Laravel's table after a migration to `timestampsTz()`: every check passes the same.
+#[tokio::test]
+async fn laravel_tokens_verify_on_postgres_timestamptz() {
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    let s = stores::sanctum_postgres(&url).await;
+    let table = &s.table;
+    let alter = format!(
+        "alter table \"{table}\" alter column \"last_used_at\" type timestamp(0) with time zone, \
+         alter column \"expires_at\" type timestamp(0) with time zone, \
+         alter column \"created_at\" type timestamp(0) with time zone, \
+         alter column \"updated_at\" type timestamp(0) with time zone"
+    );
+    sqlx::raw_sql(AssertSqlSafe(alter))
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let expiring = SanctumStore::postgres(s.pool.clone())
+        .table(&s.table)
+        .unwrap()
+        .expiration(TimeDelta::minutes(60))
+        .build();
+    sanctum_checks!(s.pool, &s.table, s.store, expiring);
+}
+
 #[tokio::test]
 async fn what_sanctum_cannot_store_is_refused_not_dropped() {
     let s = stores::sanctum_sqlite().await;

@@ -23,6 +23,8 @@ mod cache;
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod migrate;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod naive_time;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -41,6 +43,8 @@ use chrono::{DateTime, Utc};
 
 pub use cache::{CacheInvalidator, CachedStore, CachedStoreBuilder};
 pub use memory::MemoryStore;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use naive_time::{NaiveTimeZone, UnknownTimeZone};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -4,9 +4,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Timelike, Utc};
 use sqlx::{Row, SqlStr};
 
+use super::naive_time::NaiveTimeZone;
 use super::sql::{self, InvalidIdentifier, timed};
 use super::{StoreError, StoreErrorKind, StoredToken, TokenStore};
 use crate::id::TokenId;
@@ -32,7 +33,7 @@ use crate::secret::SecretHash;
 /// | `name` | `name` |
 /// | `token` (sha256 hex) | the secret hash |
 /// | `abilities` (JSON array; `["*"]` by default) | `scopes` (abilities that are not valid scopes, such as ones with spaces, are left out: no route can require them) |
-/// | `last_used_at`, `expires_at`, `created_at` | the same, read as UTC (Laravel's default timezone) |
+/// | `last_used_at`, `expires_at`, `created_at` | the same: `timestamptz` and SQLite text with an offset by their offset, naive times in [`SanctumStoreBuilder::timezone`] (UTC by default, as Laravel) |
 /// | — | `revoked_at`: Sanctum deletes revoked tokens; [`revoke`](TokenStore::revoke) deletes the row, as `$token->delete()` does |
 /// | — | `metadata`: empty; Sanctum has no such column |
 ///
@@ -65,6 +66,22 @@ pub struct SanctumStore {
     queries: Arc<Queries>,
     expiration: Option<TimeDelta>,
     timeout: Duration,
+    zone: NaiveTimeZone,
+    /// Which of the table's time columns are `timestamptz`, learnt at the first write: a
+    /// write must bind each column's own type, because PostgreSQL converts between the two
+    /// in the session's `TimeZone`, which need not be Laravel's.
+    #[cfg(feature = "postgres")]
+    pg_writes: Arc<tokio::sync::OnceCell<PgWrites>>,
+}
+
+/// How to write Sanctum's time columns on PostgreSQL, by their types.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+struct PgWrites {
+    created_tz: bool,
+    expires_tz: bool,
+    updated_tz: bool,
+    last_used_batch: SqlStr,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +107,8 @@ macro_rules! on_pool {
 
 #[derive(Debug)]
 struct Queries {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    table: String,
     insert: SqlStr,
     get: SqlStr,
     find_by_hash: SqlStr,
@@ -97,7 +116,7 @@ struct Queries {
     revoke: SqlStr,
     revoke_owner: SqlStr,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    last_used_batch_postgres: SqlStr,
+    time_types_postgres: SqlStr,
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     last_used_batch_sqlite: SqlStr,
     next_id_postgres: SqlStr,
@@ -113,21 +132,23 @@ impl Queries {
                        token, abilities, last_used_at, expires_at, created_at";
         let owner = "tokenable_type = $1 AND CAST(tokenable_id AS TEXT) = $2";
         Self {
+            table: table.to_owned(),
             insert: sql::text(format!(
                 "INSERT INTO {table} (id, tokenable_type, tokenable_id, name, token, abilities, \
-                 expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+                 expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             )),
             get: sql::text(format!("SELECT {columns} FROM {table} WHERE id = $1")),
             find_by_hash: sql::text(format!("SELECT {columns} FROM {table} WHERE token = $1")),
             list_by_owner: sql::text(format!("SELECT {columns} FROM {table} WHERE {owner}")),
             revoke: sql::text(format!("DELETE FROM {table} WHERE id = $1")),
             revoke_owner: sql::text(format!("DELETE FROM {table} WHERE {owner}")),
-            // One statement for a whole batch, on either database.
-            last_used_batch_postgres: sql::text(format!(
-                "UPDATE {table} AS t SET last_used_at = v.at, updated_at = v.at \
-                 FROM UNNEST($1::bigint[], $2::timestamp[]) AS v(id, at) \
-                 WHERE t.id = v.id AND (t.last_used_at IS NULL OR t.last_used_at < v.at)"
+            // The table as the session's search_path finds it, as every other query does.
+            time_types_postgres: sql::text(format!(
+                "SELECT attname::text AS name, atttypid = 'timestamptz'::regtype AS tz \
+                 FROM pg_attribute WHERE attrelid = to_regclass('{table}') \
+                 AND attnum > 0 AND NOT attisdropped"
             )),
+            // One statement for a whole batch, on either database.
             last_used_batch_sqlite: sql::text(sql::sqlite_last_used_batch(
                 table,
                 "last_used_at = v.at, updated_at = v.at",
@@ -147,6 +168,22 @@ impl Queries {
             )),
         }
     }
+
+    /// The forward-only last-use `UPDATE` for PostgreSQL. Each batch binds every time twice,
+    /// as an instant (`timestamptz`) and as the naive time in the app's zone (`timestamp`), and
+    /// each column takes the one of its own type, so no conversion depends on the session.
+    #[cfg(feature = "postgres")]
+    fn last_used_batch_postgres(&self, last_used_tz: bool, updated_tz: bool) -> SqlStr {
+        let pick = |tz: bool| if tz { "v.at_tz" } else { "v.at_naive" };
+        let (last_used, updated) = (pick(last_used_tz), pick(updated_tz));
+        let table = &self.table;
+        sql::text(format!(
+            "UPDATE {table} AS t SET last_used_at = {last_used}, updated_at = {updated} \
+             FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamp[]) \
+             AS v(id, at_tz, at_naive) \
+             WHERE t.id = v.id AND (t.last_used_at IS NULL OR t.last_used_at < {last_used})"
+        ))
+    }
 }
 
 /// Configures a [`SanctumStore`]. Made by [`SanctumStore::postgres`] or
@@ -158,6 +195,7 @@ pub struct SanctumStoreBuilder {
     table: String,
     expiration: Option<TimeDelta>,
     timeout: Duration,
+    zone: NaiveTimeZone,
 }
 
 impl SanctumStoreBuilder {
@@ -174,6 +212,32 @@ impl SanctumStoreBuilder {
         self
     }
 
+    /// Laravel's `app.timezone`: the zone in which the table's naive times (`timestamp`
+    /// columns, SQLite text without an offset) were written, and in which this store writes
+    /// them. Default: [`NaiveTimeZone::UTC`], Laravel's default. `timestamptz` columns and
+    /// text with an offset are read by their own offset whatever this is.
+    ///
+    /// A zone with daylight saving needs [`NaiveTimeZone::iana`] (feature `timezones`); a
+    /// [`NaiveTimeZone::fixed`] offset would be an hour off half the year.
+    ///
+    /// ```no_run
+    /// use apitoken::SanctumStore;
+    /// use apitoken::store::NaiveTimeZone;
+    ///
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::SqlitePool::connect_lazy("sqlite://database/database.sqlite")?;
+    /// # #[cfg(feature = "timezones")]
+    /// let store = SanctumStore::sqlite(pool)
+    ///     .timezone(NaiveTimeZone::iana("Europe/Berlin")?) // config('app.timezone')
+    ///     .build();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn timezone(mut self, zone: NaiveTimeZone) -> Self {
+        self.zone = zone;
+        self
+    }
+
     /// The deadline of each query, connection acquisition included. Default: 3 seconds.
     pub fn query_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -187,6 +251,9 @@ impl SanctumStoreBuilder {
             queries: Arc::new(Queries::new(&self.table)),
             expiration: self.expiration,
             timeout: self.timeout,
+            zone: self.zone,
+            #[cfg(feature = "postgres")]
+            pg_writes: Arc::default(),
         }
     }
 }
@@ -210,15 +277,15 @@ impl SanctumStore {
             table: "personal_access_tokens".to_owned(),
             expiration: None,
             timeout: sql::DEFAULT_QUERY_TIMEOUT,
+            zone: NaiveTimeZone::UTC,
         }
     }
 
-    fn decode<R: Row>(&self, row: &R) -> Result<StoredToken, StoreError>
+    fn decode<R: TimeRow>(&self, row: &R) -> Result<StoredToken, StoreError>
     where
         for<'a> &'a str: sqlx::ColumnIndex<R>,
         for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> NaiveDateTime: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     {
         let get_err = sql::map_err;
         let id: i64 = row.try_get("id").map_err(get_err)?;
@@ -234,11 +301,10 @@ impl SanctumStore {
             )
         })?;
         let abilities: Option<String> = row.try_get("abilities").map_err(get_err)?;
-        let utc = |at: Option<NaiveDateTime>| at.map(|at| at.and_utc());
-        let created_at: Option<NaiveDateTime> = row.try_get("created_at").map_err(get_err)?;
+        let time = |column| row.time(column, self.zone);
         // Laravel's timestamps are nullable; an unknown creation time counts as long ago, so
         // an expiration setting refuses the token rather than letting it live forever.
-        let created_at = utc(created_at).unwrap_or(DateTime::UNIX_EPOCH);
+        let created_at = time("created_at")?.unwrap_or(DateTime::UNIX_EPOCH);
 
         let mut record = TokenRecord::new(
             id,
@@ -247,8 +313,8 @@ impl SanctumStore {
             created_at,
         );
         record.scopes = abilities_to_scopes(abilities.as_deref());
-        record.last_used_at = utc(row.try_get("last_used_at").map_err(get_err)?);
-        record.expires_at = utc(row.try_get("expires_at").map_err(get_err)?);
+        record.last_used_at = time("last_used_at")?;
+        record.expires_at = time("expires_at")?;
         if let Some(expiration) = self.expiration {
             let global = created_at.checked_add_signed(expiration);
             record.expires_at = match (record.expires_at, global) {
@@ -257,6 +323,33 @@ impl SanctumStore {
             };
         }
         Ok(StoredToken::new(record, hash))
+    }
+
+    /// The types of the table's time columns, read from the catalogue once. A column changed
+    /// from `timestamp` to `timestamptz` while this store runs is seen after a restart.
+    #[cfg(feature = "postgres")]
+    async fn pg_writes(&self, pool: &sqlx::PgPool) -> Result<&PgWrites, StoreError> {
+        self.pg_writes
+            .get_or_try_init(|| async {
+                let query = sqlx::query(self.queries.time_types_postgres.clone());
+                let rows = timed(self.timeout, query.fetch_all(pool)).await?;
+                let mut tz = std::collections::HashMap::new();
+                for row in &rows {
+                    let name: String = row.try_get("name").map_err(sql::map_err)?;
+                    let is_tz: bool = row.try_get("tz").map_err(sql::map_err)?;
+                    tz.insert(name, is_tz);
+                }
+                let tz = |column: &str| tz.get(column).copied().unwrap_or(false);
+                Ok(PgWrites {
+                    created_tz: tz("created_at"),
+                    expires_tz: tz("expires_at"),
+                    updated_tz: tz("updated_at"),
+                    last_used_batch: self
+                        .queries
+                        .last_used_batch_postgres(tz("last_used_at"), tz("updated_at")),
+                })
+            })
+            .await
     }
 
     async fn fetch_optional(
@@ -317,13 +410,99 @@ fn tokenable(owner: &Owner) -> Option<(&str, &str)> {
     owner.as_str().rsplit_once(':')
 }
 
-/// Laravel writes times as `Y-m-d H:i:s`, to the second.
-fn laravel_time(at: DateTime<Utc>) -> NaiveDateTime {
-    let naive = at.naive_utc();
+/// Laravel writes times as `Y-m-d H:i:s`, to the second, in its `app.timezone`.
+fn laravel_time(zone: NaiveTimeZone, at: DateTime<Utc>) -> NaiveDateTime {
+    let naive = zone.to_naive(at);
     naive.with_nanosecond(0).unwrap_or(naive)
 }
 
-use chrono::Timelike;
+/// An instant to the second, for a `timestamptz` column.
+#[cfg(feature = "postgres")]
+fn laravel_instant(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.with_nanosecond(0).unwrap_or(at)
+}
+
+/// A time column that holds no date and time this store can read. Names the column only:
+/// the value is the other application's data, and is not echoed.
+#[derive(Debug, thiserror::Error)]
+#[error("Sanctum's `{0}` holds no date and time this store can read")]
+struct UnreadableTime(&'static str);
+
+fn unreadable(column: &'static str) -> StoreError {
+    StoreError::with_source(
+        StoreErrorKind::Corrupt,
+        "a Sanctum time column holds no date and time this store can read",
+        UnreadableTime(column),
+    )
+}
+
+/// Reads one of Sanctum's time columns, whatever type the database gave it.
+trait TimeRow: Row {
+    fn time(
+        &self,
+        column: &'static str,
+        zone: NaiveTimeZone,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+}
+
+#[cfg(feature = "postgres")]
+impl TimeRow for sqlx::postgres::PgRow {
+    /// `timestamptz` is an instant; `timestamp` (Laravel's `timestamps()`) a naive time in the
+    /// app's zone. Laravel's `timestampsTz()` makes the first, and tables migrated from one
+    /// to the other are common, so the column's type decides, not a guess.
+    fn time(
+        &self,
+        column: &'static str,
+        zone: NaiveTimeZone,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        use sqlx::{TypeInfo, ValueRef};
+        let raw = self.try_get_raw(column).map_err(sql::map_err)?;
+        if raw.is_null() {
+            return Ok(None);
+        }
+        if raw.type_info().name() == "TIMESTAMPTZ" {
+            let at: DateTime<Utc> = self.try_get(column).map_err(sql::map_err)?;
+            return Ok(Some(at));
+        }
+        let naive: NaiveDateTime = self.try_get(column).map_err(sql::map_err)?;
+        zone.to_utc(naive)
+            .map(Some)
+            .ok_or_else(|| unreadable(column))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl TimeRow for sqlx::sqlite::SqliteRow {
+    /// SQLite keeps whatever was written. Text is read by our own parser, which keeps an
+    /// offset when there is one (sqlx's `NaiveDateTime` drops it: `10:00+02:00` would read as
+    /// 10:00 here, two hours late); numbers are Unix seconds or Julian days, instants both,
+    /// as SQLite's date functions read them. Anything else is refused, not guessed.
+    fn time(
+        &self,
+        column: &'static str,
+        zone: NaiveTimeZone,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        use sqlx::{TypeInfo, ValueRef};
+        let raw = self.try_get_raw(column).map_err(sql::map_err)?;
+        if raw.is_null() {
+            return Ok(None);
+        }
+        let kind = raw.type_info().name().to_owned();
+        match kind.as_str() {
+            "TEXT" => {
+                let text: String = self.try_get_unchecked(column).map_err(sql::map_err)?;
+                zone.parse_text(&text)
+                    .map(Some)
+                    .ok_or_else(|| unreadable(column))
+            }
+            "INTEGER" | "REAL" => self
+                .try_get_unchecked::<DateTime<Utc>, _>(column)
+                .map(Some)
+                .map_err(|_| unreadable(column)),
+            _ => Err(unreadable(column)),
+        }
+    }
+}
 
 impl TokenStore for SanctumStore {
     async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
@@ -356,25 +535,55 @@ impl TokenStore for SanctumStore {
         }
         let abilities: Vec<&str> = record.scopes.iter().map(Scope::as_str).collect();
         let abilities = serde_json::to_string(&abilities).map_err(StoreError::corrupt)?;
-        let created = laravel_time(record.created_at);
-        let expires = record.expires_at.map(laravel_time);
+        let created = laravel_time(self.zone, record.created_at);
+        let expires = record.expires_at.map(|at| laravel_time(self.zone, at));
         let hex = hash.to_hex();
-        on_pool!(self, pool => {
-            let query = sqlx::query(self.queries.insert.clone()).bind(id).bind(kind);
-            // A numeric tokenable id goes in as a number, for Laravel's bigint column.
-            let query = match owner_id.parse::<i64>() {
-                Ok(n) => query.bind(n),
-                Err(_) => query.bind(owner_id),
-            };
-            let query = query
-                .bind(&record.name)
-                .bind(&hex)
-                .bind(&abilities)
-                .bind(expires)
-                .bind(created);
-            timed(self.timeout, query.execute(pool)).await?;
-            Ok(())
-        })
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                let types = self.pg_writes(pool).await?;
+                let query = sqlx::query(self.queries.insert.clone()).bind(id).bind(kind);
+                let query = match owner_id.parse::<i64>() {
+                    Ok(n) => query.bind(n),
+                    Err(_) => query.bind(owner_id),
+                };
+                let query = query.bind(&record.name).bind(&hex).bind(&abilities);
+                // Each column gets a value of its own type (see `PgWrites`).
+                let query = if types.expires_tz {
+                    query.bind(record.expires_at.map(laravel_instant))
+                } else {
+                    query.bind(expires)
+                };
+                let instant = |tz: bool| tz.then(|| laravel_instant(record.created_at));
+                let query = match instant(types.created_tz) {
+                    Some(at) => query.bind(at),
+                    None => query.bind(created),
+                };
+                let query = match instant(types.updated_tz) {
+                    Some(at) => query.bind(at),
+                    None => query.bind(created),
+                };
+                timed(self.timeout, query.execute(pool)).await?;
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => {
+                let query = sqlx::query(self.queries.insert.clone()).bind(id).bind(kind);
+                // A numeric tokenable id goes in as a number, for Laravel's bigint column.
+                let query = match owner_id.parse::<i64>() {
+                    Ok(n) => query.bind(n),
+                    Err(_) => query.bind(owner_id),
+                };
+                let query = query
+                    .bind(&record.name)
+                    .bind(&hex)
+                    .bind(&abilities)
+                    .bind(expires)
+                    .bind(created)
+                    .bind(created);
+                timed(self.timeout, query.execute(pool)).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn next_id(&self) -> Result<TokenId, StoreError> {
@@ -501,9 +710,9 @@ impl TokenStore for SanctumStore {
         &self,
         batch: &[(TokenId, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let latest: Vec<(i64, NaiveDateTime)> = sql::latest_per_id(batch)
+        let latest: Vec<(i64, DateTime<Utc>)> = sql::latest_per_id(batch)
             .into_iter()
-            .filter_map(|(id, at)| Some((i64::try_from(id.as_u64()?).ok()?, laravel_time(at))))
+            .filter_map(|(id, at)| Some((i64::try_from(id.as_u64()?).ok()?, at)))
             .collect();
         async move {
             if latest.is_empty() {
@@ -512,10 +721,18 @@ impl TokenStore for SanctumStore {
             match &self.backend {
                 #[cfg(feature = "postgres")]
                 Backend::Postgres(pool) => {
-                    let (ids, times): (Vec<i64>, Vec<NaiveDateTime>) = latest.into_iter().unzip();
-                    let query = sqlx::query(self.queries.last_used_batch_postgres.clone())
+                    let types = self.pg_writes(pool).await?;
+                    let ids: Vec<i64> = latest.iter().map(|(id, _)| *id).collect();
+                    let instants: Vec<DateTime<Utc>> =
+                        latest.iter().map(|(_, at)| laravel_instant(*at)).collect();
+                    let naive: Vec<NaiveDateTime> = latest
+                        .iter()
+                        .map(|(_, at)| laravel_time(self.zone, *at))
+                        .collect();
+                    let query = sqlx::query(types.last_used_batch.clone())
                         .bind(ids)
-                        .bind(times);
+                        .bind(instants)
+                        .bind(naive);
                     timed(self.timeout, query.execute(pool)).await?;
                 }
                 #[cfg(feature = "sqlite")]
@@ -523,7 +740,12 @@ impl TokenStore for SanctumStore {
                     // As sqlx writes a `NaiveDateTime` to SQLite, so text compares in order.
                     let pairs: Vec<(i64, String)> = latest
                         .iter()
-                        .map(|(id, at)| (*id, at.format("%F %T").to_string()))
+                        .map(|(id, at)| {
+                            (
+                                *id,
+                                laravel_time(self.zone, *at).format("%F %T").to_string(),
+                            )
+                        })
                         .collect();
                     let pairs = serde_json::to_string(&pairs).map_err(StoreError::corrupt)?;
                     let query =
