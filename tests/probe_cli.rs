@@ -152,7 +152,6 @@ async fn probe_cli_unwritable_stdout_revokes_the_unseen_token() {
 /// shown. `eprintln!` panics when stderr cannot be written: main.rs:50 (`error: …`) and the
 /// notes at main.rs:278 / main.rs:324 after a successful create/bootstrap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BROKEN: with stderr unwritable the CLI panics in eprintln! (exit 101), main.rs:50/278/324"]
 async fn probe_cli_unwritable_stdout_and_stderr_does_not_panic() {
     let Some(url) = postgres_url() else { return };
     let schema = unique_name("p14cle");

@@ -139,7 +139,6 @@ async fn probe_pg_replicas_upgrade_a_v1_schema_at_once() {
 /// dropped (a restore of only some tables, a hand `DROP`). `migrate` is documented as
 /// "creating them (and the schema) if missing"; `check_schema` as refusing missing tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BROKEN: version row present, table dropped: check_schema() Ok, migrate() Ok without creating it (fast path, migrate.rs pg_migrate), issue fails"]
 async fn probe_pg_version_row_present_but_table_dropped() {
     let Some(url) = postgres_url() else { return };
     let pool = pool(&url, 4).await;
@@ -265,7 +264,6 @@ async fn probe_pg_current_schema_behind_an_open_writer() {
 /// timeout), then waits up to 1 s more for refresh while holding ACCESS EXCLUSIVE on
 /// families: a families lookup made at 0.2 s waits ~1.7 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BROKEN: lock_timeout is per statement; the grant store's two ALTERs let a families lookup wait ~2x lock_timeout (observed ~1.7 s for a 1 s timeout)"]
 async fn probe_pg_grant_upgrade_bounds_lookups_by_lock_timeout() {
     let Some(url) = postgres_url() else { return };
     let pool = pool(&url, 8).await;
@@ -631,7 +629,6 @@ async fn probe_issue_first_races_postgres_with_cancellations() {
 /// the store reads dropped). The refusal of "missing columns" (`MissingColumn` says "or was
 /// altered by hand") applies only inside an upgrade: the fast path trusts the version row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BROKEN: a current version row hides a hand-dropped column: migrate()/check_schema() Ok (no column check on the fast path), lookups then fail as Unavailable"]
 async fn probe_pg_current_version_with_a_dropped_column_is_refused() {
     let Some(url) = postgres_url() else { return };
     let pool = pool(&url, 4).await;
@@ -657,7 +654,6 @@ async fn probe_pg_current_version_with_a_dropped_column_is_refused() {
 
 /// Claim 1 (SQLite, half state): the version row says current, the token table is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BROKEN: SQLite too: version row present, table dropped: check_schema() and migrate() Ok, nothing created, issue fails"]
 async fn probe_sqlite_version_row_present_but_table_dropped() {
     let path = std::env::temp_dir().join(format!("{}.db", unique_name("p14sd")));
     let url = format!("sqlite://{}?mode=rwc", path.display());

@@ -347,7 +347,12 @@ async fn generations_are_judged_by_their_place<G: GrantStore + 'static>(grants: 
         format!("rt_{fam}0000000_{}", "A".repeat(40)),   // 19 characters
         format!("rt_{fam}000000000_{}", "A".repeat(40)), // 21 characters
         rt0.replace('_', "-"),
-        format!("{}X", &rt0[..rt0.len() - 1]), // checksum broken
+        // Checksum broken: the last character changed (never to itself, or this would be rt0).
+        format!(
+            "{}{}",
+            &rt0[..rt0.len() - 1],
+            if rt0.ends_with('X') { 'Y' } else { 'X' }
+        ),
     ];
     for token in &harmless {
         let reply = e.refresh(&client, token).await;

@@ -32,6 +32,8 @@ pub(crate) enum SchemaMismatch {
         found: Option<i64>,
         current: u32,
     },
+    /// A version is recorded, but the table is gone.
+    MissingTable { table: String },
     /// A table lacks a column the store reads.
     MissingColumn { table: String, column: &'static str },
     /// A column has another type than the store's.
@@ -74,6 +76,11 @@ impl fmt::Display for SchemaMismatch {
                 f,
                 "the {component} tables are at schema version {found}, behind the {current} \
                  this build needs; run the store's migrate"
+            ),
+            Self::MissingTable { table } => write!(
+                f,
+                "table {table} is missing although its schema version is recorded (dropped \
+                 by hand?); the store's migrate makes it again, empty"
             ),
             Self::MissingColumn { table, column } => write!(
                 f,
@@ -141,6 +148,20 @@ impl Plan<'_> {
         })
     }
 
+    /// What the catalog says of the plan's tables: `Ok(true)` if all are as the store needs,
+    /// `Ok(false)` if the main table (the first) is missing altogether (dropped by hand
+    /// behind a recorded version: a migration makes it again), an error if any table has
+    /// other columns.
+    fn judge(&self, found: &[Vec<(String, String)>]) -> Result<bool, StoreError> {
+        if found.first().is_some_and(Vec::is_empty) {
+            return Ok(false);
+        }
+        for ((table, _), columns) in self.columns.iter().zip(found) {
+            self.check_table(table, columns)?;
+        }
+        Ok(true)
+    }
+
     /// Compares the columns found (name, type) with the plan's, for `table`.
     fn check_table(&self, table: &str, found: &[(String, String)]) -> Result<(), StoreError> {
         let Some((_, wanted)) = self.columns.iter().find(|(name, _)| *name == table) else {
@@ -187,12 +208,21 @@ pub(crate) fn require_current(plan: &Plan<'_>, found: Option<i64>) -> Result<(),
     }
 }
 
+/// The refusal of [`check_schema`](crate::PostgresStore::check_schema) when the version is
+/// recorded but the main table is gone.
+pub(crate) fn missing_tables(plan: &Plan<'_>) -> StoreError {
+    let table = plan.columns.first().map_or("", |(table, _)| *table);
+    mismatch(SchemaMismatch::MissingTable {
+        table: table.to_owned(),
+    })
+}
+
 /// The version of a store's tables made before versions were recorded, from what they hold:
 /// `0` when the main table is missing (nothing made yet).
 pub(crate) type Probe = fn(&[(String, String)]) -> u32;
 
 #[cfg(feature = "postgres")]
-pub(crate) use self::postgres::{pg_migrate, pg_version};
+pub(crate) use self::postgres::{pg_migrate, pg_tables_ok, pg_version};
 
 #[cfg(feature = "postgres")]
 mod postgres {
@@ -232,8 +262,8 @@ mod postgres {
         sql::timed(deadline, work).await
     }
 
-    async fn columns(
-        tx: &mut sqlx::PgConnection,
+    async fn columns<'e, E: sqlx::PgExecutor<'e>>(
+        executor: E,
         table: &str,
     ) -> Result<Vec<(String, String)>, sqlx::Error> {
         sqlx::query_as(
@@ -241,8 +271,81 @@ mod postgres {
              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
         )
         .bind(table)
-        .fetch_all(tx)
+        .fetch_all(executor)
         .await
+    }
+
+    /// [`Plan::judge`] on what the catalog holds now.
+    pub(crate) async fn pg_tables_ok(
+        pool: &PgPool,
+        plan: &Plan<'_>,
+        deadline: Duration,
+    ) -> Result<bool, StoreError> {
+        let work = async {
+            let mut found = Vec::with_capacity(plan.columns.len());
+            for (table, _) in plan.columns {
+                found.push(columns(pool, table).await?);
+            }
+            Ok(found)
+        };
+        plan.judge(&sql::timed(deadline, work).await?)
+    }
+
+    /// Takes every existing table of the plan in ACCESS EXCLUSIVE mode at once, or none:
+    /// `NOWAIT` attempts in a savepoint, retried until `lock_timeout` has passed. A lookup
+    /// never queues behind a lock the migration is still waiting for (with one DDL statement
+    /// per table, each waiting up to `lock_timeout` while holding the tables before it, a
+    /// lookup could wait a multiple of it).
+    async fn lock_all(
+        tx: &mut sqlx::PgConnection,
+        plan: &Plan<'_>,
+        lock_timeout: Duration,
+    ) -> Result<(), sqlx::Error> {
+        let mut existing = Vec::new();
+        for (table, _) in plan.columns {
+            let present: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(&mut *tx)
+                .await?;
+            if present {
+                existing.push(*table);
+            }
+        }
+        if existing.is_empty() {
+            return Ok(());
+        }
+        let lock = format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT",
+            existing.join(", ")
+        );
+        let until = std::time::Instant::now() + lock_timeout;
+        loop {
+            sqlx::raw_sql("SAVEPOINT apitoken_lock")
+                .execute(&mut *tx)
+                .await?;
+            match sqlx::raw_sql(sql::text(lock.clone()))
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {
+                    sqlx::raw_sql("RELEASE SAVEPOINT apitoken_lock")
+                        .execute(&mut *tx)
+                        .await?;
+                    return Ok(());
+                }
+                Err(err) if std::time::Instant::now() < until => {
+                    let busy = matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"));
+                    if !busy {
+                        return Err(err);
+                    }
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT apitoken_lock")
+                        .execute(&mut *tx)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Brings the tables to `plan.current`: reads the version first and returns at once if
@@ -266,7 +369,9 @@ mod postgres {
             if let Some(err) = plan.newer(found) {
                 return Err(err);
             }
-            if found == i64::from(plan.current) {
+            // Current: the tables are checked against the catalog (a read, no lock), since a
+            // hand-made change behind the version row would otherwise fail every lookup.
+            if found == i64::from(plan.current) && pg_tables_ok(pool, plan, deadline).await? {
                 return Ok(());
             }
         }
@@ -316,22 +421,28 @@ mod postgres {
                 );
                 sqlx::raw_sql(sql::text(create)).execute(&mut *tx).await?;
             }
+            let main_columns = columns(&mut *tx, main_table).await?;
             let from = match found {
+                // The main table is gone although a version is recorded: made again.
+                Some(_) if main_columns.is_empty() => 0,
                 Some(found) => {
                     if let Some(err) = plan.newer(found) {
                         return Ok(Err(err));
                     }
                     u32::try_from(found).unwrap_or(0)
                 }
-                None => probe(&columns(&mut tx, main_table).await?),
+                None => probe(&main_columns),
             };
+            if from < plan.current {
+                lock_all(&mut tx, plan, lock_timeout).await?;
+            }
             for version in from..plan.current {
                 for step in steps(version) {
                     sqlx::raw_sql(sql::text(step)).execute(&mut *tx).await?;
                 }
             }
             for (table, _) in plan.columns {
-                let found = columns(&mut tx, table).await?;
+                let found = columns(&mut *tx, table).await?;
                 if let Err(err) = plan.check_table(table, &found) {
                     return Ok(Err(err));
                 }
@@ -361,7 +472,7 @@ mod postgres {
 }
 
 #[cfg(feature = "sqlite")]
-pub(crate) use self::sqlite::{sqlite_migrate, sqlite_version};
+pub(crate) use self::sqlite::{sqlite_migrate, sqlite_tables_ok, sqlite_version};
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
@@ -404,14 +515,30 @@ mod sqlite {
         sql::timed(deadline, work).await
     }
 
-    async fn columns(
-        tx: &mut sqlx::SqliteConnection,
+    async fn columns<'e, E: sqlx::SqliteExecutor<'e>>(
+        executor: E,
         table: &str,
     ) -> Result<Vec<(String, String)>, sqlx::Error> {
         sqlx::query_as("SELECT name, type FROM pragma_table_info($1)")
             .bind(table)
-            .fetch_all(tx)
+            .fetch_all(executor)
             .await
+    }
+
+    /// [`Plan::judge`] on what the file holds now.
+    pub(crate) async fn sqlite_tables_ok(
+        pool: &SqlitePool,
+        plan: &Plan<'_>,
+        deadline: Duration,
+    ) -> Result<bool, StoreError> {
+        let work = async {
+            let mut found = Vec::with_capacity(plan.columns.len());
+            for (table, _) in plan.columns {
+                found.push(columns(pool, table).await?);
+            }
+            Ok(found)
+        };
+        plan.judge(&sql::timed(deadline, work).await?)
     }
 
     /// As [`pg_migrate`](super::pg_migrate), in a `BEGIN IMMEDIATE` transaction (SQLite's
@@ -430,7 +557,7 @@ mod sqlite {
             if let Some(err) = plan.newer(found) {
                 return Err(err);
             }
-            if found == i64::from(plan.current) {
+            if found == i64::from(plan.current) && sqlite_tables_ok(pool, plan, deadline).await? {
                 return Ok(());
             }
         }
@@ -456,14 +583,16 @@ mod sqlite {
                 );
                 sqlx::raw_sql(sql::text(create)).execute(&mut *tx).await?;
             }
+            let main_columns = columns(&mut *tx, main_table).await?;
             let from = match found {
+                Some(_) if main_columns.is_empty() => 0,
                 Some(found) => {
                     if let Some(err) = plan.newer(found) {
                         return Ok(Err(err));
                     }
                     u32::try_from(found).unwrap_or(0)
                 }
-                None => probe(&columns(&mut tx, main_table).await?),
+                None => probe(&main_columns),
             };
             for version in from..plan.current {
                 for step in steps(version) {
@@ -471,7 +600,7 @@ mod sqlite {
                 }
             }
             for (table, _) in plan.columns {
-                let found = columns(&mut tx, table).await?;
+                let found = columns(&mut *tx, table).await?;
                 if let Err(err) = plan.check_table(table, &found) {
                     return Ok(Err(err));
                 }

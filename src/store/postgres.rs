@@ -327,7 +327,12 @@ impl PostgresStore {
         let columns = [(self.queries.table.as_str(), TOKEN_COLUMNS)];
         let plan = self.plan(&columns);
         let found = migrate::pg_version(&self.pool, &plan, self.timeout).await?;
-        migrate::require_current(&plan, found)
+        migrate::require_current(&plan, found)?;
+        if migrate::pg_tables_ok(&self.pool, &plan, self.timeout).await? {
+            Ok(())
+        } else {
+            Err(migrate::missing_tables(&plan))
+        }
     }
 
     fn plan<'a>(

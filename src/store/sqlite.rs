@@ -296,7 +296,12 @@ impl SqliteStore {
         let found =
             migrate::sqlite_version(&self.pool, &plan, &self.queries.versions, self.timeout)
                 .await?;
-        migrate::require_current(&plan, found)
+        migrate::require_current(&plan, found)?;
+        if migrate::sqlite_tables_ok(&self.pool, &plan, self.timeout).await? {
+            Ok(())
+        } else {
+            Err(migrate::missing_tables(&plan))
+        }
     }
 
     fn plan<'a>(

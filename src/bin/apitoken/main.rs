@@ -47,7 +47,7 @@ async fn main() -> ExitCode {
             command.error(ErrorKind::ValueValidation, message).exit()
         }
         Err(Failure::Runtime(message)) => {
-            eprintln!("error: {message}");
+            note(&format!("error: {message}"));
             ExitCode::FAILURE
         }
     }
@@ -220,6 +220,14 @@ fn verifier<S: TokenStore>(store: S, prepared: &Prepared) -> Verifier<S> {
         .build()
 }
 
+/// Writes a message to standard error, ignoring a failure to: the outcome is in the exit
+/// status, and `eprintln!` would panic instead (exit 101) when standard error is closed or
+/// full, after a token may have been printed.
+fn note(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{message}");
+}
+
 /// Writes `lines` to standard output and flushes, reporting a failure (a full disk, a closed
 /// pipe) as one instead of panicking as `println!` does.
 fn emit(lines: &[&str]) -> Result<(), Failure> {
@@ -275,11 +283,11 @@ async fn create<S: TokenStore>(
         "Issue one again with `apitoken create`",
     )
     .await?;
-    eprintln!(
+    note(&format!(
         "Issued token {} for {}. Copy it now: it is stored only as a hash and cannot be shown \
          again.",
         issued.record.id, issued.record.owner
-    );
+    ));
     Ok(())
 }
 
@@ -321,11 +329,11 @@ async fn bootstrap<S: TokenStore>(
          create --scope admin` instead",
     )
     .await?;
-    eprintln!(
+    note(&format!(
         "Bootstrap token {} for {} (scopes: {}). Copy it now: it cannot be shown again. Issue \
          a new admin token with it, then revoke this one (`apitoken revoke {}`).",
         issued.record.id, owner, issued.record.scopes, issued.record.id
-    );
+    ));
     Ok(())
 }
 
