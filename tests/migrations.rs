@@ -416,3 +416,46 @@ async fn sqlite_a_current_file_opened_read_only_migrates_without_writing() {
     read_only.check_schema().await.unwrap();
     let _ = std::fs::remove_file(&path);
 }
+
+/// A replica that waits for another replica's upgrade (on the schema's advisory lock) holds no
+/// table lock, and must not fail because that upgrade outlasted its own `lock_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_waiting_for_another_replicas_upgrade_does_not_time_out() {
+    let Some(url) = postgres_url() else { return };
+    let pool = pool(&url, 8).await;
+    let schema = unique_name("m");
+    exec(&pool, first_release_postgres(&schema)).await;
+    // A reader holds the table for 1 s: the first replica's upgrade waits for it (its own
+    // lock_timeout is 3 s); the second replica's lock_timeout is 200 ms.
+    let mut reader = pool.begin().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.apitoken_tokens"
+    )))
+    .execute(&mut *reader)
+    .await
+    .unwrap();
+    let replica = |timeout_ms: u64| {
+        PostgresStore::builder(pool.clone())
+            .schema(&schema)
+            .unwrap()
+            .migration_lock_timeout(Duration::from_millis(timeout_ms))
+            .build()
+    };
+    let first = replica(3_000);
+    let second = replica(200);
+    let first_run = tokio::spawn(async move { first.migrate().await });
+    // Let the first take the advisory lock, then start the second behind it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second_run = tokio::spawn(async move { second.migrate().await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    reader.rollback().await.unwrap();
+    first_run
+        .await
+        .unwrap()
+        .expect("the first replica upgrades");
+    second_run
+        .await
+        .unwrap()
+        .expect("the second waits for it, then finds the tables current");
+    assert_eq!(recorded_version(&pool, &schema, "tokens").await, Some(2));
+}

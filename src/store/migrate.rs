@@ -378,13 +378,17 @@ mod postgres {
         let lock_key = pg_lock_key(schema);
         let work = async {
             let mut tx = pool.begin().await?;
+            // The advisory lock first, without `lock_timeout`: a replica waiting for another
+            // replica's upgrade holds no table lock (lookups do not queue behind it), and must
+            // not fail just because that upgrade took longer than the timeout. The deadline
+            // of the whole migration still bounds the wait.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(&lock_key)
+                .execute(&mut *tx)
+                .await?;
             // Bounds how long lookups can queue behind this migration's DDL.
             let millis = lock_timeout.as_millis().max(1);
             sqlx::raw_sql(sql::text(format!("SET LOCAL lock_timeout = '{millis}ms'")))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(&lock_key)
                 .execute(&mut *tx)
                 .await?;
             if let Some(schema) = schema {
