@@ -538,7 +538,10 @@ async fn a_cancelled_probe_does_not_keep_the_breaker_open_forever() {
     let calls = shared.0.calls.load(Ordering::SeqCst);
     assert_eq!(calls, 4);
     // The limiter did not answer: a new cool-off starts, and the next requests skip it.
-    assert!(breaker.is_open(), "a probe that never answered re-opens the breaker");
+    assert!(
+        breaker.is_open(),
+        "a probe that never answered re-opens the breaker"
+    );
     shared.0.mode.store(0, Ordering::SeqCst);
     clock.advance(TimeDelta::seconds(60));
     for _ in 0..10 {
