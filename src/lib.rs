@@ -13,6 +13,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod audit;
+mod base62;
 #[cfg(feature = "client")]
 pub mod client;
 mod clock;
@@ -32,6 +33,7 @@ pub mod oauth;
 pub mod rate_limit;
 mod record;
 pub mod scope;
+mod scheme;
 mod secret;
 pub mod store;
 mod verifier;

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::format::BASE62;
+use crate::base62::BASE62;
 
 /// Secret text: a whole token as issued, or a credential read from configuration.
 ///

@@ -6,7 +6,7 @@ use std::fmt;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use zeroize::Zeroizing;
 
-use crate::middleware::InvalidScheme;
+use crate::scheme::{InvalidScheme, is_valid_scheme};
 use crate::secret::Secret;
 
 /// An API key to send with every request, and the header that carries it.
@@ -138,7 +138,7 @@ impl ApiKey {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn scheme(self, scheme: &str) -> Result<Self, InvalidScheme> {
-        if !crate::middleware::is_valid_scheme(scheme) {
+        if !is_valid_scheme(scheme) {
             return Err(InvalidScheme);
         }
         Ok(Self::placed(self.key, Some(scheme.into()), AUTHORIZATION))

@@ -34,11 +34,7 @@ use std::ops::RangeInclusive;
 use crate::id::{MAX_ID_LEN, TokenId};
 use crate::secret::{RandomnessUnavailable, Secret, random_base62};
 
-/// The alphabet of generated secrets, random ids and base62 checksums: `0-9A-Za-z`.
-///
-/// Letters and digits only, so a double-click selects a whole secret, and nothing needs
-/// escaping in a header, a URL, JSON or a shell.
-pub const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub use crate::base62::BASE62;
 
 /// The longest token text any format parses. Longer input is rejected before anything else is
 /// looked at, so hostile input costs a length check.

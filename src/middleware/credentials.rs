@@ -4,9 +4,7 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{AuthError, RejectReason};
 use crate::format::{FormatError, MAX_TOKEN_LEN};
-
-/// The longest authentication scheme name accepted.
-const MAX_SCHEME_LEN: usize = 32;
+use crate::scheme::{InvalidScheme, MAX_SCHEME_LEN, is_valid_scheme};
 
 /// Which headers carry credentials, and in which authentication schemes.
 ///
@@ -47,12 +45,6 @@ pub struct Credentials {
     schemes: Vec<Box<str>>,
     header: Option<HeaderName>,
 }
-
-/// A scheme name that is not an RFC 9110 token of at most 32 characters.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an authentication scheme is 1 to {MAX_SCHEME_LEN} RFC 9110 token characters")]
-#[non_exhaustive]
-pub struct InvalidScheme;
 
 impl Default for Credentials {
     fn default() -> Self {
@@ -255,17 +247,6 @@ fn trim_ows(value: &[u8]) -> &[u8] {
         .rposition(|b| !is_ows(b))
         .map_or(start, |i| i + 1);
     &value[start..end]
-}
-
-/// Whether `scheme` is 1 to [`MAX_SCHEME_LEN`] RFC 9110 token characters. The client side
-/// (`apitoken::client`) sends only schemes this side would accept.
-pub(crate) fn is_valid_scheme(scheme: &str) -> bool {
-    !scheme.is_empty() && scheme.len() <= MAX_SCHEME_LEN && scheme.bytes().all(is_tchar)
-}
-
-/// RFC 9110 §5.6.2 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::client::TrustedProxies;
+use super::client_addr::TrustedProxies;
 use super::credentials::Credentials;
 use super::response::JsonResponder;
 use super::service::Auth;

@@ -61,7 +61,7 @@
 
 #[cfg(feature = "axum")]
 mod axum;
-mod client;
+mod client_addr;
 mod credentials;
 mod future;
 mod layer;
@@ -71,10 +71,9 @@ mod service;
 
 #[cfg(feature = "axum")]
 pub use self::axum::Unauthenticated;
-pub use client::{ClientIp, MAX_FORWARDED_HOPS, PeerAddr, TrustedProxies};
-#[cfg(feature = "client")]
-pub(crate) use credentials::is_valid_scheme;
-pub use credentials::{Credentials, InvalidScheme};
+pub use client_addr::{ClientIp, MAX_FORWARDED_HOPS, PeerAddr, TrustedProxies};
+pub use crate::scheme::InvalidScheme;
+pub use credentials::Credentials;
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 pub use require::{RequireScopes, RequireScopesFuture, RequireScopesLayer};
