@@ -1,12 +1,12 @@
 //! The verifier's error: a small public classification, and a precise reason for logs.
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
 use crate::format::FormatError;
 use crate::id::TokenId;
-use crate::rate_limit::RateLimitDecision;
 use crate::scope::ScopeSet;
 use crate::store::StoreError;
 
@@ -79,6 +79,35 @@ pub enum RejectReason {
     InvalidClaims,
     /// A JWT used before its `nbf`, beyond the leeway.
     NotYetValid,
+    /// A reason of a plug-in's own: a [`Policy`](crate::Policy) or an
+    /// [`Authenticator`](crate::Authenticator) names it, and the core need not know it.
+    Plugin(PluginReason),
+}
+
+/// A refusal reason a plug-in defines: a short, stable, `snake_case` name such as
+/// `"office_hours"`, safe for logs and metric labels (never a secret, never user input).
+///
+/// ```
+/// use apitoken::{PluginReason, RejectReason};
+///
+/// const OUTSIDE_OFFICE_HOURS: RejectReason =
+///     RejectReason::Plugin(PluginReason::new("outside_office_hours"));
+/// let RejectReason::Plugin(reason) = OUTSIDE_OFFICE_HOURS else { unreachable!() };
+/// assert_eq!(reason.name(), "outside_office_hours");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PluginReason(&'static str);
+
+impl PluginReason {
+    /// A reason named `name`.
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// Its name.
+    pub const fn name(&self) -> &'static str {
+        self.0
+    }
 }
 
 /// Why a request was not authenticated or not authorized.
@@ -101,10 +130,18 @@ pub struct AuthError {
     kind: AuthErrorKind,
     reason: Option<RejectReason>,
     token_id: Option<TokenId>,
+    /// Boxed: rare, and `AuthError` stays small for the `Result`s it travels in.
+    extra: Option<Box<Extra>>,
+}
+
+/// The rarer parts of an [`AuthError`].
+#[derive(Default)]
+struct Extra {
     missing_scopes: Option<ScopeSet>,
     source: Option<StoreError>,
-    /// Boxed: rare, and `AuthError` stays small for the `Result`s it travels in.
-    limited: Option<Box<(Duration, Option<RateLimitDecision>)>>,
+    retry_after: Option<Duration>,
+    /// A plug-in's own detail (a rate limiter's decision), which the core does not name.
+    detail: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl AuthError {
@@ -113,9 +150,7 @@ impl AuthError {
             kind,
             reason: None,
             token_id: None,
-            missing_scopes: None,
-            source: None,
-            limited: None,
+            extra: None,
         }
     }
 
@@ -141,7 +176,10 @@ impl AuthError {
     /// The token `token_id` lacks `missing`.
     pub fn insufficient_scope(missing: ScopeSet, token_id: TokenId) -> Self {
         Self {
-            missing_scopes: Some(missing),
+            extra: Some(Box::new(Extra {
+                missing_scopes: Some(missing),
+                ..Extra::default()
+            })),
             token_id: Some(token_id),
             ..Self::new(AuthErrorKind::InsufficientScope)
         }
@@ -150,34 +188,67 @@ impl AuthError {
     /// The store failed with `source`.
     pub fn store_unavailable(source: StoreError) -> Self {
         Self {
-            source: Some(source),
+            extra: Some(Box::new(Extra {
+                source: Some(source),
+                ..Extra::default()
+            })),
             ..Self::new(AuthErrorKind::StoreUnavailable)
         }
     }
 
-    /// Too many requests: try again after `retry_after`. `decision` is the rate limiter's, for
-    /// the `RateLimit` header fields (`None` for failed-authentication throttling, which
-    /// advertises no budget); `token_id` is the token that spent its budget, if any.
+    /// Too many requests: try again after `retry_after`; `token_id` is the token that spent
+    /// its budget, if any. A rate limiter attaches its decision with
+    /// [`with_detail`](Self::with_detail), for the `RateLimit` header fields.
     ///
     /// ```
     /// use std::time::Duration;
     /// use apitoken::{AuthError, AuthErrorKind};
     ///
-    /// let err = AuthError::rate_limited(Duration::from_millis(1500), None, None);
+    /// let err = AuthError::rate_limited(Duration::from_millis(1500), None);
     /// assert_eq!(err.kind(), AuthErrorKind::RateLimited);
     /// assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
     /// assert_eq!(err.to_string(), "too many requests");
     /// ```
-    pub fn rate_limited(
-        retry_after: Duration,
-        decision: Option<RateLimitDecision>,
-        token_id: Option<TokenId>,
-    ) -> Self {
+    pub fn rate_limited(retry_after: Duration, token_id: Option<TokenId>) -> Self {
         Self {
-            limited: Some(Box::new((retry_after, decision))),
+            extra: Some(Box::new(Extra {
+                retry_after: Some(retry_after),
+                ..Extra::default()
+            })),
             token_id,
             ..Self::new(AuthErrorKind::RateLimited)
         }
+    }
+
+    /// Attaches a plug-in's own detail, which front ends read back with
+    /// [`detail`](Self::detail): how a policy's refusal carries what only it and the front end
+    /// know (a rate limiter's decision), without the core naming its type. One detail per
+    /// error; a second replaces the first. It must not hold a secret (`Debug` never shows it,
+    /// but a front end may).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::AuthError;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// struct Quota { used: u64 }
+    ///
+    /// let err = AuthError::rate_limited(Duration::from_secs(60), None).with_detail(Quota { used: 10 });
+    /// assert_eq!(err.detail::<Quota>(), Some(&Quota { used: 10 }));
+    /// assert_eq!(err.detail::<String>(), None);
+    /// ```
+    #[must_use]
+    pub fn with_detail<T: Any + Send + Sync>(mut self, detail: T) -> Self {
+        self.extra.get_or_insert_with(Box::default).detail = Some(Box::new(detail));
+        self
+    }
+
+    /// The plug-in detail of type `T`, if one was attached ([`with_detail`](Self::with_detail)).
+    pub fn detail<T: Any>(&self) -> Option<&T> {
+        self.extra
+            .as_ref()
+            .and_then(|extra| extra.detail.as_ref())
+            .and_then(|detail| detail.downcast_ref())
     }
 
     /// The class of error, which decides the response.
@@ -198,18 +269,12 @@ impl AuthError {
     /// The required scopes the token lacked, for
     /// [`InsufficientScope`](AuthErrorKind::InsufficientScope).
     pub fn missing_scopes(&self) -> Option<&ScopeSet> {
-        self.missing_scopes.as_ref()
+        self.extra.as_ref()?.missing_scopes.as_ref()
     }
 
     /// How long to wait before trying again, for [`RateLimited`](AuthErrorKind::RateLimited).
     pub fn retry_after(&self) -> Option<Duration> {
-        self.limited.as_ref().map(|l| l.0)
-    }
-
-    /// The rate limiter's decision (limit, remaining, reset), when a token's rate limit
-    /// refused the request.
-    pub fn rate_limit(&self) -> Option<&RateLimitDecision> {
-        self.limited.as_ref().and_then(|l| l.1.as_ref())
+        self.extra.as_ref().and_then(|extra| extra.retry_after)
     }
 }
 
@@ -223,14 +288,14 @@ impl fmt::Debug for AuthError {
         if let Some(id) = &self.token_id {
             out.field("token_id", id);
         }
-        if let Some(missing) = &self.missing_scopes {
+        if let Some(missing) = self.missing_scopes() {
             out.field("missing_scopes", missing);
         }
-        if let Some(source) = &self.source {
+        if let Some(source) = self.extra.as_ref().and_then(|e| e.source.as_ref()) {
             out.field("source", source);
         }
-        if let Some(limited) = &self.limited {
-            out.field("retry_after", &limited.0);
+        if let Some(retry_after) = self.retry_after() {
+            out.field("retry_after", &retry_after);
         }
         out.finish()
     }
@@ -251,6 +316,10 @@ impl fmt::Display for AuthError {
 
 impl StdError for AuthError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_ref().map(|e| e as &(dyn StdError + 'static))
+        self.extra
+            .as_ref()?
+            .source
+            .as_ref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }

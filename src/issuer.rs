@@ -230,10 +230,24 @@ impl<S: TokenStore> Issuer<S> {
     }
 
     /// [`issue`](Self::issue) in `format` with the id `id` instead of the verifier's first
-    /// format and a fresh id: OAuth access tokens, whose id the endpoint chose (their `jti`).
-    /// The verifier must accept `format` for the token to verify.
-    #[cfg(feature = "oauth")]
-    pub(crate) async fn issue_as(
+    /// format and a fresh id: for a front end that chooses its tokens' ids (the OAuth
+    /// endpoint's access tokens, whose id is their `jti`). The verifier must accept `format`
+    /// ([`Verifier::accepts`](crate::Verifier::accepts)) for the token to verify.
+    ///
+    /// ```
+    /// use apitoken::{IdKind, MemoryStore, NewToken, Owner, TokenFormat, TokenId, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let format = TokenFormat::builder().prefix("job").id(IdKind::Random { len: 16 }).build()?;
+    /// let verifier = Verifier::builder(MemoryStore::new()).also_accept(format.clone()).build();
+    /// let id = TokenId::new("Job0000000000042")?;
+    /// let issued = verifier.issuer().issue_as(&format, id, NewToken::new("job", Owner::new("ci")?)).await?;
+    /// assert_eq!(issued.record.id, id);
+    /// assert!(verifier.authenticate(issued.token.expose_secret()).await.is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn issue_as(
         &self,
         format: &TokenFormat,
         id: TokenId,

@@ -13,16 +13,21 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod audit;
+pub mod authenticator;
 mod base62;
 #[cfg(feature = "client")]
 pub mod client;
 mod clock;
 mod error;
+#[cfg(feature = "tokio")]
+mod flusher;
 pub mod format;
 mod id;
 mod issuer;
 #[cfg(feature = "jwt")]
 pub mod jwt;
+#[cfg(feature = "jwt")]
+mod jwt_authenticator;
 pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;
@@ -30,10 +35,11 @@ pub mod middleware;
 pub mod name;
 #[cfg(feature = "oauth")]
 pub mod oauth;
+pub mod policy;
 pub mod rate_limit;
 mod record;
-pub mod scope;
 mod scheme;
+pub mod scope;
 mod secret;
 pub mod store;
 mod verifier;
@@ -41,8 +47,11 @@ mod verifier;
 pub use audit::{
     AuditEvent, AuditOutcome, AuditSink, REFUSAL_LOG_LINES_PER_SECOND, REFUSAL_LOG_WINDOW_SECS,
 };
+pub use authenticator::{Authenticated, Authenticator};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{AuthError, AuthErrorKind, RejectReason};
+pub use error::{AuthError, AuthErrorKind, PluginReason, RejectReason};
+#[cfg(feature = "tokio")]
+pub use flusher::LastUsedFlusher;
 pub use format::{
     Checksum, FormatConfigError, FormatError, GenerateError, IdKind, ParsedToken, Separator,
     TokenFormat, TokenFormatBuilder,
@@ -51,9 +60,8 @@ pub use id::{InvalidTokenId, MAX_ID_LEN, TokenId};
 pub use issuer::{
     DEFAULT_MAX_ALLOWED_IPS, DEFAULT_MAX_SCOPES, IssueError, IssuedToken, Issuer, NewToken,
 };
-#[cfg(feature = "tokio")]
-pub use last_used::LastUsedFlusher;
 pub use name::{InvalidName, MAX_NAME_LEN};
+pub use policy::Policy;
 pub use record::{InvalidOwner, MAX_OWNER_LEN, Metadata, Owner, TokenRecord};
 pub use scope::{InvalidScope, Scope, ScopePolicy, ScopeRequirement, ScopeSet};
 pub use secret::{
@@ -70,5 +78,6 @@ pub use store::{
     StoreError, StoreErrorKind, StoredToken, TokenStore,
 };
 pub use verifier::{
-    CredentialKind, Principal, RequestInfo, Verifier, VerifierBuildError, VerifierBuilder,
+    CredentialKind, Principal, RequestInfo, Verification, Verified, Verifier, VerifierBuildError,
+    VerifierBuilder,
 };

@@ -9,17 +9,20 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::require::RouteRefusal;
 use super::response::{Responder, append_rate_limit_fields};
 use crate::error::AuthError;
 use crate::rate_limit::RateLimitDecision;
 use crate::verifier::Principal;
 
-/// The request back, the outcome, and the rate limiter's decision for an admitted request
-/// (for the RateLimit fields of the inner service's response).
+/// The request back, the outcome, the rate limiter's decision for an admitted request (for
+/// the RateLimit fields of the inner service's response), and the refund offered to a route's
+/// scope check.
 pub(crate) type Verified<B> = (
     Request<B>,
     Result<crate::Principal, AuthError>,
     Option<RateLimitDecision>,
+    Option<RouteRefusal>,
 );
 
 type Verification<B> = Pin<Box<dyn Future<Output = Verified<B>> + Send>>;
@@ -48,6 +51,12 @@ pin_project! {
             future: F,
             // Added to the inner service's response: clients slow down before a 429.
             decision: Option<RateLimitDecision>,
+            // Claimed by a route's scope check that refused the request.
+            refusal: Option<RouteRefusal>,
+        },
+        Refunding {
+            refund: Pin<Box<dyn Future<Output = ()> + Send>>,
+            response: Option<Response<ResBody>>,
         },
         Refused {
             response: Option<Response<ResBody>>,
@@ -74,6 +83,7 @@ where
             state: State::Calling {
                 future,
                 decision: None,
+                refusal: None,
             },
         }
     }
@@ -103,7 +113,8 @@ where
                     inner,
                     responder,
                 } => {
-                    let (mut request, outcome, decision) = ready!(verify.as_mut().poll(cx));
+                    let (mut request, outcome, decision, refusal) =
+                        ready!(verify.as_mut().poll(cx));
                     let principal: Principal = match outcome {
                         Ok(principal) => principal,
                         Err(error) => {
@@ -117,13 +128,38 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let future = service.call(request);
-                    this.state.set(State::Calling { future, decision });
+                    this.state.set(State::Calling {
+                        future,
+                        decision,
+                        refusal,
+                    });
                 }
-                StateProj::Calling { future, decision } => {
+                StateProj::Calling {
+                    future,
+                    decision,
+                    refusal,
+                } => {
                     let mut response = ready!(future.poll(cx))?;
+                    if let Some(refund) = refusal.as_ref().and_then(RouteRefusal::claimed) {
+                        // Refused for the route's scopes: the budget it spent is given back
+                        // before the answer goes out, and the answer carries no fields of a
+                        // budget it did not, in the end, spend.
+                        this.state.set(State::Refunding {
+                            refund,
+                            response: Some(response),
+                        });
+                        continue;
+                    }
                     if let Some(decision) = decision {
                         append_rate_limit_fields(response.headers_mut(), decision);
                     }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Refunding { refund, response } => {
+                    ready!(refund.as_mut().poll(cx));
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Refused { response } => {

@@ -9,6 +9,7 @@ use super::client_addr::TrustedProxies;
 use super::credentials::Credentials;
 use super::response::JsonResponder;
 use super::service::Auth;
+use crate::policy::Policy;
 use crate::rate_limit::{FailureThrottle, RateLimitPolicy, RateLimitStep, RateLimiter};
 use crate::scope::ScopeRequirement;
 use crate::verifier::Verifier;
@@ -28,6 +29,11 @@ pub struct AuthLayer<S, R = JsonResponder> {
     pub(crate) proxies: Arc<TrustedProxies>,
     pub(crate) rate_limit: Option<Arc<RateLimitStep>>,
     pub(crate) throttle: Option<Arc<FailureThrottle>>,
+    /// Added with [`policy`](Self::policy).
+    added: Vec<Arc<dyn Policy>>,
+    /// What the layer runs after the verifier's own policies: the throttle, the rate limit,
+    /// then the added ones. Made again by each setter.
+    pub(crate) policies: Vec<Arc<dyn Policy>>,
 }
 
 impl<S> AuthLayer<S> {
@@ -43,6 +49,8 @@ impl<S> AuthLayer<S> {
             proxies: Arc::new(TrustedProxies::none()),
             rate_limit: None,
             throttle: None,
+            added: Vec::new(),
+            policies: Vec::new(),
         }
     }
 }
@@ -106,7 +114,7 @@ impl<S, R> AuthLayer<S, R> {
             policy,
             last_warned: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         }));
-        self
+        self.with_policies()
     }
 
     /// Turns away client addresses that failed to authenticate too often, with 429, before
@@ -127,6 +135,55 @@ impl<S, R> AuthLayer<S, R> {
     #[must_use]
     pub fn throttle_failures(mut self, throttle: FailureThrottle) -> Self {
         self.throttle = Some(Arc::new(throttle));
+        self.with_policies()
+    }
+
+    /// Adds a [`Policy`] for this layer's requests only, after the verifier's own policies
+    /// and the layer's throttle and rate limit (see [`policy`](crate::policy)).
+    ///
+    /// ```
+    /// use apitoken::middleware::AuthLayer;
+    /// use apitoken::policy::{Outcome, Policy};
+    /// use apitoken::{MemoryStore, Verifier};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// /// Counts refused requests, for a metric.
+    /// #[derive(Default)]
+    /// struct Refusals(AtomicU64);
+    ///
+    /// impl Policy for Refusals {
+    ///     fn observe(&self, outcome: &Outcome<'_>) {
+    ///         if !outcome.is_accepted() {
+    ///             self.0.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let layer = AuthLayer::new(Verifier::builder(MemoryStore::new()).build())
+    ///     .policy(Refusals::default());
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.added.push(Arc::new(policy));
+        self.with_policies()
+    }
+
+    /// The throttle first (a flooding address is turned away before any other policy runs),
+    /// then the rate limit, then the added policies.
+    fn with_policies(mut self) -> Self {
+        let throttle = self
+            .throttle
+            .iter()
+            .map(|t| Arc::clone(t) as Arc<dyn Policy>);
+        let rate_limit = self
+            .rate_limit
+            .iter()
+            .map(|r| Arc::clone(r) as Arc<dyn Policy>);
+        self.policies = throttle
+            .chain(rate_limit)
+            .chain(self.added.iter().cloned())
+            .collect();
         self
     }
 
@@ -141,6 +198,8 @@ impl<S, R> AuthLayer<S, R> {
             proxies: self.proxies,
             rate_limit: self.rate_limit,
             throttle: self.throttle,
+            added: self.added,
+            policies: self.policies,
         }
     }
 }
@@ -156,6 +215,8 @@ impl<S, R: Clone> Clone for AuthLayer<S, R> {
             proxies: Arc::clone(&self.proxies),
             rate_limit: self.rate_limit.clone(),
             throttle: self.throttle.clone(),
+            added: self.added.clone(),
+            policies: self.policies.clone(),
         }
     }
 }
@@ -170,6 +231,7 @@ impl<S, R> fmt::Debug for AuthLayer<S, R> {
             .field("trusted_proxies", &self.proxies)
             .field("rate_limit", &self.rate_limit)
             .field("throttle", &self.throttle)
+            .field("policies", &self.added.len())
             .finish_non_exhaustive()
     }
 }

@@ -71,8 +71,8 @@ mod service;
 
 #[cfg(feature = "axum")]
 pub use self::axum::Unauthenticated;
-pub use client_addr::{ClientIp, MAX_FORWARDED_HOPS, PeerAddr, TrustedProxies};
 pub use crate::scheme::InvalidScheme;
+pub use client_addr::{ClientIp, MAX_FORWARDED_HOPS, PeerAddr, TrustedProxies};
 pub use credentials::Credentials;
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
@@ -15,7 +16,8 @@ use tower_service::Service;
 use super::response::{JsonResponder, Responder};
 use crate::error::AuthError;
 use crate::scope::{InvalidScope, ScopeRequirement};
-use crate::verifier::Principal;
+use crate::store::TokenStore;
+use crate::verifier::{Principal, RequestInfo};
 
 /// Requires scopes for the routes it wraps; answers 403 (`insufficient_scope`) otherwise.
 ///
@@ -198,7 +200,11 @@ where
             }
         };
         let verdict = match request.extensions().get::<Principal>() {
-            Some(principal) => principal.require(required),
+            Some(principal) => principal.require(required).inspect_err(|_| {
+                if let Some(refusal) = request.extensions().get::<RouteRefusal>() {
+                    refusal.claim();
+                }
+            }),
             None => {
                 tracing::warn!("RequireScopesLayer reached without a Principal; refusing");
                 Err(AuthError::missing_credentials())
@@ -212,6 +218,68 @@ where
                 response: Some(self.layer.responder.respond(&error)),
             },
         }
+    }
+}
+
+/// What [`AuthLayer`](super::AuthLayer) leaves in a rate-limited request's extensions: a
+/// route's scope check that refuses the request claims it, and the layer then gives back what
+/// the rate limit spent, so a request refused for scopes, by the layer or by a route, spends no
+/// budget. (Between the two, for the microseconds a route takes to refuse, one request of the
+/// budget is held; a concurrent request at the very edge of the budget can see it spent.)
+#[derive(Clone)]
+pub(crate) struct RouteRefusal(Arc<Offer>);
+
+struct Offer {
+    claimed: AtomicBool,
+    refund: Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
+}
+
+impl RouteRefusal {
+    /// An offer to give back what `layer`'s admit steps spent for `principal`.
+    pub(crate) fn offer<S, R>(
+        layer: Arc<super::AuthLayer<S, R>>,
+        principal: Principal,
+        info: RequestInfo,
+    ) -> Self
+    where
+        S: TokenStore + 'static,
+        R: Send + Sync + 'static,
+    {
+        let principal = Arc::new(principal);
+        Self(Arc::new(Offer {
+            claimed: AtomicBool::new(false),
+            refund: Box::new(move || {
+                let layer = Arc::clone(&layer);
+                let principal = Arc::clone(&principal);
+                Box::pin(async move {
+                    layer
+                        .verifier
+                        .refund(&layer.policies, &principal, &info)
+                        .await;
+                })
+            }),
+        }))
+    }
+
+    /// A route refused the request for its scopes.
+    fn claim(&self) {
+        self.0.claimed.store(true, Ordering::Release);
+    }
+
+    /// The refund to run, once, if a route claimed the offer.
+    pub(crate) fn claimed(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        self.0
+            .claimed
+            .swap(false, Ordering::AcqRel)
+            .then(|| (self.0.refund)())
+    }
+}
+
+impl fmt::Debug for RouteRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteRefusal")
+            .field("claimed", &self.0.claimed.load(Ordering::Relaxed))
+            .finish()
     }
 }
 

@@ -112,7 +112,7 @@ fn rate_limit_headers(headers: &mut HeaderMap, error: &AuthError) {
     if let Some(wait) = error.retry_after() {
         headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(wait)));
     }
-    if let Some(decision) = error.rate_limit() {
+    if let Some(decision) = error.detail::<RateLimitDecision>() {
         append_rate_limit_fields(headers, decision);
     }
 }
@@ -342,7 +342,7 @@ mod tests {
         let store = crate::store::StoreError::unavailable("down");
         assert_eq!(code(AuthError::store_unavailable(store)), "14");
         let wait = Duration::from_secs(3);
-        assert_eq!(code(AuthError::rate_limited(wait, None, None)), "8");
+        assert_eq!(code(AuthError::rate_limited(wait, None)), "8");
     }
 
     #[test]
@@ -351,7 +351,7 @@ mod tests {
         let limit = RateLimit::per_minute(100);
         let wait = Duration::from_millis(11_200);
         let decision = RateLimitDecision::denied(limit, wait, Duration::from_secs(60));
-        let r = respond(AuthError::rate_limited(wait, Some(decision), None));
+        let r = respond(AuthError::rate_limited(wait, None).with_detail(decision));
         assert_eq!(r.status(), 429);
         assert_eq!(r.body(), TOO_MANY);
         assert_eq!(r.headers()[RETRY_AFTER], "12");
@@ -363,11 +363,7 @@ mod tests {
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
 
         // Throttling: Retry-After only, and never 0.
-        let r = respond(AuthError::rate_limited(
-            Duration::from_millis(1),
-            None,
-            None,
-        ));
+        let r = respond(AuthError::rate_limited(Duration::from_millis(1), None));
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[RETRY_AFTER], "1");
         assert!(r.headers().get("ratelimit").is_none());

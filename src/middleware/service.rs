@@ -9,9 +9,12 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::AuthLayer;
+use super::require::RouteRefusal;
 use super::response::Responder;
-use crate::error::{AuthError, AuthErrorKind};
+use crate::error::AuthError;
+use crate::rate_limit::RateLimitDecision;
 use crate::store::TokenStore;
+use crate::verifier::RequestInfo;
 
 /// The authenticating service made by [`AuthLayer`].
 pub struct Auth<I, S, R> {
@@ -78,44 +81,30 @@ where
         if let Some(ip) = client_ip {
             request.extensions_mut().insert(super::ClientIp(ip));
         }
+        let verifier = &self.layer.verifier;
+        let policies = &self.layer.policies[..];
 
-        // An address that failed too often is turned away before anything else is done; an
-        // attempt is counted from here, so a burst is judged before any of it reaches the
-        // store.
-        let throttle = self.layer.throttle.as_deref();
-        let mut attempt = None;
-        if let Some(throttle) = throttle {
-            match client_ip {
-                Some(ip) => match throttle.admit(ip) {
-                    Ok(admitted) => attempt = Some(admitted),
-                    Err(wait) => {
-                        tracing::debug!(client_ip = %ip, "failed-authentication throttle");
-                        let error = AuthError::rate_limited(wait, None, None);
-                        self.layer.verifier.audit_refusal(&error, client_ip);
-                        return ResponseFuture::refused(self.layer.responder.respond(&error));
-                    }
-                },
-                None => throttle.note_unknown_client(),
-            }
-        }
+        // The policies' first point: an address that failed too often is turned away before
+        // anything else is done, so a burst is judged before any of it reaches the store.
+        let info = RequestInfo::new().client_ip(client_ip);
+        let verification = match verifier.begin(info, policies) {
+            Ok(verification) => verification,
+            Err(error) => return ResponseFuture::refused(self.layer.responder.respond(&error)),
+        };
 
         // Header problems are answered here, without a store and without allocating a future.
-        let span = match credentials.locate(request.headers()) {
+        let span = match credentials.locate(request.headers(), &|t| verifier.max_len_of(t)) {
             Err(error) => {
-                self.layer.verifier.audit_refusal(&error, client_ip);
-                settle(attempt, &error);
+                let error = verifier.refuse(verification, policies, error);
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(None) if self.layer.allow_anonymous => {
-                if let Some(attempt) = attempt {
-                    attempt.neither();
-                }
+                verifier.pass(verification, policies);
                 return ResponseFuture::calling(self.inner.call(request));
             }
             Ok(None) => {
-                let error = AuthError::missing_credentials();
-                self.layer.verifier.audit_refusal(&error, client_ip);
-                settle(attempt, &error);
+                let error =
+                    verifier.refuse(verification, policies, AuthError::missing_credentials());
                 return ResponseFuture::refused(self.layer.responder.respond(&error));
             }
             Ok(Some(span)) => span,
@@ -126,52 +115,30 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = Arc::clone(&self.layer);
         let verify = Box::pin(async move {
-            let info = crate::verifier::RequestInfo::new().client_ip(client_ip);
-            let mut verified = layer
+            let verified = layer
                 .verifier
-                .verify_unaudited(span.token(), &layer.required, &info)
+                .finish(verification, &layer.policies, span.token(), &layer.required)
                 .await;
-            let mut decision = None;
-            let mut attempt = attempt;
-            if let Some(principal) = verified.principal() {
-                if let Some(attempt) = attempt.take() {
-                    attempt.succeeded();
-                }
-                // Last, as in Unkey's order: a request refused for any other reason spends
-                // no budget. Audited after it, so a 429 is audited as a refusal.
-                if let Some(step) = &layer.rate_limit {
-                    match step.check(principal).await {
-                        Ok(admitted) => decision = admitted,
-                        Err(error) => verified.refuse(error),
+            let mut refusal = None;
+            let (outcome, decision) = match verified {
+                Ok(verified) => {
+                    let decision = verified.detail::<RateLimitDecision>().copied();
+                    let principal = verified.into_principal();
+                    if layer.rate_limit.is_some() {
+                        // A route's own scope requirement is met only further in: what the
+                        // rate limit spent is given back if that refuses the request.
+                        let offer =
+                            RouteRefusal::offer(Arc::clone(&layer), principal.clone(), info);
+                        request.extensions_mut().insert(offer.clone());
+                        refusal = Some(offer);
                     }
+                    (Ok(principal), decision)
                 }
-            }
-            let outcome = layer.verifier.audit(verified);
-            if let Err(error) = &outcome {
-                // `None` when the token was verified: a rate-limit refusal is no guess.
-                settle(attempt, error);
-            }
-            (request, outcome, decision)
+                Err(error) => (Err(error), None),
+            };
+            (request, outcome, decision, refusal)
         });
         ResponseFuture::verifying(verify, inner, self.layer.responder.clone())
-    }
-}
-
-/// Settles a failed attempt: invalid tokens and malformed credentials count against the
-/// address. Missing credentials, missing scopes and outages are not an attacker guessing, and
-/// count as neither failure nor success. (An attempt dropped unsettled, with the request
-/// future, counts as a failure.)
-fn settle(attempt: Option<crate::rate_limit::Attempt>, error: &AuthError) {
-    let Some(attempt) = attempt else {
-        return;
-    };
-    if matches!(
-        error.kind(),
-        AuthErrorKind::InvalidToken | AuthErrorKind::MalformedRequest
-    ) {
-        attempt.failed();
-    } else {
-        attempt.neither();
     }
 }
 

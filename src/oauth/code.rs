@@ -142,10 +142,9 @@ async fn find<S: TokenStore, G: GrantStore>(
         .code(id)
         .await
         .map_err(|_| OAuthError::unavailable())?;
-    let expected = stored
-        .as_ref()
-        .map_or(shared.verifier.dummy_hash(), |c| &c.hash);
-    let matches: bool = presented.ct_eq(expected).into();
+    let matches = shared
+        .verifier
+        .secret_matches(&presented, stored.as_ref().map(|c| &c.hash));
     Ok(stored.filter(|_| matches))
 }
 

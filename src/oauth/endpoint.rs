@@ -468,7 +468,7 @@ async fn introspect_token<S: TokenStore + 'static, G: GrantStore + 'static>(
         });
     }
     #[cfg(feature = "jwt")]
-    if let Some(validator) = shared.verifier.jwt_validator()
+    if let Some(validator) = shared.verifier.authenticator::<crate::jwt::JwtValidator>()
         && crate::jwt::has_jwt_shape(token)
     {
         // The server's own JWT access tokens: valid by signature and claims, not by a record.

@@ -395,7 +395,10 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServerBuilde
             None => Arc::new(OpaqueMinter::new(self.verifier.clone())?),
         };
         #[cfg(feature = "jwt")]
-        let validates_jwts = self.verifier.jwt_validator().is_some();
+        let validates_jwts = self
+            .verifier
+            .authenticator::<crate::jwt::JwtValidator>()
+            .is_some();
         #[cfg(not(feature = "jwt"))]
         let validates_jwts = false;
         if minter.self_contained() && !validates_jwts {

@@ -3,7 +3,6 @@
 
 use ::axum::response::Response;
 use chrono::{DateTime, Utc};
-use subtle::ConstantTimeEq;
 
 use super::Shared;
 use super::access::GrantType;
@@ -133,10 +132,9 @@ pub(crate) async fn find<S: TokenStore, G: GrantStore>(
         .await
         .map_err(|_| OAuthError::unavailable())?;
     // Compared against a dummy on a miss, so an unknown id costs what a wrong secret does.
-    let expected = stored
-        .as_ref()
-        .map_or(shared.verifier.dummy_hash(), |r| &r.hash);
-    let matches: bool = presented.ct_eq(expected).into();
+    let matches = shared
+        .verifier
+        .secret_matches(&presented, stored.as_ref().map(|r| &r.hash));
     let Some(stored) = stored else {
         return superseded(shared, id).await;
     };

@@ -193,6 +193,38 @@ impl MemoryRateLimiter {
     }
 }
 
+impl MemoryRateLimiter {
+    /// Gives back one request of `key`'s budget (see [`RateLimiter::refund`]), at once.
+    ///
+    /// ```
+    /// use apitoken::rate_limit::{MemoryRateLimiter, RateLimit};
+    ///
+    /// let limiter = MemoryRateLimiter::new();
+    /// let limit = RateLimit::per_minute(1);
+    /// assert!(limiter.acquire_now("k", &limit).is_allowed());
+    /// assert!(!limiter.acquire_now("k", &limit).is_allowed());
+    /// limiter.refund_now("k", &limit);
+    /// assert!(limiter.acquire_now("k", &limit).is_allowed());
+    /// ```
+    pub fn refund_now(&self, key: &str, limit: &RateLimit) {
+        let now = nanos(&*self.inner.clock);
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let shard = &self.inner.shards[(hasher.finish() as usize) % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&tat) = shard.tats.get(key) {
+            match super::gcra_refund(tat, now, limit) {
+                Some(back) => {
+                    shard.tats.insert(key.to_owned(), back);
+                }
+                None => {
+                    shard.tats.remove(key);
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn nanos(clock: &dyn Clock) -> i128 {
     let now = clock.now();
     i128::from(now.timestamp()) * 1_000_000_000 + i128::from(now.timestamp_subsec_nanos())
@@ -215,6 +247,15 @@ impl RateLimiter for MemoryRateLimiter {
         limit: &RateLimit,
     ) -> impl Future<Output = Result<RateLimitDecision, RateLimitError>> + Send {
         std::future::ready(Ok(self.acquire_now(key, limit)))
+    }
+
+    fn refund(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> impl Future<Output = Result<(), RateLimitError>> + Send {
+        self.refund_now(key, limit);
+        std::future::ready(Ok(()))
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod breaker;
 mod memory;
+mod policies;
 #[cfg(feature = "redis")]
 mod redis;
 mod throttle;
@@ -335,6 +336,13 @@ impl RateLimitDecision {
 
 /// The GCRA step shared by the backends, in nanoseconds. `tat` is the stored theoretical
 /// arrival time (`None` for a new key); returns the decision and, when allowed, the new `tat`.
+/// The GCRA step backwards, for a refund: `tat` less one interval, or `None` (forget the key)
+/// when that is already in the past, since a full budget needs no state.
+pub(crate) fn gcra_refund(tat: i128, now: i128, limit: &RateLimit) -> Option<i128> {
+    let back = tat - limit.interval().as_nanos() as i128;
+    (back > now).then_some(back)
+}
+
 pub(crate) fn gcra(tat: Option<i128>, now: i128, limit: &RateLimit) -> (RateLimitDecision, i128) {
     let interval = limit.interval().as_nanos() as i128;
     let capacity = interval * i128::from(limit.burst());
@@ -420,6 +428,21 @@ pub trait RateLimiter: Send + Sync + 'static {
         key: &str,
         limit: &RateLimit,
     ) -> impl Future<Output = Result<RateLimitDecision, RateLimitError>> + Send;
+
+    /// Gives back one request [`acquire`](Self::acquire) spent from `key`'s budget, for a
+    /// request refused after it was admitted (a route's
+    /// [`RequireScopesLayer`](crate::middleware::RequireScopesLayer) requirement, which the
+    /// authentication layer cannot know in advance). Never more than was spent: a budget
+    /// already refilled stays full. The default gives nothing back: a limiter without it is
+    /// stricter, never looser.
+    fn refund(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> impl Future<Output = Result<(), RateLimitError>> + Send {
+        let _ = (key, limit);
+        std::future::ready(Ok(()))
+    }
 }
 
 impl<L: RateLimiter> RateLimiter for Arc<L> {
@@ -430,7 +453,17 @@ impl<L: RateLimiter> RateLimiter for Arc<L> {
     ) -> impl Future<Output = Result<RateLimitDecision, RateLimitError>> + Send {
         (**self).acquire(key, limit)
     }
+
+    fn refund(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> impl Future<Output = Result<(), RateLimitError>> + Send {
+        (**self).refund(key, limit)
+    }
 }
+
+type BoxedRefund<'a> = Pin<Box<dyn Future<Output = Result<(), RateLimitError>> + Send + 'a>>;
 
 type BoxedDecision<'a> =
     Pin<Box<dyn Future<Output = Result<RateLimitDecision, RateLimitError>> + Send + 'a>>;
@@ -438,11 +471,16 @@ type BoxedDecision<'a> =
 /// [`RateLimiter`] made object-safe, so the layer's type does not name the backend.
 pub(crate) trait DynRateLimiter: Send + Sync {
     fn acquire_boxed<'a>(&'a self, key: &'a str, limit: &'a RateLimit) -> BoxedDecision<'a>;
+    fn refund_boxed<'a>(&'a self, key: &'a str, limit: &'a RateLimit) -> BoxedRefund<'a>;
 }
 
 impl<L: RateLimiter> DynRateLimiter for L {
     fn acquire_boxed<'a>(&'a self, key: &'a str, limit: &'a RateLimit) -> BoxedDecision<'a> {
         Box::pin(self.acquire(key, limit))
+    }
+
+    fn refund_boxed<'a>(&'a self, key: &'a str, limit: &'a RateLimit) -> BoxedRefund<'a> {
+        Box::pin(self.refund(key, limit))
     }
 }
 
@@ -592,6 +630,17 @@ fn limit_from_metadata(value: &serde_json::Value) -> Option<RateLimit> {
     }
 }
 
+impl crate::AuthError {
+    /// The rate limiter's decision (limit, remaining, reset), when a token's rate limit
+    /// refused the request.
+    #[deprecated(
+        note = "use `error.detail::<RateLimitDecision>()`: the core no longer names the rate limiter's type"
+    )]
+    pub fn rate_limit(&self) -> Option<&RateLimitDecision> {
+        self.detail()
+    }
+}
+
 /// A limiter and its policy, as the layer keeps them.
 pub(crate) struct RateLimitStep {
     pub(crate) limiter: Arc<dyn DynRateLimiter>,
@@ -613,6 +662,15 @@ impl fmt::Debug for RateLimitStep {
 }
 
 impl RateLimitStep {
+    /// Gives back what [`check`](Self::check) spent for `principal`. A limiter error is
+    /// logged and otherwise ignored: the budget is then stricter by one request, never looser.
+    pub(crate) async fn give_back(&self, principal: &Principal) {
+        let (key, limit) = self.policy.resolve(principal);
+        if let Err(error) = self.limiter.refund_boxed(&key, &limit).await {
+            tracing::debug!(?error, key, "rate limit refund failed");
+        }
+    }
+
     /// `Ok` when the request may go ahead (also when the limiter is down: fail open), the
     /// decision inside when there was one; `Err` with the refusal.
     pub(crate) async fn check(
@@ -626,9 +684,9 @@ impl RateLimitStep {
                 tracing::debug!(token_id = %principal.token_id(), key, "rate limited");
                 Err(crate::AuthError::rate_limited(
                     decision.retry_after(),
-                    Some(decision),
                     Some(*principal.token_id()),
-                ))
+                )
+                .with_detail(decision))
             }
             Err(error) => {
                 let now = chrono::Utc::now().timestamp();

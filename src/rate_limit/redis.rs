@@ -33,6 +33,24 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl_ms)
 return {1, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now}
 ";
 
+/// One request back (a refund): the key's arrival time less one interval, or no key when
+/// that is already past (a full budget needs no state). A missing key has nothing to give.
+const REFUND_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil then return 0 end
+local back = tat - interval
+if back <= now then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local ttl_ms = math.ceil((back - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%d', back), 'PX', ttl_ms)
+return 1
+";
+
 /// GCRA budgets in Redis, shared by every replica: two limiters on one Redis (and one
 /// [`prefix`](Self::prefix)) spend one budget per key.
 ///
@@ -63,6 +81,7 @@ return {1, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now
 pub struct RedisRateLimiter {
     connection: ConnectionManager,
     script: Arc<Script>,
+    refund_script: Arc<Script>,
     prefix: Arc<str>,
     timeout: Duration,
 }
@@ -89,6 +108,7 @@ impl RedisRateLimiter {
         Self {
             connection,
             script: Arc::new(Script::new(GCRA_SCRIPT)),
+            refund_script: Arc::new(Script::new(REFUND_SCRIPT)),
             prefix: Arc::from("apitoken:ratelimit:"),
             timeout: DEFAULT_TIMEOUT,
         }
@@ -130,6 +150,21 @@ impl RedisRateLimiter {
     }
 }
 
+impl RedisRateLimiter {
+    async fn give_back(&self, key: &str, limit: &RateLimit) -> Result<(), RateLimitError> {
+        let interval = u64::try_from(limit.interval().as_micros()).unwrap_or(u64::MAX);
+        let mut connection = self.connection.clone();
+        let mut invocation = self.refund_script.key(format!("{}{key}", self.prefix));
+        invocation.arg(interval);
+        let call = invocation.invoke_async::<i64>(&mut connection);
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(RateLimitError::new)?
+            .map_err(RateLimitError::new)?;
+        Ok(())
+    }
+}
+
 impl fmt::Debug for RedisRateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimiter")
@@ -146,5 +181,13 @@ impl RateLimiter for RedisRateLimiter {
         limit: &RateLimit,
     ) -> impl Future<Output = Result<RateLimitDecision, RateLimitError>> + Send {
         self.run(key, limit)
+    }
+
+    fn refund(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> impl Future<Output = Result<(), RateLimitError>> + Send {
+        self.give_back(key, limit)
     }
 }

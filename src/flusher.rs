@@ -1,0 +1,210 @@
+//! [`LastUsedFlusher`]: the background task (feature `tokio`) that writes buffered last-use
+//! times in batches. A plug-in on the core's last-use tracking (`last_used`), so the core has no
+//! runtime dependency.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::store::{StoreError, TokenStore};
+use crate::verifier::Verifier;
+
+type FinalFlush = Box<
+    dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + Send>> + Send + Sync,
+>;
+
+/// The background task that flushes a verifier's last-use times every interval. Made by
+/// [`Verifier::spawn_last_used_flusher`].
+///
+/// Call [`shutdown`](Self::shutdown) when the service stops: it stops the task and flushes
+/// what remains. Dropping the handle instead aborts the task **without** a final flush (a
+/// flush cannot be awaited in `Drop`); the times stay in the verifier's buffer, where a
+/// later [`Verifier::flush_last_used`] or a new flusher finds them. A flush that the abort
+/// interrupts puts its entries back.
+///
+/// ```
+/// use apitoken::{MemoryStore, Verifier};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let flusher = verifier.spawn_last_used_flusher();
+/// // … serve requests …
+/// let written = flusher.shutdown().await?;
+/// assert_eq!(written, 0);
+/// # Ok::<(), apitoken::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[must_use = "dropping the flusher stops it at once; keep it, and call `shutdown` when the \
+              service stops"]
+pub struct LastUsedFlusher {
+    interval: Option<Duration>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    final_flush: Option<FinalFlush>,
+}
+
+impl LastUsedFlusher {
+    /// Stops the task (after the flush it may be running, which is not interrupted) and
+    /// flushes what remains, returning the result of that final flush: how many tokens it
+    /// wrote, or the store's error (the times then stay in the verifier's buffer).
+    ///
+    /// If the final write hangs, so does this; wrap it in a timeout if the store may.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let flusher = verifier.spawn_last_used_flusher();
+    /// let issued = verifier.issuer().issue(NewToken::new("CI", Owner::new("team-1")?)).await?;
+    /// verifier.authenticate(issued.token.expose_secret()).await?;
+    /// assert_eq!(flusher.shutdown().await?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn shutdown(mut self) -> Result<usize, StoreError> {
+        if let Some(stop) = self.stop.take() {
+            // The task may have ended already; then there is nobody to tell.
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+            && err.is_panic()
+        {
+            std::panic::resume_unwind(err.into_panic());
+        }
+        match self.final_flush.take() {
+            Some(flush) => flush().await,
+            None => Ok(0),
+        }
+    }
+
+    /// How often the task flushes; `None` if the verifier does not track last use (then
+    /// no task runs).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new())
+    ///     .last_used_flush_interval(Duration::from_secs(10))
+    ///     .build();
+    /// let flusher = verifier.spawn_last_used_flusher();
+    /// assert_eq!(flusher.interval(), Some(Duration::from_secs(10)));
+    /// # flusher.shutdown().await.unwrap();
+    /// # });
+    /// ```
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+}
+
+impl Drop for LastUsedFlusher {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for LastUsedFlusher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LastUsedFlusher")
+            .field("interval", &self.interval)
+            .field("running", &self.task.as_ref().map(|t| !t.is_finished()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: TokenStore + 'static> Verifier<S> {
+    /// Spawns a tokio task that calls [`flush_last_used`](Self::flush_last_used) every
+    /// [flush interval](crate::VerifierBuilder::last_used_flush_interval), first one
+    /// interval from now. A failed flush is logged with `tracing::warn!` (the store's
+    /// error; no token, no secret) and its times are retried on the next tick. A flush
+    /// that takes longer than the interval delays the next one instead of queueing more.
+    ///
+    /// Spawn one per verifier (clones share the buffer, so one is enough); keep the handle
+    /// and call [`LastUsedFlusher::shutdown`] when the service stops. A verifier built with
+    /// [`disable_last_used`](crate::VerifierBuilder::disable_last_used) spawns nothing.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`tokio::spawn`] does.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let verifier = Verifier::builder(MemoryStore::new()).build();
+    ///     let flusher = verifier.spawn_last_used_flusher();
+    ///     // Serve until told to stop, e.g. axum::serve(…).with_graceful_shutdown(…).await?
+    ///     flusher.shutdown().await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn spawn_last_used_flusher(&self) -> LastUsedFlusher {
+        let Some(every) = self.last_used_flush_interval() else {
+            return LastUsedFlusher {
+                interval: None,
+                stop: None,
+                task: None,
+                final_flush: None,
+            };
+        };
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(self.clone(), every, stopped));
+        let verifier = self.clone();
+        LastUsedFlusher {
+            interval: Some(every),
+            stop: Some(stop),
+            task: Some(task),
+            final_flush: Some(Box::new(move || {
+                Box::pin(async move { verifier.flush_last_used().await })
+            })),
+        }
+    }
+}
+
+/// Flushes every `every` until told to stop (or until the handle's sender is gone).
+async fn run<S: TokenStore>(
+    verifier: Verifier<S>,
+    every: Duration,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut next = Instant::now() + every;
+    loop {
+        if tokio::time::timeout_at(next, &mut stopped).await.is_ok() {
+            return;
+        }
+        if let Err(err) = verifier.flush_last_used().await {
+            tracing::warn!(
+                error = ?err,
+                pending = verifier.last_used_pending(),
+                "could not flush last-use times; they are kept for the next flush"
+            );
+        }
+        next += every;
+        let now = Instant::now();
+        if next <= now {
+            next = now + every;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LastUsedFlusher;
+
+    #[test]
+    fn the_flusher_handle_can_live_in_shared_state() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<LastUsedFlusher>();
+    }
+}

@@ -1,0 +1,363 @@
+//! One request through the steps: [`Verifier::begin`] (policies before lookup), then
+//! [`Verifier::finish`] (authenticators or lookup, record checks, policies on the record,
+//! scopes, admit, last use, audit, observe) or [`Verifier::refuse`].
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{Ends, Principal, Refused, RequestInfo, Verifier, lookup::Lookup};
+use crate::error::{AuthError, RejectReason};
+use crate::policy::{Admit, Admitted, Outcome, Pending, Policy};
+use crate::record::TokenRecord;
+use crate::scope::ScopeRequirement;
+use crate::store::TokenStore;
+
+use super::CredentialKind;
+
+/// A request whose policies' [`before_lookup`](Policy::before_lookup) steps passed, made by
+/// [`Verifier::begin`] and ended by [`Verifier::finish`] or [`Verifier::refuse`].
+///
+/// It owns what the policies left to be told the outcome, and borrows nothing, so a front end
+/// can begin in its service's `call` and finish in the response future. Dropped unfinished
+/// (the client went away), it tells the policies nothing; each [`Pending`] it holds is
+/// dropped, and a policy that counts abandoned requests does so there (the failure throttle
+/// counts one as a failure).
+#[derive(Debug)]
+#[must_use = "a verification is ended by `Verifier::finish` or `Verifier::refuse`"]
+pub struct Verification {
+    request: RequestInfo,
+    pending: Vec<Pending>,
+}
+
+impl Verification {
+    /// What is known of the request.
+    pub fn request(&self) -> &RequestInfo {
+        &self.request
+    }
+}
+
+/// An accepted request: the [`Principal`], and what the admit steps want the front end to
+/// know (a rate limiter's decision, for the `RateLimit` response fields).
+#[derive(Debug)]
+pub struct Verified {
+    principal: Principal,
+    admitted: Vec<Admitted>,
+}
+
+impl Verified {
+    /// The principal.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The principal, and nothing else.
+    pub fn into_principal(self) -> Principal {
+        self.principal
+    }
+
+    /// The first detail of type `T` an admit step attached ([`Admitted::with_detail`]).
+    pub fn detail<T: std::any::Any>(&self) -> Option<&T> {
+        self.admitted.iter().find_map(Admitted::detail)
+    }
+}
+
+impl<S: TokenStore> Verifier<S> {
+    /// Begins verifying one request: runs every policy's
+    /// [`before_lookup`](Policy::before_lookup), the verifier's own and then `extra` (a front
+    /// end's, such as the middleware's throttle). A refusal here is audited and observed, and
+    /// returned; nothing has been parsed, hashed or looked up.
+    ///
+    /// For front ends; [`verify_request`](Self::verify_request) is `begin` then
+    /// [`finish`](Self::finish) with no extra policies. Pass the same `extra` to `finish` or
+    /// `refuse`.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, RequestInfo, ScopeRequirement, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let token = verifier.issuer().issue(NewToken::new("ci", Owner::new("team-1")?)).await?.token;
+    ///
+    /// let info = RequestInfo::new().client_ip(Some("192.0.2.7".parse()?));
+    /// let verification = verifier.begin(info, &[])?;
+    /// // … read the credentials from the request; here they are at hand …
+    /// let verified = verifier
+    ///     .finish(verification, &[], token.expose_secret(), &ScopeRequirement::none())
+    ///     .await?;
+    /// assert_eq!(verified.principal().owner().as_str(), "team-1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn begin(
+        &self,
+        request: RequestInfo,
+        extra: &[Arc<dyn Policy>],
+    ) -> Result<Verification, AuthError> {
+        let mut verification = Verification {
+            request,
+            pending: Vec::new(),
+        };
+        for policy in self.policies(extra) {
+            match policy.before_lookup(&verification.request) {
+                Ok(pending) if pending.is_none() => {}
+                Ok(pending) => verification.pending.push(pending),
+                Err(error) => {
+                    self.audit_refused(&error, None, request.client_ip);
+                    self.observe(verification, extra, &Outcome::refused(&error));
+                    return Err(error);
+                }
+            }
+        }
+        Ok(verification)
+    }
+
+    /// Ends `verification` with a refusal that happened before any token reached the
+    /// verifier (missing or malformed credentials): audited and observed, so audit logs and
+    /// policies see every refused request. Returns `error`.
+    ///
+    /// ```
+    /// use apitoken::{AuthError, AuthErrorKind, MemoryStore, RequestInfo, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let verification = verifier.begin(RequestInfo::new(), &[])?;
+    /// let error = verifier.refuse(verification, &[], AuthError::missing_credentials());
+    /// assert_eq!(error.kind(), AuthErrorKind::MissingCredentials);
+    /// # Ok::<(), AuthError>(())
+    /// ```
+    pub fn refuse(
+        &self,
+        verification: Verification,
+        extra: &[Arc<dyn Policy>],
+        error: AuthError,
+    ) -> AuthError {
+        self.audit_refused(&error, None, verification.request.client_ip);
+        self.observe(verification, extra, &Outcome::refused(&error));
+        error
+    }
+
+    /// Ends `verification` of a request that carried no credentials, where the front end lets
+    /// such requests through (the middleware's `allow_anonymous`): observed as
+    /// [`Outcome::anonymous`], not audited (nothing was authenticated or refused).
+    pub fn pass(&self, verification: Verification, extra: &[Arc<dyn Policy>]) {
+        self.observe(verification, extra, &Outcome::anonymous());
+    }
+
+    /// Ends `verification` by verifying `token` against `required`: every step after the
+    /// policies' `before_lookup` (the steps are listed in `docs/design.md`), with the verifier's policies and
+    /// then `extra`. Audited and observed, whatever the outcome.
+    pub async fn finish(
+        &self,
+        verification: Verification,
+        extra: &[Arc<dyn Policy>],
+        token: &str,
+        required: &ScopeRequirement,
+    ) -> Result<Verified, AuthError> {
+        let request = verification.request;
+        let principal = match self.authenticate_token(token, required, &request).await {
+            Ok(principal) => principal,
+            Err(Refused { error, record }) => {
+                self.audit_refused(&error, record.as_deref(), request.client_ip);
+                self.observe(verification, extra, &Outcome::refused(&error));
+                return Err(error);
+            }
+        };
+        // Last: a request refused for anything else spent nothing here.
+        let mut admitted = Vec::new();
+        for policy in self.policies(extra) {
+            let answer = match policy.admit(&principal, &request) {
+                Admit::Now(answer) => answer,
+                Admit::Later(future) => future.await,
+            };
+            match answer {
+                Ok(admission) if admission.is_empty() => {}
+                Ok(admission) => admitted.push(admission),
+                Err(error) => {
+                    self.audit_refused(&error, Some(principal.record()), request.client_ip);
+                    self.observe(
+                        verification,
+                        extra,
+                        &Outcome::refused_after(&principal, &error),
+                    );
+                    return Err(error);
+                }
+            }
+        }
+        if let Some(last_used) = &self.inner.last_used
+            && principal.credential_kind() == CredentialKind::ApiKey
+        {
+            // Memory only: written later by `flush_last_used`, never on this path.
+            last_used.note(principal.record().id, self.inner.clock.now());
+        }
+        self.audit_accepted(&principal, request.client_ip);
+        self.observe(verification, extra, &Outcome::accepted(&principal));
+        Ok(Verified {
+            principal,
+            admitted,
+        })
+    }
+
+    /// Gives back what the admit steps spent for `principal`'s request, which a later step
+    /// refused (a route's [`RequireScopesLayer`](crate::middleware::RequireScopesLayer)):
+    /// each policy's [`refund`](Policy::refund), the verifier's and then `extra`.
+    pub async fn refund(
+        &self,
+        extra: &[Arc<dyn Policy>],
+        principal: &Principal,
+        request: &RequestInfo,
+    ) {
+        for policy in self.policies(extra) {
+            if let Some(refund) = policy.refund(principal, request) {
+                refund.await;
+            }
+        }
+    }
+
+    fn policies<'a>(
+        &'a self,
+        extra: &'a [Arc<dyn Policy>],
+    ) -> impl Iterator<Item = &'a dyn Policy> {
+        self.inner
+            .policies
+            .iter()
+            .chain(extra)
+            .map(|policy| &**policy)
+    }
+
+    fn observe(
+        &self,
+        verification: Verification,
+        extra: &[Arc<dyn Policy>],
+        outcome: &Outcome<'_>,
+    ) {
+        for pending in verification.pending {
+            pending.settle(outcome);
+        }
+        for policy in self.policies(extra) {
+            policy.observe(outcome);
+        }
+    }
+
+    /// The token's principal, checked up to and including scopes; no audit event, no
+    /// last-use note.
+    async fn authenticate_token(
+        &self,
+        token: &str,
+        required: &ScopeRequirement,
+        request: &RequestInfo,
+    ) -> Result<Principal, Refused> {
+        let inner = &*self.inner;
+        if let Some(authenticator) = inner.authenticators.iter().find(|a| a.recognises(token)) {
+            let (record, kind) = authenticator
+                .authenticate(token, inner.clock.now())
+                .map_err(Refused::early)?
+                .into_parts();
+            // It ends when it says; it has no lifetime or idle limit of the verifier's.
+            let expiry = record.expires_at;
+            return self.admit_record(Arc::new(record), expiry, kind, required, request);
+        }
+        let record = match self.lookup(token).await {
+            Ok(Lookup::Matched(record)) => record,
+            Ok(Lookup::Missed {
+                record: Some(record),
+                presented_id,
+            }) => {
+                self.balance_early_refusal(Some(&record), presented_id.as_ref(), required);
+                return Err(Refused {
+                    error: AuthError::invalid_token(RejectReason::WrongSecret, presented_id),
+                    record: Some(record),
+                });
+            }
+            Ok(Lookup::Missed {
+                record: None,
+                presented_id,
+            }) => {
+                self.balance_early_refusal(None, presented_id.as_ref(), required);
+                return Err(Refused::early(AuthError::invalid_token(
+                    RejectReason::UnknownToken,
+                    presented_id,
+                )));
+            }
+            Ok(Lookup::Malformed(reason)) => {
+                return Err(Refused::early(AuthError::invalid_token(reason, None)));
+            }
+            Err(err) => return Err(Refused::early(AuthError::store_unavailable(err))),
+        };
+
+        let now = inner.clock.now();
+        let ends = inner.ends(&record);
+        let reason = if record.is_revoked() {
+            Some(RejectReason::Revoked)
+        } else {
+            match ends {
+                Ends { own: Some(end), .. } if end <= now => Some(RejectReason::Expired),
+                Ends {
+                    lifetime: Some(end),
+                    ..
+                } if end <= now => Some(RejectReason::LifetimeExceeded),
+                Ends {
+                    idle: Some(end), ..
+                } if end <= now => Some(RejectReason::Idle),
+                _ => None,
+            }
+        };
+        if let Some(reason) = reason {
+            self.balance_refusal(Some(&record.id), required);
+            return Err(Refused {
+                error: AuthError::invalid_token(reason, Some(record.id)),
+                record: Some(record),
+            });
+        }
+        let expiry = store_expiry(inner, ends, now);
+        self.admit_record(record, expiry, CredentialKind::ApiKey, required, request)
+    }
+
+    /// The policies' `on_record` steps and the scope check, for a record from the store or
+    /// an authenticator.
+    fn admit_record(
+        &self,
+        record: Arc<TokenRecord>,
+        expiry: Option<DateTime<Utc>>,
+        kind: CredentialKind,
+        required: &ScopeRequirement,
+        request: &RequestInfo,
+    ) -> Result<Principal, Refused> {
+        let inner = &*self.inner;
+        for policy in &inner.policies {
+            if let Err(error) = policy.on_record(&record, request) {
+                if kind == CredentialKind::ApiKey {
+                    self.balance_refusal(Some(&record.id), required);
+                }
+                return Err(Refused {
+                    error,
+                    record: Some(record),
+                });
+            }
+        }
+        if let Err(missing) = inner.policy.check(&record.scopes, required) {
+            return Err(Refused {
+                error: AuthError::insufficient_scope(missing, record.id),
+                record: Some(record),
+            });
+        }
+        Ok(Principal::new(
+            expiry,
+            record,
+            super::PolicyRef::of(&inner.policy),
+            kind,
+        ))
+    }
+}
+
+/// A stored token's effective expiry: the earliest of its limits, where an idle limit runs
+/// from this use (about to be noted) when it is accepted.
+fn store_expiry<S>(
+    inner: &super::Inner<S>,
+    mut ends: Ends,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if let Some(idle) = inner.max_idle {
+        ends.idle = now.checked_add_signed(idle);
+    }
+    ends.earliest()
+}
