@@ -81,12 +81,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
-// Without the `tokio` feature the flusher does not exist: its links point to this page.
-#![cfg_attr(
-    not(feature = "tokio"),
-    doc = "\n[`LastUsedFlusher::shutdown`](crate::LastUsedFlusher::shutdown): #who-flushes\n\
-           [`Verifier::spawn_last_used_flusher`]: #who-flushes"
-)]
 
 use std::collections::HashMap;
 use std::fmt;

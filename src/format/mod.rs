@@ -26,7 +26,9 @@
 //! # Ok::<(), apitoken::FormatError>(())
 //! ```
 
+mod builder;
 mod checksum;
+mod scan;
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -35,6 +37,9 @@ use crate::id::{MAX_ID_LEN, TokenId};
 use crate::secret::{RandomnessUnavailable, Secret, random_base62};
 
 pub use crate::base62::BASE62;
+pub use builder::TokenFormatBuilder;
+use builder::{chars_for_bits, validate_prefix};
+use scan::{classify, is_base62};
 
 /// The longest token text any format parses. Longer input is rejected before anything else is
 /// looked at, so hostile input costs a length check.
@@ -524,108 +529,6 @@ pub enum GenerateError {
     Format(#[from] FormatError),
 }
 
-/// Builds a [`TokenFormat`] in the standard layout `{prefix}{id}{separator}{secret}{checksum}`.
-///
-/// Starts from the canonical format; see [`TokenFormat::builder`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct TokenFormatBuilder {
-    prefix: Option<String>,
-    id: IdKind,
-    separator: Separator,
-    checksum: Checksum,
-    secret_chars: usize,
-    accepted: Option<RangeInclusive<usize>>,
-}
-
-impl TokenFormatBuilder {
-    /// A type prefix such as `dbaudit_live_` or `ghp_`: 1 to 32 ASCII letters, digits, `_` or
-    /// `-`. It makes leaked tokens findable by secret scanners; end it with `_` so that a
-    /// double-click still selects the whole token.
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = Some(prefix.to_owned());
-        self
-    }
-
-    /// How the id is carried. Default: `IdKind::Random { len: 12 }`.
-    pub fn id(mut self, id: IdKind) -> Self {
-        self.id = id;
-        self
-    }
-
-    /// The character between id and secret. Default: [`Separator::Dot`].
-    pub fn separator(mut self, separator: Separator) -> Self {
-        self.separator = separator;
-        self
-    }
-
-    /// Whether tokens end in a checksum. Default: [`Checksum::Crc32Base62`].
-    pub fn checksum(mut self, checksum: Checksum) -> Self {
-        self.checksum = checksum;
-        self
-    }
-
-    /// Entropy of generated secrets, at least 128 bits. Default: 256 bits (43 characters).
-    pub fn secret_bits(mut self, bits: u32) -> Self {
-        self.secret_chars = if bits < MIN_SECRET_BITS {
-            0
-        } else {
-            chars_for_bits(bits)
-        };
-        self
-    }
-
-    /// Length of generated secrets in base62 characters (each carries 5.95 bits); at least 22.
-    pub fn secret_chars(mut self, chars: usize) -> Self {
-        self.secret_chars = chars;
-        self
-    }
-
-    /// Secret lengths that parsing accepts, for tokens issued elsewhere or under an older
-    /// setting. Must include the generated length. Default: exactly the generated length.
-    pub fn accept_secret_lengths(mut self, lengths: RangeInclusive<usize>) -> Self {
-        self.accepted = Some(lengths);
-        self
-    }
-
-    /// Checks the settings and builds the format.
-    pub fn build(self) -> Result<TokenFormat, FormatConfigError> {
-        let prefix = self.prefix.as_deref().map(validate_prefix).transpose()?;
-        if let IdKind::Random { len } = self.id
-            && !(8..=MAX_ID_LEN).contains(&len)
-        {
-            return Err(FormatConfigError::InvalidIdLength);
-        }
-        if self.secret_chars < chars_for_bits(MIN_SECRET_BITS)
-            || self.secret_chars > MAX_SECRET_CHARS
-        {
-            return Err(FormatConfigError::InvalidSecretSize);
-        }
-        let accepted = self
-            .accepted
-            .unwrap_or(self.secret_chars..=self.secret_chars);
-        if !accepted.contains(&self.secret_chars)
-            || *accepted.start() == 0
-            || *accepted.end() > MAX_SECRET_CHARS
-        {
-            return Err(FormatConfigError::InvalidAcceptedLength);
-        }
-        if self.id == IdKind::None && prefix.is_none() && self.checksum == Checksum::None {
-            return Err(FormatConfigError::AmbiguousIdLess);
-        }
-        Ok(TokenFormat {
-            layout: Layout::Standard {
-                id: self.id,
-                separator: self.separator,
-                checksum: self.checksum,
-                secret_chars: self.secret_chars,
-                accepted,
-            },
-            prefix,
-        })
-    }
-}
-
 /// A token split into its parts. Borrows the text it was parsed from.
 ///
 /// `Debug` shows the id and hides the secret.
@@ -707,143 +610,5 @@ fn sanctum_body_ok(body: &str) -> Result<(), FormatError> {
     Ok(())
 }
 
-fn validate_prefix(prefix: &str) -> Result<Box<str>, FormatConfigError> {
-    let ok = !prefix.is_empty()
-        && prefix.len() <= MAX_PREFIX_LEN
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(prefix.into())
-    } else {
-        Err(FormatConfigError::InvalidPrefix)
-    }
-}
-
-/// Whether any byte is outside the token alphabet (`0-9A-Za-z` and `.|_-`), and how many are
-/// outside base62: eight bytes at a time, in the bits of a `u64` (SWAR), about twice as fast
-/// as a table lookup a byte. `classify_bytewise` in the tests is the plain definition.
-fn classify(raw: &[u8]) -> (bool, usize) {
-    let (words, rest) = raw.as_chunks::<8>();
-    let (mut invalid, mut outside) = (0u64, 0u32);
-    for word in words {
-        let (i, o) = classify_word(u64::from_le_bytes(*word));
-        invalid |= i;
-        outside += o;
-    }
-    // The tail, padded with a base62 byte, which changes neither result.
-    let mut last = [b'0'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    let (i, o) = classify_word(u64::from_le_bytes(last));
-    (invalid | i != 0, (outside + o) as usize)
-}
-
-/// [`classify`] for eight bytes: a high bit set in the first result for each byte outside the
-/// token alphabet, and the number of bytes outside base62.
-fn classify_word(word: u64) -> (u64, u32) {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let ascii = word & LOW7;
-    // The high bit of each byte: set where that byte is at least `c`. A 7-bit byte plus at
-    // most 0x7f stays below 0x100, so no carry crosses into the next byte.
-    let at_least = |c: u8| (ascii + u64::from(0x80 - c) * 0x0101_0101_0101_0101) & HIGH;
-    let within = |lo: u8, hi: u8| at_least(lo) & !at_least(hi + 1);
-    // `& !word`: a byte with its high bit set is not base62, whatever its low bits.
-    let base62 = (within(b'0', b'9') | within(b'A', b'Z') | within(b'a', b'z')) & !word;
-    let punct = within(b'-', b'.') | within(b'_', b'_') | within(b'|', b'|');
-    let invalid = (word & HIGH) | (!(base62 | punct) & HIGH);
-    // The count of high bits, by summing the bytes' 0/1 into the top byte: `count_ones` is a
-    // dozen instructions on x86-64 without POPCNT, which baseline builds assume.
-    let outside = ((!base62 & HIGH) >> 7).wrapping_mul(0x0101_0101_0101_0101) >> 56;
-    (invalid, outside as u32)
-}
-
-fn is_base62(text: &str) -> bool {
-    classify(text.as_bytes()).1 == 0
-}
-
-/// Base62 characters needed for `bits` of entropy (log2 62 ≈ 5.954).
-fn chars_for_bits(bits: u32) -> usize {
-    (f64::from(bits) / 62f64.log2()).ceil() as usize
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The definition [`classify`] computes faster.
-    fn classify_bytewise(raw: &[u8]) -> (bool, usize) {
-        let token = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'|' | b'_' | b'-');
-        (
-            !raw.iter().all(token),
-            raw.iter().filter(|b| !b.is_ascii_alphanumeric()).count(),
-        )
-    }
-
-    #[test]
-    fn classify_agrees_with_the_definition_for_every_byte_at_every_position() {
-        for len in 1..=19 {
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut raw = vec![b'a'; len];
-                    raw[at] = byte;
-                    raw[len - 1 - at] = b'.';
-                    raw[at] = byte;
-                    assert_eq!(classify(&raw), classify_bytewise(&raw), "{raw:?}");
-                }
-            }
-        }
-        assert_eq!(classify(b""), (false, 0));
-    }
-
-    const DCT_1: &str = "1.0p9PMkZO4Hgy0ezwjhX0Fi4lEKrD4pflejgqjd0pfKtywlSWR9G0fIaWajuKcBT3";
-    const DCT_2: &str = "2.vCfC0MnpySYZLshuxap2aZ7xqBKAnQvV7hFnobe7xuNlHS9AF2NQnV9XXw4UyET6";
-    const SANCTUM: &str = "1|7TEwyZaQXMXRVBZV9USjWNRbXAbPv9BrgMJSLDCk345196d2";
-
-    fn id(text: &str) -> TokenId {
-        TokenId::new(text).unwrap()
-    }
-
-    #[test]
-    fn seed_tokens_parse_with_their_ids() {
-        let dct = TokenFormat::dct();
-        let p = dct.parse(DCT_1).unwrap();
-        assert_eq!(p.id(), Some(&id("1")));
-        assert_eq!(p.secret(), &DCT_1[2..]);
-        assert_eq!(dct.parse(DCT_2).unwrap().id(), Some(&id("2")));
-
-        let p = TokenFormat::sanctum().parse(SANCTUM).unwrap();
-        assert_eq!(p.id(), Some(&id("1")));
-        assert_eq!(p.secret(), &SANCTUM[2..]);
-    }
-
-    #[test]
-    fn bits_to_chars() {
-        assert_eq!(chars_for_bits(256), 43);
-        assert_eq!(chars_for_bits(128), 22);
-        assert!(TokenFormat::builder().secret_bits(127).build().is_err());
-        assert!(TokenFormat::builder().secret_chars(21).build().is_err());
-        assert!(TokenFormat::builder().secret_bits(128).build().is_ok());
-    }
-
-    #[test]
-    fn checksum_covers_prefix_and_id() {
-        let format = TokenFormat::builder().prefix("tk_").build().unwrap();
-        let token = format.generate(Some(&id("AbCdEfGh1234"))).unwrap();
-        let text = token.expose_secret();
-        assert!(format.parse(text).is_ok());
-        // Change one id character: the checksum no longer matches.
-        let tampered = text.replacen("AbCd", "AbCe", 1);
-        assert_eq!(format.parse(&tampered), Err(FormatError::BadChecksum));
-    }
-
-    #[test]
-    fn sanctum_prefix_is_optional_on_parse() {
-        let format = TokenFormat::sanctum_with_prefix("acme_").unwrap();
-        let with = format.generate(Some(&id("5"))).unwrap();
-        assert!(with.expose_secret().starts_with("5|acme_"));
-        let p = format.parse(with.expose_secret()).unwrap();
-        assert_eq!(p.secret(), &with.expose_secret()[2..]);
-        assert!(format.parse(SANCTUM).is_ok());
-    }
-}
+mod tests;

@@ -284,7 +284,7 @@ async fn create<S: TokenStore>(
     let mut metadata = Metadata::new();
     if let Some(limit) = RateLimit::of_token(principal.metadata()) {
         metadata.insert(
-            rate_limit::METADATA_KEY.to_owned(),
+            rate_limit::LIMIT_METADATA_KEY.to_owned(),
             limit.to_metadata_value(),
         );
     }

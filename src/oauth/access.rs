@@ -24,7 +24,13 @@ pub const ACCESS_TOKEN_PREFIX: &str = "at_";
 
 /// The metadata key under which an opaque access token's record notes its OAuth origin:
 /// `{"oauth": {"kind": "access_token", "client_id": …, "grant_type": …}}`.
-pub const METADATA_KEY: &str = "oauth";
+pub const ACCESS_TOKEN_METADATA_KEY: &str = "oauth";
+
+/// The old name of [`ACCESS_TOKEN_METADATA_KEY`].
+#[deprecated(
+    note = "renamed `ACCESS_TOKEN_METADATA_KEY`: two public constants shared the name `METADATA_KEY`"
+)]
+pub const METADATA_KEY: &str = ACCESS_TOKEN_METADATA_KEY;
 
 /// The format of opaque access tokens: `at_{12-character id}_{256-bit secret}{checksum}`.
 ///
@@ -241,7 +247,7 @@ impl<S: TokenStore> OpaqueMinter<S> {
 pub(crate) fn access_metadata(client_id: &TokenId, grant: GrantType) -> Metadata {
     let mut metadata = Metadata::new();
     metadata.insert(
-        METADATA_KEY.to_owned(),
+        ACCESS_TOKEN_METADATA_KEY.to_owned(),
         json!({ "kind": "access_token", "client_id": client_id.as_str(), "grant_type": grant.as_str() }),
     );
     metadata
@@ -249,7 +255,7 @@ pub(crate) fn access_metadata(client_id: &TokenId, grant: GrantType) -> Metadata
 
 /// The client an access token's record was issued to, if the record is an OAuth access token.
 pub(crate) fn access_token_client(metadata: &Metadata) -> Option<&str> {
-    let oauth = metadata.get(METADATA_KEY)?;
+    let oauth = metadata.get(ACCESS_TOKEN_METADATA_KEY)?;
     if oauth.get("kind")?.as_str()? != "access_token" {
         return None;
     }
@@ -270,7 +276,7 @@ impl<S: TokenStore + 'static> AccessTokenMinter for OpaqueMinter<S> {
             );
             if let Some(limit) = request.rate_limit {
                 metadata.insert(
-                    crate::rate_limit::METADATA_KEY.to_owned(),
+                    crate::rate_limit::LIMIT_METADATA_KEY.to_owned(),
                     limit.to_metadata_value(),
                 );
             }

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use serde_json::{Value, json};
 
-use super::access::{GrantType, METADATA_KEY};
+use super::access::{ACCESS_TOKEN_METADATA_KEY, GrantType};
 use super::endpoint::Form;
 use super::response::{ErrorCode, OAuthError};
 use crate::error::AuthErrorKind;
@@ -224,7 +224,7 @@ fn invalid_client(challenge: Option<&'static str>, description: &'static str) ->
 
 /// Whether a record is a token this module minted (not an API key).
 pub(crate) fn is_oauth_token(metadata: &Metadata) -> bool {
-    metadata.contains_key(METADATA_KEY)
+    metadata.contains_key(ACCESS_TOKEN_METADATA_KEY)
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` → `(id, secret)` (RFC 6749 §2.3.1:

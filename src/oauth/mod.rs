@@ -66,9 +66,11 @@ use std::sync::Arc;
 use ::axum::Router;
 use chrono::TimeDelta;
 
+#[allow(deprecated)]
+pub use access::METADATA_KEY;
 pub use access::{
-    ACCESS_TOKEN_PREFIX, AccessTokenMinter, AccessTokenRequest, FormatNotAccepted, GrantType,
-    METADATA_KEY, MintError, MintedAccessToken, OpaqueMinter, access_token_format,
+    ACCESS_TOKEN_METADATA_KEY, ACCESS_TOKEN_PREFIX, AccessTokenMinter, AccessTokenRequest,
+    FormatNotAccepted, GrantType, MintError, MintedAccessToken, OpaqueMinter, access_token_format,
 };
 pub use client::{CLIENT_METADATA_KEY, ClientRegistration};
 pub use code::{AUTHORIZATION_CODE_PREFIX, s256_challenge};
@@ -217,7 +219,7 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServer<S, G>
 
     /// Removes what can no longer be used: expired codes, families whose newest refresh
     /// token is past the inactivity limit, and expired access tokens in the token store
-    /// ([`TokenStore::remove_expired`] with the [`METADATA_KEY`] marker). Returns how many
+    /// ([`TokenStore::remove_expired`] with the [`ACCESS_TOKEN_METADATA_KEY`] marker). Returns how many
     /// entries went. [`spawn_purger`](Self::spawn_purger) runs it on a schedule.
     pub async fn purge(&self) -> Result<usize, crate::StoreError> {
         let now = self.shared.verifier.now();
@@ -229,7 +231,7 @@ impl<S: TokenStore + 'static, G: GrantStore + 'static> AuthorizationServer<S, G>
             .shared
             .verifier
             .store()
-            .remove_expired(now, METADATA_KEY)
+            .remove_expired(now, ACCESS_TOKEN_METADATA_KEY)
             .await?;
         Ok(grants + tokens)
     }

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 pub use breaker::{CircuitBreaker, DEFAULT_COOL_OFF, DEFAULT_FAILURES_TO_OPEN};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryRateLimiter};
+pub(crate) use policies::RateLimitStep;
 #[cfg(feature = "redis")]
 pub use redis::RedisRateLimiter;
 pub use throttle::{Attempt, FailureThrottle};
@@ -48,7 +49,13 @@ struct RateLimitsGuide;
 
 /// The metadata key a token's own limit is read from: `{"requests": 100, "period_secs": 60}`,
 /// with an optional `"burst"`. See [`RateLimitPolicy`].
-pub const METADATA_KEY: &str = "rate_limit";
+pub const LIMIT_METADATA_KEY: &str = "rate_limit";
+
+/// The old name of [`LIMIT_METADATA_KEY`].
+#[deprecated(
+    note = "renamed `LIMIT_METADATA_KEY`: two public constants shared the name `METADATA_KEY`"
+)]
+pub const METADATA_KEY: &str = LIMIT_METADATA_KEY;
 
 /// The metadata key naming whose budget a token spends under a per-token policy: another
 /// token's id, whose budget it shares (`{"rate_limit_budget": "Xq3c9TzA1b2C"}`). OAuth access
@@ -159,7 +166,7 @@ impl RateLimit {
         self.period / self.requests
     }
 
-    /// The token's own limit: its metadata's [`METADATA_KEY`] entry, if there is one and it
+    /// The token's own limit: its metadata's [`LIMIT_METADATA_KEY`] entry, if there is one and it
     /// is valid (an invalid one is ignored, and the policy's default applies).
     ///
     /// ```
@@ -172,7 +179,9 @@ impl RateLimit {
     /// assert_eq!(RateLimit::of_token(&metadata), Some(RateLimit::per_hour(1)));
     /// ```
     pub fn of_token(metadata: &crate::Metadata) -> Option<Self> {
-        metadata.get(METADATA_KEY).and_then(limit_from_metadata)
+        metadata
+            .get(LIMIT_METADATA_KEY)
+            .and_then(limit_from_metadata)
     }
 
     /// The limit as a token's metadata entry reads it: `{"requests", "period_secs", "burst"}`.
@@ -497,7 +506,7 @@ pub enum RateLimitKey {
 
 /// Which limit applies to a verified token, and whose budget it spends.
 ///
-/// The limit is the policy's default unless the token's metadata has a [`METADATA_KEY`]
+/// The limit is the policy's default unless the token's metadata has a [`LIMIT_METADATA_KEY`]
 /// (`"rate_limit"`) object, `{"requests": 100, "period_secs": 60}` with an optional
 /// `"burst"`, which replaces it for that token. A value that is not such an object is ignored
 /// with a warning and the default applies: a typo never lifts a limit, nor refuses a request.
@@ -605,7 +614,7 @@ impl RateLimitPolicy {
             }
             RateLimitKey::Owner => format!("owner:{}", principal.owner()),
         };
-        let limit = match principal.metadata().get(METADATA_KEY) {
+        let limit = match principal.metadata().get(LIMIT_METADATA_KEY) {
             None => self.default,
             Some(value) => limit_from_metadata(value).unwrap_or_else(|| {
                 tracing::warn!(
@@ -630,160 +639,5 @@ fn limit_from_metadata(value: &serde_json::Value) -> Option<RateLimit> {
     }
 }
 
-impl crate::AuthError {
-    /// The rate limiter's decision (limit, remaining, reset), when a token's rate limit
-    /// refused the request.
-    #[deprecated(
-        note = "use `error.detail::<RateLimitDecision>()`: the core no longer names the rate limiter's type"
-    )]
-    pub fn rate_limit(&self) -> Option<&RateLimitDecision> {
-        self.detail()
-    }
-}
-
-/// A limiter and its policy, as the layer keeps them.
-pub(crate) struct RateLimitStep {
-    pub(crate) limiter: Arc<dyn DynRateLimiter>,
-    pub(crate) policy: RateLimitPolicy,
-    /// When the last "limiter unavailable" warning was logged (seconds since the epoch).
-    pub(crate) last_warned: std::sync::atomic::AtomicI64,
-}
-
-/// At most one "limiter unavailable" warning per this many seconds, with a count of the
-/// requests since the last one.
-const OUTAGE_WARNING_EVERY_SECS: i64 = 10;
-
-impl fmt::Debug for RateLimitStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitStep")
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RateLimitStep {
-    /// Gives back what [`check`](Self::check) spent for `principal`. A limiter error is
-    /// logged and otherwise ignored: the budget is then stricter by one request, never looser.
-    pub(crate) async fn give_back(&self, principal: &Principal) {
-        let (key, limit) = self.policy.resolve(principal);
-        if let Err(error) = self.limiter.refund_boxed(&key, &limit).await {
-            tracing::debug!(?error, key, "rate limit refund failed");
-        }
-    }
-
-    /// `Ok` when the request may go ahead (also when the limiter is down: fail open), the
-    /// decision inside when there was one; `Err` with the refusal.
-    pub(crate) async fn check(
-        &self,
-        principal: &Principal,
-    ) -> Result<Option<RateLimitDecision>, crate::AuthError> {
-        let (key, limit) = self.policy.resolve(principal);
-        match self.limiter.acquire_boxed(&key, &limit).await {
-            Ok(decision) if decision.is_allowed() => Ok(Some(decision)),
-            Ok(decision) => {
-                tracing::debug!(token_id = %principal.token_id(), key, "rate limited");
-                Err(crate::AuthError::rate_limited(
-                    decision.retry_after(),
-                    Some(*principal.token_id()),
-                )
-                .with_detail(decision))
-            }
-            Err(error) => {
-                let now = chrono::Utc::now().timestamp();
-                let last = self.last_warned.load(std::sync::atomic::Ordering::Relaxed);
-                if now - last >= OUTAGE_WARNING_EVERY_SECS
-                    && self
-                        .last_warned
-                        .compare_exchange(
-                            last,
-                            now,
-                            std::sync::atomic::Ordering::Relaxed,
-                            std::sync::atomic::Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    tracing::warn!(
-                        ?error,
-                        fail_closed = self.policy.fail_closed,
-                        "rate limiter unavailable (logged at most every 10 s)"
-                    );
-                }
-                if self.policy.fail_closed {
-                    return Err(crate::AuthError::store_unavailable(
-                        crate::StoreError::unavailable(error),
-                    ));
-                }
-                Ok(None)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: i128 = 1_000_000_000;
-
-    #[test]
-    fn gcra_allows_a_burst_then_one_per_interval() {
-        let limit = RateLimit::per_minute(3); // interval 20 s
-        let (d, tat) = gcra(None, 0, &limit);
-        assert!(d.is_allowed());
-        assert_eq!(d.remaining(), 2);
-        assert_eq!(d.reset_after(), Duration::from_secs(20));
-        let (d, tat) = gcra(Some(tat), 0, &limit);
-        assert_eq!(d.remaining(), 1);
-        let (d, tat) = gcra(Some(tat), 0, &limit);
-        assert_eq!(d.remaining(), 0);
-        assert_eq!(d.reset_after(), Duration::from_secs(60));
-        let (d, same) = gcra(Some(tat), 0, &limit);
-        assert!(!d.is_allowed());
-        assert_eq!(same, tat, "a refusal spends nothing");
-        assert_eq!(d.retry_after(), Duration::from_secs(20));
-        // 20 s later one more is allowed, and only one.
-        let (d, tat) = gcra(Some(tat), 20 * S, &limit);
-        assert!(d.is_allowed());
-        assert_eq!(d.remaining(), 0);
-        let (d, _) = gcra(Some(tat), 20 * S, &limit);
-        assert!(!d.is_allowed());
-        // Long idle: back to a full burst, not more.
-        let (d, _) = gcra(Some(tat), 1000 * S, &limit);
-        assert_eq!(d.remaining(), 2);
-    }
-
-    #[test]
-    fn burst_smaller_than_requests() {
-        let limit = RateLimit::per_second(10).with_burst(2);
-        let (d, tat) = gcra(None, 0, &limit);
-        assert_eq!(d.remaining(), 1);
-        let (_, tat) = gcra(Some(tat), 0, &limit);
-        let (d, _) = gcra(Some(tat), 0, &limit);
-        assert!(!d.is_allowed());
-        assert_eq!(d.retry_after(), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn metadata_limits() {
-        let parse = |v: serde_json::Value| limit_from_metadata(&v);
-        assert_eq!(
-            parse(serde_json::json!({"requests": 5, "period_secs": 10})),
-            RateLimit::new(5, Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse(serde_json::json!({"requests": 5, "period_secs": 10, "burst": 1}))
-                .map(|l| l.burst()),
-            Some(1)
-        );
-        assert_eq!(
-            parse(serde_json::json!({"requests": 0, "period_secs": 10})),
-            None
-        );
-        assert_eq!(parse(serde_json::json!({"requests": 5})), None);
-        assert_eq!(parse(serde_json::json!("100/min")), None);
-        assert_eq!(
-            parse(serde_json::json!({"requests": -1, "period_secs": 1})),
-            None
-        );
-    }
-}
+mod tests;

@@ -1,6 +1,10 @@
-//! The rate limit and the failure throttle as [`Policy`]s, the way the middleware runs them.
+//! The rate limit and the failure throttle as [`Policy`]s, the way the middleware runs them,
+//! and [`RateLimitStep`]: a limiter with its policy.
 
-use super::{Attempt, FailureThrottle, RateLimitStep};
+use std::fmt;
+use std::sync::Arc;
+
+use super::{Attempt, DynRateLimiter, FailureThrottle, RateLimitDecision, RateLimitPolicy};
 use crate::error::{AuthError, AuthErrorKind};
 use crate::policy::{Admit, Admitted, Outcome, Pending, Policy};
 use crate::verifier::{Principal, RequestInfo};
@@ -60,5 +64,94 @@ impl Policy for RateLimitStep {
         _: &'a RequestInfo,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>> {
         Some(Box::pin(self.give_back(principal)))
+    }
+}
+
+impl crate::AuthError {
+    /// The rate limiter's decision (limit, remaining, reset), when a token's rate limit
+    /// refused the request.
+    #[deprecated(
+        note = "use `error.detail::<RateLimitDecision>()`: the core no longer names the rate limiter's type"
+    )]
+    pub fn rate_limit(&self) -> Option<&RateLimitDecision> {
+        self.detail()
+    }
+}
+
+/// A limiter and its policy, as the layer keeps them.
+pub(crate) struct RateLimitStep {
+    pub(crate) limiter: Arc<dyn DynRateLimiter>,
+    pub(crate) policy: RateLimitPolicy,
+    /// When the last "limiter unavailable" warning was logged (seconds since the epoch).
+    pub(crate) last_warned: std::sync::atomic::AtomicI64,
+}
+
+/// At most one "limiter unavailable" warning per this many seconds, with a count of the
+/// requests since the last one.
+const OUTAGE_WARNING_EVERY_SECS: i64 = 10;
+
+impl fmt::Debug for RateLimitStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitStep")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitStep {
+    /// Gives back what [`check`](Self::check) spent for `principal`. A limiter error is
+    /// logged and otherwise ignored: the budget is then stricter by one request, never looser.
+    pub(crate) async fn give_back(&self, principal: &Principal) {
+        let (key, limit) = self.policy.resolve(principal);
+        if let Err(error) = self.limiter.refund_boxed(&key, &limit).await {
+            tracing::debug!(?error, key, "rate limit refund failed");
+        }
+    }
+
+    /// `Ok` when the request may go ahead (also when the limiter is down: fail open), the
+    /// decision inside when there was one; `Err` with the refusal.
+    pub(crate) async fn check(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<RateLimitDecision>, crate::AuthError> {
+        let (key, limit) = self.policy.resolve(principal);
+        match self.limiter.acquire_boxed(&key, &limit).await {
+            Ok(decision) if decision.is_allowed() => Ok(Some(decision)),
+            Ok(decision) => {
+                tracing::debug!(token_id = %principal.token_id(), key, "rate limited");
+                Err(crate::AuthError::rate_limited(
+                    decision.retry_after(),
+                    Some(*principal.token_id()),
+                )
+                .with_detail(decision))
+            }
+            Err(error) => {
+                let now = chrono::Utc::now().timestamp();
+                let last = self.last_warned.load(std::sync::atomic::Ordering::Relaxed);
+                if now - last >= OUTAGE_WARNING_EVERY_SECS
+                    && self
+                        .last_warned
+                        .compare_exchange(
+                            last,
+                            now,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        ?error,
+                        fail_closed = self.policy.fail_closed,
+                        "rate limiter unavailable (logged at most every 10 s)"
+                    );
+                }
+                if self.policy.fail_closed {
+                    return Err(crate::AuthError::store_unavailable(
+                        crate::StoreError::unavailable(error),
+                    ));
+                }
+                Ok(None)
+            }
+        }
     }
 }
