@@ -5,6 +5,10 @@
 //! curl -H "Authorization: Bearer <token>" http://127.0.0.1:3001/
 //! ```
 
+#[path = "quickstart.rs"]
+#[allow(dead_code)]
+mod quickstart;
+
 use std::convert::Infallible;
 
 use apitoken::middleware::AuthLayer;
@@ -30,10 +34,10 @@ async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infa
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    quickstart::init_logging();
     let verifier = Verifier::builder(MemoryStore::new()).build();
-    // Writes last-use times once a minute; dropping the handle would stop it. This server
-    // runs until killed, so it never calls `shutdown` (which flushes what remains).
-    let _flusher = verifier.spawn_last_used_flusher();
+    // Writes last-use times once a minute; `shutdown` below writes what remains.
+    let flusher = verifier.spawn_last_used_flusher();
     let issued = verifier
         .issuer()
         .issue(NewToken::new("hyper example", Owner::new("team-1")?))
@@ -46,8 +50,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // Ctrl-C or SIGTERM stops accepting; the handler is the quickstart's.
+    let shutdown = quickstart::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => break,
+        };
         let service = TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
             if let Err(err) = http1::Builder::new()
@@ -58,4 +68,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
+    // Connections still open are not drained here (hyper-util's `GracefulShutdown` does
+    // that); the last-use times are written either way.
+    flusher.shutdown().await?;
+    Ok(())
 }

@@ -70,10 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 5. Revocation is immediate.
-    verifier
-        .store()
-        .revoke(&issued.record.id, verifier.now())
-        .await?;
+    verifier.revoke(&issued.record.id).await?;
     let err = verifier.authenticate(token).await.unwrap_err();
     println!("after revoke: {err} (reason for logs: {:?})", err.reason());
 

@@ -15,7 +15,11 @@
 //! | `POST /oauth/revoke`, `POST /oauth/introspect` | RFC 7009, RFC 7662 |
 //! | `GET /oauth/authorize` | signs in the user named in an `X-Demo-User` header (a demo stand-in for a login page) |
 //!
-//! `docs/oauth.md` walks through every flow with `curl`. Stop it with Ctrl-C.
+//! `docs/oauth.md` walks through every flow with `curl`. Stop it with Ctrl-C or SIGTERM.
+
+#[path = "quickstart.rs"]
+#[allow(dead_code)]
+mod quickstart;
 
 use std::net::SocketAddr;
 
@@ -38,6 +42,7 @@ const REDIRECT_URI: &str = "http://127.0.0.1:8080/callback";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    quickstart::init_logging();
     let addr = parse_addr(std::env::args().skip(1))?;
     // API keys look like DB Audit's `dbaudit_live_…`; access tokens like `at_…`.
     let verifier = Verifier::builder(MemoryStore::new())
@@ -81,13 +86,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("client_secret: {}", client.token.expose_secret());
     println!("redirect_uri:  {REDIRECT_URI}");
     println!(
-        "listening on http://{} (Ctrl-C to stop)",
+        "listening on http://{} (Ctrl-C or SIGTERM to stop)",
         listener.local_addr()?
     );
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(quickstart::shutdown_signal())
         .await?;
     Ok(())
 }

@@ -20,6 +20,7 @@ use apitoken::{CachedStore, PostgresStore, Verifier};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    quickstart::init_logging();
     let url = std::env::var("DATABASE_URL")
         .map_err(|_| "set DATABASE_URL, for example postgres://postgres@127.0.0.1:5432/test")?;
     let addr = parse_addr(std::env::args().skip(1))?;
@@ -41,9 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on http://{}", listener.local_addr()?);
 
     axum::serve(listener, quickstart::app(verifier.clone()))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(quickstart::shutdown_signal())
         .await?;
 
     // Write what is still buffered before exiting.

@@ -39,28 +39,73 @@ use serde_json::json;
 #[allow(dead_code)] // `main` is unused when the tests include this file as a module.
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    init_logging();
     let addr = parse_addr(std::env::args().skip(1))?;
     let verifier = Verifier::builder(apitoken::MemoryStore::new())
         .format(token_format())
         // Short, so the token list shows a use a second later; the default is 60 s.
         .last_used_flush_interval(Duration::from_secs(1))
         .build();
-    // Writes last-use times in the background, off the request path.
-    let flusher = verifier.spawn_last_used_flusher();
 
     let bootstrap = issue_bootstrap_token(&verifier).await?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("bootstrap token: {}", bootstrap.expose_secret());
     println!("listening on http://{}", listener.local_addr()?);
+    serve(listener, verifier, shutdown_signal())
+        .await
+        .map_err(|e| e as _)
+}
 
+/// Serves [`app`] until `shutdown` resolves, with last use written in the background, and
+/// writes what is still buffered before returning.
+pub async fn serve<S: TokenStore + 'static>(
+    listener: tokio::net::TcpListener,
+    verifier: Verifier<S>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Writes last-use times in the background, off the request path.
+    let flusher = verifier.spawn_last_used_flusher();
     axum::serve(listener, app(verifier))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown)
         .await?;
     // Stops the flusher and writes what is still buffered.
     flusher.shutdown().await?;
     Ok(())
+}
+
+/// Logs to stderr. Refusals are logged at `debug` with their reason (never the token), so
+/// this shows why each request was refused; `RUST_LOG=apitoken=info` quietens it.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apitoken=debug"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// Resolves on Ctrl-C or on SIGTERM, which `docker stop`, Kubernetes and systemd send: either
+/// way the server drains and the last-use flush runs. Waiting on Ctrl-C alone, a SIGTERM
+/// would kill the process and lose the times buffered since the last flush.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }
 
 /// Tokens look like `demo_<12-char id>.<43-char secret><6-char checksum>`.

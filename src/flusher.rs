@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::store::{StoreError, TokenStore};
-use crate::verifier::Verifier;
+use crate::verifier::{Verifier, WeakVerifier};
 
 type FinalFlush = Box<
     dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<usize, StoreError>> + Send>> + Send + Sync,
@@ -22,10 +22,11 @@ type FinalFlush = Box<
 /// [`Verifier::spawn_last_used_flusher`].
 ///
 /// Call [`shutdown`](Self::shutdown) when the service stops: it stops the task and flushes
-/// what remains. Dropping the handle instead aborts the task **without** a final flush (a
-/// flush cannot be awaited in `Drop`); the times stay in the verifier's buffer, where a
-/// later [`Verifier::flush_last_used`] or a new flusher finds them. A flush that the abort
-/// interrupts puts its entries back.
+/// what remains. Dropping the handle (`let _ = verifier.spawn_last_used_flusher();`) leaves
+/// the task running, flushing every interval, until every clone of the verifier is dropped;
+/// only the final flush is lost, since a flush cannot be awaited in `Drop`. Whatever the
+/// last tick did not write stays in the verifier's buffer, and a verifier dropped with
+/// unflushed times logs a warning with their count.
 ///
 /// ```
 /// use apitoken::{MemoryStore, Verifier};
@@ -39,8 +40,8 @@ type FinalFlush = Box<
 /// # Ok::<(), apitoken::StoreError>(())
 /// # }).unwrap();
 /// ```
-#[must_use = "dropping the flusher stops it at once; keep it, and call `shutdown` when the \
-              service stops"]
+#[must_use = "keep the handle and call `shutdown` when the service stops: dropping it keeps \
+              the task running but loses the final flush"]
 pub struct LastUsedFlusher {
     interval: Option<Duration>,
     stop: Option<oneshot::Sender<()>>,
@@ -105,14 +106,6 @@ impl LastUsedFlusher {
     }
 }
 
-impl Drop for LastUsedFlusher {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
 impl fmt::Debug for LastUsedFlusher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LastUsedFlusher")
@@ -130,7 +123,9 @@ impl<S: TokenStore + 'static> Verifier<S> {
     /// that takes longer than the interval delays the next one instead of queueing more.
     ///
     /// Spawn one per verifier (clones share the buffer, so one is enough); keep the handle
-    /// and call [`LastUsedFlusher::shutdown`] when the service stops. A verifier built with
+    /// and call [`LastUsedFlusher::shutdown`] when the service stops (on SIGTERM as well as
+    /// Ctrl-C: `docker stop`, Kubernetes and systemd send SIGTERM). The task holds the
+    /// verifier weakly: it ends by itself once every clone of the verifier is dropped. A verifier built with
     /// [`disable_last_used`](crate::VerifierBuilder::disable_last_used) spawns nothing.
     ///
     /// # Panics
@@ -159,7 +154,7 @@ impl<S: TokenStore + 'static> Verifier<S> {
             };
         };
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(self.clone(), every, stopped));
+        let task = tokio::spawn(run(self.downgrade(), every, stopped));
         let verifier = self.clone();
         LastUsedFlusher {
             interval: Some(every),
@@ -172,17 +167,33 @@ impl<S: TokenStore + 'static> Verifier<S> {
     }
 }
 
-/// Flushes every `every` until told to stop (or until the handle's sender is gone).
+/// Flushes every `every` until told to stop, or, once the handle is dropped without
+/// `shutdown`, until the verifier is gone.
 async fn run<S: TokenStore>(
-    verifier: Verifier<S>,
+    verifier: WeakVerifier<S>,
     every: Duration,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut next = Instant::now() + every;
+    let mut detached = false;
     loop {
-        if tokio::time::timeout_at(next, &mut stopped).await.is_ok() {
-            return;
+        if detached {
+            tokio::time::sleep_until(next).await;
+        } else {
+            match tokio::time::timeout_at(next, &mut stopped).await {
+                Ok(Ok(())) => return,
+                // The handle was dropped: keep flushing, only no one will call `shutdown`.
+                Ok(Err(_)) => {
+                    detached = true;
+                    tokio::time::sleep_until(next).await;
+                }
+                Err(_) => {}
+            }
         }
+        // Held only for the flush, so a dropped verifier is freed between ticks.
+        let Some(verifier) = verifier.upgrade() else {
+            return;
+        };
         if let Err(err) = verifier.flush_last_used().await {
             tracing::warn!(
                 error = ?err,
@@ -190,6 +201,7 @@ async fn run<S: TokenStore>(
                 "could not flush last-use times; they are kept for the next flush"
             );
         }
+        drop(verifier);
         next += every;
         let now = Instant::now();
         if next <= now {

@@ -1248,19 +1248,46 @@ async fn a_failed_final_flush_is_reported_and_kept() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropping_the_flusher_stops_it_and_keeps_the_times() {
+async fn a_dropped_flusher_handle_leaves_the_task_flushing() {
     let verifier = counting_verifier();
-    let flusher = verifier.spawn_last_used_flusher();
+    // What rustc's `must_use` help suggests: it must not stop the task.
+    let _ = verifier.spawn_last_used_flusher();
     let issued = issue(&verifier, "team-1", &[]).await;
     verifier
         .authenticate(issued.token.expose_secret())
         .await
         .unwrap();
-    drop(flusher);
-    tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(verifier.store().batches(), 0);
-    assert_eq!(verifier.last_used_pending(), 1);
-    assert_eq!(verifier.flush_last_used().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(verifier.store().batches(), 1);
+    assert_eq!(verifier.last_used_pending(), 0);
+    assert!(
+        stored_last_used(&verifier, &issued.record.id)
+            .await
+            .is_some()
+    );
+
+    // And on the next tick too.
+    verifier
+        .authenticate(issued.token.expose_secret())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(verifier.store().batches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detached_flusher_ends_with_its_verifier() {
+    let store = Arc::new(MemoryStore::new());
+    let verifier = Verifier::builder(Arc::clone(&store)).build();
+    let _ = verifier.spawn_last_used_flusher();
+    let also = verifier.spawn_last_used_flusher();
+    drop(also);
+    // Both tasks run (and pass a tick) before the verifier goes.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    drop(verifier);
+    // The tasks hold the verifier weakly: once it is gone, so is every hold on its store.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(Arc::strong_count(&store), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -431,18 +431,14 @@ async fn revoke<S: TokenStore>(
         Ok(record) => record.id,
         Err(response) => return response,
     };
-    match verifier.store().revoke(&id, verifier.now()).await {
+    match verifier.revoke(&id).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => unavailable(),
     }
 }
 
 async fn revoke_all<S: TokenStore>(State(verifier): Shared<S>, principal: Principal) -> Response {
-    match verifier
-        .store()
-        .revoke_owner(principal.owner(), verifier.now())
-        .await
-    {
+    match verifier.revoke_owner(principal.owner()).await {
         Ok(n) => Json(json!({ "revoked": n })).into_response(),
         Err(_) => unavailable(),
     }

@@ -39,6 +39,7 @@ mod builder;
 mod lookup;
 mod pipeline;
 mod principal;
+mod revocation;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -162,6 +163,23 @@ impl<S> Inner<S> {
     /// Whether `record` would pass every check but the secret, address and scopes at `now`.
     pub(crate) fn is_active(&self, record: &TokenRecord, now: DateTime<Utc>) -> bool {
         !record.is_revoked() && self.ends(record).earliest().is_none_or(|end| end > now)
+    }
+}
+
+/// A hold on a verifier that does not keep it alive: the background flusher's, so a flusher
+/// whose handle was dropped ends once the application drops its last verifier.
+pub(crate) struct WeakVerifier<S>(std::sync::Weak<Inner<S>>);
+
+impl<S> WeakVerifier<S> {
+    /// The verifier, while any clone of it is alive.
+    pub(crate) fn upgrade(&self) -> Option<Verifier<S>> {
+        self.0.upgrade().map(|inner| Verifier { inner })
+    }
+}
+
+impl<S> Verifier<S> {
+    pub(crate) fn downgrade(&self) -> WeakVerifier<S> {
+        WeakVerifier(Arc::downgrade(&self.inner))
     }
 }
 
@@ -319,8 +337,9 @@ impl<S> Verifier<S> {
         self.inner.last_used.as_ref()
     }
 
-    /// The current time by the verifier's clock; use it for store calls such as
-    /// [`TokenStore::revoke`] so tests that move the clock see consistent times.
+    /// The current time by the verifier's clock: what [`revoke`](Self::revoke) and
+    /// [`revoke_owner`](Self::revoke_owner) use, and what to compare a record's times with
+    /// (expiry, last use), so tests that move the clock see consistent times.
     pub fn now(&self) -> DateTime<Utc> {
         self.inner.clock.now()
     }
