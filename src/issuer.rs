@@ -405,6 +405,28 @@ pub struct IssuedToken {
     pub record: TokenRecord,
 }
 
+impl IssuedToken {
+    /// The new token's id: the same accessor a [`Principal`](crate::Principal) has
+    /// ([`Principal::token_id`](crate::Principal::token_id)), so code that revokes, rotates
+    /// or logs reads ids one way. The fields stay public for destructuring.
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, NewToken, Owner, Verifier};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let issued = verifier.issuer().issue(NewToken::new("ci", Owner::new("team-1")?)).await?;
+    /// let principal = verifier.authenticate(issued.token.expose_secret()).await?;
+    /// assert_eq!(issued.token_id(), principal.token_id());
+    /// assert_eq!(issued.token_id(), &issued.record.id);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn token_id(&self) -> &TokenId {
+        &self.record.id
+    }
+}
+
 /// Why a token could not be issued. Nothing was stored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
