@@ -20,8 +20,10 @@
 //!   (keeping the later time where the id was noted again meanwhile) and the next flush writes
 //!   them. The same happens if the flush is cancelled half-way (its future dropped, its task
 //!   aborted).
-//! - **Flushed on shutdown.** [`LastUsedFlusher::shutdown`](crate::LastUsedFlusher::shutdown) (feature `tokio`) stops the
-//!   background task and flushes what remains.
+//! - **Flushed on shutdown.** [`LastUsedFlusher::shutdown`](crate::LastUsedFlusher::shutdown)
+//!   (feature `tokio`) stops the background task and flushes what remains. Call it on SIGTERM
+//!   as well as Ctrl-C: `docker stop`, Kubernetes and systemd send SIGTERM, and a process
+//!   killed by it loses what was buffered since the last tick.
 //!
 //! # The bounds
 //!
