@@ -78,6 +78,6 @@ pub use store::{
     StoreError, StoreErrorKind, StoredToken, TokenStore,
 };
 pub use verifier::{
-    CredentialKind, Principal, RequestInfo, Verification, Verified, Verifier, VerifierBuildError,
-    VerifierBuilder,
+    CredentialKind, Principal, Receipts, RequestInfo, Verification, Verified, Verifier,
+    VerifierBuildError, VerifierBuilder,
 };

@@ -17,7 +17,7 @@ use super::response::{JsonResponder, Responder};
 use crate::error::AuthError;
 use crate::scope::{InvalidScope, ScopeRequirement};
 use crate::store::TokenStore;
-use crate::verifier::{Principal, RequestInfo};
+use crate::verifier::{Principal, Receipts, RequestInfo};
 
 /// Requires scopes for the routes it wraps; answers 403 (`insufficient_scope`) otherwise.
 ///
@@ -221,11 +221,14 @@ where
     }
 }
 
-/// What [`AuthLayer`](super::AuthLayer) leaves in a rate-limited request's extensions: a
-/// route's scope check that refuses the request claims it, and the layer then gives back what
-/// the rate limit spent, so a request refused for scopes, by the layer or by a route, spends no
-/// budget. (Between the two, for the microseconds a route takes to refuse, one request of the
-/// budget is held; a concurrent request at the very edge of the budget can see it spent.)
+/// What [`AuthLayer`](super::AuthLayer) leaves in the extensions of a request whose admit
+/// steps spent something (a rate limit's budget, a quota): a route's scope check that refuses
+/// the request claims it, and the layer then gives back what was spent, so a request refused
+/// for scopes, by the layer or by a route, spends nothing in the end. Between the spend and
+/// the refund, for the time a route takes to refuse, each such request holds what it spent:
+/// a burst of requests that their routes will refuse holds as many units as it has requests
+/// in flight, and a concurrent request of the same key (the same owner, with `per_owner`)
+/// can be refused for a budget that is given back moments later.
 #[derive(Clone)]
 pub(crate) struct RouteRefusal(Arc<Offer>);
 
@@ -240,21 +243,23 @@ impl RouteRefusal {
         layer: Arc<super::AuthLayer<S, R>>,
         principal: Principal,
         info: RequestInfo,
+        receipts: Receipts,
     ) -> Self
     where
         S: TokenStore + 'static,
         R: Send + Sync + 'static,
     {
-        let principal = Arc::new(principal);
+        let held = Arc::new((principal, info, receipts));
         Self(Arc::new(Offer {
             claimed: AtomicBool::new(false),
             refund: Box::new(move || {
                 let layer = Arc::clone(&layer);
-                let principal = Arc::clone(&principal);
+                let held = Arc::clone(&held);
                 Box::pin(async move {
+                    let (principal, info, receipts) = &*held;
                     layer
                         .verifier
-                        .refund(&layer.policies, &principal, &info)
+                        .refund(&layer.policies, principal, info, receipts)
                         .await;
                 })
             }),

@@ -123,12 +123,16 @@ where
             let (outcome, decision) = match verified {
                 Ok(verified) => {
                     let decision = verified.detail::<RateLimitDecision>().copied();
-                    let principal = verified.into_principal();
-                    if layer.rate_limit.is_some() {
+                    let (principal, receipts) = verified.into_parts();
+                    if !receipts.is_empty() {
                         // A route's own scope requirement is met only further in: what the
-                        // rate limit spent is given back if that refuses the request.
-                        let offer =
-                            RouteRefusal::offer(Arc::clone(&layer), principal.clone(), info);
+                        // admit steps spent is given back if that refuses the request.
+                        let offer = RouteRefusal::offer(
+                            Arc::clone(&layer),
+                            principal.clone(),
+                            info,
+                            receipts,
+                        );
                         request.extensions_mut().insert(offer.clone());
                         refusal = Some(offer);
                     }

@@ -130,16 +130,22 @@ pub trait Policy: Send + Sync + 'static {
     }
 
     /// Gives back what [`admit`](Self::admit) spent for a request refused after it was
-    /// admitted: a route's own scope requirement
-    /// ([`RequireScopesLayer`](crate::middleware::RequireScopesLayer)) is only known once the
-    /// request has passed the authentication layer. `None` (the default) when there is
-    /// nothing to give back.
+    /// admitted: by a later policy's `admit` (another limit said no), or by a route's own
+    /// scope requirement ([`RequireScopesLayer`](crate::middleware::RequireScopesLayer)),
+    /// which is only known once the request has passed the authentication layer.
+    ///
+    /// Called only with the receipt this policy's `admit` returned for this request, and only
+    /// when that receipt carries a detail ([`Admitted::with_detail`]): a policy that spent
+    /// something says so by attaching what it spent, and one that let a request through
+    /// without spending (a limiter that was down and failed open) attaches nothing and is
+    /// never asked to give back. `None` (the default) when there is nothing to give back.
     fn refund<'a>(
         &'a self,
         principal: &'a Principal,
         request: &'a RequestInfo,
+        receipt: &'a Admitted,
     ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
-        let _ = (principal, request);
+        let _ = (principal, request, receipt);
         None
     }
 
@@ -179,6 +185,8 @@ impl fmt::Debug for Admit<'_> {
 #[derive(Default)]
 pub struct Admitted {
     detail: Option<Box<dyn Any + Send + Sync>>,
+    /// Which policy, in the verifier's order (its own, then the front end's), returned it.
+    pub(crate) policy: usize,
 }
 
 impl Admitted {

@@ -207,6 +207,27 @@ impl<P: RateLimiter, F: RateLimiter> RateLimiter for CircuitBreaker<P, F> {
             }
         }
     }
+
+    /// To the backend the breaker uses now: the fallback while open, else the primary. The
+    /// spend was almost always made there (the breaker changes state at most once per
+    /// failure or cool-off); when it changed in between, the backend that did not spend gets
+    /// the unit, and neither backend's budget ever goes past full. A primary that fails to
+    /// answer the refund is not counted as a failure: a refund is never retried elsewhere.
+    fn refund(
+        &self,
+        key: &str,
+        limit: &RateLimit,
+    ) -> impl Future<Output = Result<(), RateLimitError>> + Send {
+        let key = key.to_owned();
+        let limit = *limit;
+        async move {
+            let now = nanos(&*self.state.clock);
+            match self.state.open_until() {
+                Some(until) if now < until => self.fallback.refund(&key, &limit).await,
+                _ => self.primary.refund(&key, &limit).await,
+            }
+        }
+    }
 }
 
 /// The half-open probe in flight; see [`CircuitBreaker`]'s `acquire`.

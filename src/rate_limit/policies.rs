@@ -62,7 +62,10 @@ impl Policy for RateLimitStep {
         &'a self,
         principal: &'a Principal,
         _: &'a RequestInfo,
+        receipt: &'a Admitted,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>> {
+        // The decision is the proof of a spend: a limiter that failed open spent nothing.
+        receipt.detail::<RateLimitDecision>()?;
         Some(Box::pin(self.give_back(principal)))
     }
 }

@@ -49,7 +49,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use subtle::ConstantTimeEq;
 
 pub use builder::{VerifierBuildError, VerifierBuilder};
-pub use pipeline::{Verification, Verified};
+pub use pipeline::{Receipts, Verification, Verified};
 pub(crate) use principal::PolicyRef;
 pub use principal::{CredentialKind, Principal, RequestInfo};
 
@@ -431,7 +431,8 @@ impl<S> Verifier<S> {
     /// ```
     pub fn max_len_of(&self, token: &[u8]) -> usize {
         let formats = crate::format::MAX_TOKEN_LEN;
-        if self.inner.authenticators.is_empty() {
+        // Longer than every bound: refused on its length, without reading it.
+        if self.inner.authenticators.is_empty() || token.len() > self.max_token_len() {
             return formats;
         }
         let Ok(text) = std::str::from_utf8(token) else {

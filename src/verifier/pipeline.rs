@@ -42,7 +42,21 @@ impl Verification {
 #[derive(Debug)]
 pub struct Verified {
     principal: Principal,
-    admitted: Vec<Admitted>,
+    receipts: Receipts,
+}
+
+/// What the admit steps of one accepted request spent, by policy: what
+/// [`Verifier::refund`] gives back if a later step refuses the request. Empty when no policy
+/// spent anything (no rate limit, or a limiter that failed open), and then there is nothing
+/// to refund.
+#[derive(Debug, Default)]
+pub struct Receipts(Vec<Admitted>);
+
+impl Receipts {
+    /// Whether no admit step spent anything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Verified {
@@ -56,9 +70,15 @@ impl Verified {
         self.principal
     }
 
+    /// The principal and the admit steps' receipts, for a front end that may refuse the
+    /// request later and must then [`refund`](Verifier::refund) it.
+    pub fn into_parts(self) -> (Principal, Receipts) {
+        (self.principal, self.receipts)
+    }
+
     /// The first detail of type `T` an admit step attached ([`Admitted::with_detail`]).
     pub fn detail<T: std::any::Any>(&self) -> Option<&T> {
-        self.admitted.iter().find_map(Admitted::detail)
+        self.receipts.0.iter().find_map(Admitted::detail)
     }
 }
 
@@ -154,7 +174,10 @@ impl<S: TokenStore> Verifier<S> {
         required: &ScopeRequirement,
     ) -> Result<Verified, AuthError> {
         let request = verification.request;
-        let principal = match self.authenticate_token(token, required, &request).await {
+        let principal = match self
+            .authenticate_token(extra, token, required, &request)
+            .await
+        {
             Ok(principal) => principal,
             Err(Refused { error, record }) => {
                 self.audit_refused(&error, record.as_deref(), request.client_ip);
@@ -163,16 +186,22 @@ impl<S: TokenStore> Verifier<S> {
             }
         };
         // Last: a request refused for anything else spent nothing here.
-        let mut admitted = Vec::new();
-        for policy in self.policies(extra) {
+        let mut receipts = Receipts::default();
+        for (index, policy) in self.policies(extra).enumerate() {
             let answer = match policy.admit(&principal, &request) {
                 Admit::Now(answer) => answer,
                 Admit::Later(future) => future.await,
             };
             match answer {
                 Ok(admission) if admission.is_empty() => {}
-                Ok(admission) => admitted.push(admission),
+                Ok(mut admission) => {
+                    admission.policy = index;
+                    receipts.0.push(admission);
+                }
                 Err(error) => {
+                    // Refused after earlier policies spent: they give it back, so a request
+                    // one limit refuses costs nothing under another.
+                    self.refund(extra, &principal, &request, &receipts).await;
                     self.audit_refused(&error, Some(principal.record()), request.client_ip);
                     self.observe(
                         verification,
@@ -193,21 +222,27 @@ impl<S: TokenStore> Verifier<S> {
         self.observe(verification, extra, &Outcome::accepted(&principal));
         Ok(Verified {
             principal,
-            admitted,
+            receipts,
         })
     }
 
     /// Gives back what the admit steps spent for `principal`'s request, which a later step
     /// refused (a route's [`RequireScopesLayer`](crate::middleware::RequireScopesLayer)):
-    /// each policy's [`refund`](Policy::refund), the verifier's and then `extra`.
+    /// each policy that left a receipt is asked for its [`refund`](Policy::refund), with that
+    /// receipt. Pass the same `extra` as to [`finish`](Self::finish), and each request's
+    /// receipts once.
     pub async fn refund(
         &self,
         extra: &[Arc<dyn Policy>],
         principal: &Principal,
         request: &RequestInfo,
+        receipts: &Receipts,
     ) {
-        for policy in self.policies(extra) {
-            if let Some(refund) = policy.refund(principal, request) {
+        for receipt in &receipts.0 {
+            let Some(policy) = self.policies(extra).nth(receipt.policy) else {
+                continue;
+            };
+            if let Some(refund) = policy.refund(principal, request, receipt) {
                 refund.await;
             }
         }
@@ -242,6 +277,7 @@ impl<S: TokenStore> Verifier<S> {
     /// last-use note.
     async fn authenticate_token(
         &self,
+        extra: &[Arc<dyn Policy>],
         token: &str,
         required: &ScopeRequirement,
         request: &RequestInfo,
@@ -254,7 +290,7 @@ impl<S: TokenStore> Verifier<S> {
                 .into_parts();
             // It ends when it says; it has no lifetime or idle limit of the verifier's.
             let expiry = record.expires_at;
-            return self.admit_record(Arc::new(record), expiry, kind, required, request);
+            return self.admit_record(extra, Arc::new(record), expiry, kind, required, request);
         }
         let record = match self.lookup(token).await {
             Ok(Lookup::Matched(record)) => record,
@@ -309,13 +345,21 @@ impl<S: TokenStore> Verifier<S> {
             });
         }
         let expiry = store_expiry(inner, ends, now);
-        self.admit_record(record, expiry, CredentialKind::ApiKey, required, request)
+        self.admit_record(
+            extra,
+            record,
+            expiry,
+            CredentialKind::ApiKey,
+            required,
+            request,
+        )
     }
 
-    /// The policies' `on_record` steps and the scope check, for a record from the store or
-    /// an authenticator.
+    /// The policies' `on_record` steps (the verifier's, the allowlist first, then `extra`)
+    /// and the scope check, for a record from the store or an authenticator.
     fn admit_record(
         &self,
+        extra: &[Arc<dyn Policy>],
         record: Arc<TokenRecord>,
         expiry: Option<DateTime<Utc>>,
         kind: CredentialKind,
@@ -323,7 +367,7 @@ impl<S: TokenStore> Verifier<S> {
         request: &RequestInfo,
     ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
-        for policy in &inner.policies {
+        for policy in self.policies(extra) {
             if let Err(error) = policy.on_record(&record, request) {
                 if kind == CredentialKind::ApiKey {
                     self.balance_refusal(Some(&record.id), required);
