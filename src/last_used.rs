@@ -20,10 +20,10 @@
 //!   (keeping the later time where the id was noted again meanwhile) and the next flush writes
 //!   them. The same happens if the flush is cancelled half-way (its future dropped, its task
 //!   aborted).
-//! - **Flushed on shutdown.** [`LastUsedFlusher::shutdown`](crate::LastUsedFlusher::shutdown)
-//!   (feature `tokio`) stops the background task and flushes what remains. Call it on SIGTERM
-//!   as well as Ctrl-C: `docker stop`, Kubernetes and systemd send SIGTERM, and a process
-//!   killed by it loses what was buffered since the last tick.
+//! - **Flushed on shutdown.** `LastUsedFlusher::shutdown` (feature `tokio`) stops the
+//!   background task and flushes what remains. Call it on SIGTERM as well as Ctrl-C:
+//!   `docker stop`, Kubernetes and systemd send SIGTERM, and a process killed by it loses
+//!   what was buffered since the last tick.
 //!
 //! # The bounds
 //!
@@ -46,8 +46,8 @@
 //!
 //! The verifier never writes last use by itself. The application either
 //!
-//! - spawns the background flusher once, with [`Verifier::spawn_last_used_flusher`] (feature
-//!   `tokio`), and calls [`LastUsedFlusher::shutdown`](crate::LastUsedFlusher::shutdown) when it stops serving; or
+//! - spawns the background flusher once, with `Verifier::spawn_last_used_flusher` (feature
+//!   `tokio`), and calls `LastUsedFlusher::shutdown` when it stops serving; or
 //! - calls [`Verifier::flush_last_used`] on its own schedule (a cron-like job, the end of a
 //!   batch run, a test).
 //!

@@ -26,8 +26,6 @@ mod id;
 mod issuer;
 #[cfg(feature = "jwt")]
 pub mod jwt;
-#[cfg(feature = "jwt")]
-mod jwt_authenticator;
 pub mod last_used;
 #[cfg(feature = "axum")]
 pub mod management;

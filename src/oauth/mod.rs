@@ -53,6 +53,8 @@ mod code;
 mod consent;
 mod endpoint;
 mod grants;
+#[cfg(feature = "jwt")]
+mod jwt_minter;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod refresh;

@@ -17,7 +17,7 @@ pub const DEFAULT_FAILURES_TO_OPEN: u32 = 3;
 /// How long the shared limiter is skipped once it has failed, by default.
 pub const DEFAULT_COOL_OFF: Duration = Duration::from_secs(5);
 
-/// Wraps a shared limiter (a [`RedisRateLimiter`](super::RedisRateLimiter)) so that an outage
+/// Wraps a shared limiter (a `RedisRateLimiter`, feature `redis`) so that an outage
 /// costs neither latency nor the limit itself.
 ///
 /// - **Closed** (normal): every request asks the shared limiter. A failure (an error or the

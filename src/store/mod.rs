@@ -363,7 +363,8 @@ impl Retire {
 }
 
 /// A change another process made to a store, reported by a store's change feed (for example
-/// [`PostgresStore::spawn_change_listener`]) so that caches can drop what they hold.
+/// `PostgresStore::spawn_change_listener`, feature `postgres`) so that caches can drop what
+/// they hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreChange {

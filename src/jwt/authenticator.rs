@@ -1,13 +1,18 @@
 //! The JWT validator as an [`Authenticator`]: JWT access tokens beside API keys, through the
-//! core's extension point rather than a branch in the verifier.
+//! core's extension point rather than a branch in the verifier; and
+//! [`VerifierBuilder::jwt`], which plugs one in.
+//!
+//! Uses the core (the authenticator trait, the verifier's builder, its error), the store trait
+//! (the builder's bound) and token values; nothing of the other plug-ins or of the front ends.
 
 use chrono::{DateTime, Utc};
 
 use crate::authenticator::{Authenticated, Authenticator};
 use crate::error::AuthError;
-use crate::jwt::{JwtValidator, MAX_JWT_LEN, has_jwt_shape};
 use crate::store::TokenStore;
 use crate::verifier::{CredentialKind, VerifierBuilder};
+
+use super::{JwtValidator, MAX_JWT_LEN, has_jwt_shape};
 
 /// A token with a JWT's shape (three dot-separated segments, starting `eyJ`) goes to the
 /// validator only; its `exp` and `nbf` are checked against the verifier's clock.
