@@ -36,6 +36,23 @@ pub enum AuthErrorKind {
 }
 
 /// Why a token was refused: for logs and metrics, never for the client.
+///
+/// The core's reasons are its variants; a plug-in adds its own as [`Plugin`](Self::Plugin)
+/// constants. Every reason, a plug-in's too, works as a `match` pattern (the derived
+/// `PartialEq` and `Eq` make the type structurally matchable):
+///
+/// ```
+/// use apitoken::{PluginReason, RejectReason};
+///
+/// const OUTSIDE_OFFICE_HOURS: RejectReason =
+///     RejectReason::Plugin(PluginReason::new("outside_office_hours"));
+///
+/// fn is_the_clock(reason: RejectReason) -> bool {
+///     matches!(reason, OUTSIDE_OFFICE_HOURS | RejectReason::Expired)
+/// }
+/// assert!(is_the_clock(OUTSIDE_OFFICE_HOURS));
+/// assert!(!is_the_clock(RejectReason::Revoked));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -58,29 +75,11 @@ pub enum RejectReason {
     /// The request came from outside the token's allowed networks, or from an unknown
     /// address while the token has an allowlist.
     AddressNotAllowed,
-    /// A JWT that is not a well-formed compact JWS: bad base64url or JSON, an unknown
-    /// algorithm (`none` included), or a `crit` header.
-    MalformedJwt,
-    /// A JWT whose `typ` is not an access token's (`at+jwt`): a refresh token, an ID token, a
-    /// plain `JWT`, or no `typ`.
-    WrongTokenType,
-    /// A JWT whose `kid` names no accepted key (or without a `kid` where several keys are
-    /// accepted).
-    UnknownKey,
-    /// A JWT whose `alg` is not the algorithm of the key it names.
-    WrongAlgorithm,
-    /// A JWT whose signature does not verify.
-    BadSignature,
-    /// A JWT from another issuer (`iss`).
-    WrongIssuer,
-    /// A JWT for another audience (`aud`).
-    WrongAudience,
-    /// A JWT with a required claim missing or malformed.
-    InvalidClaims,
-    /// A JWT used before its `nbf`, beyond the leeway.
-    NotYetValid,
     /// A reason of a plug-in's own: a [`Policy`](crate::Policy) or an
-    /// [`Authenticator`](crate::Authenticator) names it, and the core need not know it.
+    /// [`Authenticator`](crate::Authenticator) names it, and the core need not know it (the
+    /// JWT validator's, feature `jwt`, are the constants of `apitoken::jwt::reason`, such as
+    /// `BAD_SIGNATURE`). Define one as a `const`: it compares with `==` and matches as a
+    /// pattern.
     Plugin(PluginReason),
 }
 

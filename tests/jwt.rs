@@ -10,8 +10,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use apitoken::jwt::{
-    AccessGrant, JwtAlgorithm, JwtError, JwtIssuer, JwtKey, JwtValidator, JwtValidatorBuilder,
-    MAX_JWT_LEN,
+    self, AccessGrant, JwtAlgorithm, JwtError, JwtIssuer, JwtKey, JwtValidator,
+    JwtValidatorBuilder, MAX_JWT_LEN,
 };
 use apitoken::middleware::{AuthLayer, RequireScopesLayer};
 use apitoken::{
@@ -378,13 +378,13 @@ async fn alg_none_is_refused() {
                 h["kid"] = json!(kid);
             }
             // An empty signature, and a real HS256 signature pasted on.
-            f.assert_refused(&unsigned(&h, &claims(), ""), RejectReason::MalformedJwt)
+            f.assert_refused(&unsigned(&h, &claims(), ""), jwt::reason::MALFORMED_JWT)
                 .await;
             let real = hs_sign(&at_header(Algorithm::HS256, "hs-1"), &claims());
             let signature = real.rsplit('.').next().unwrap();
             f.assert_refused(
                 &unsigned(&h, &claims(), signature),
-                RejectReason::MalformedJwt,
+                jwt::reason::MALFORMED_JWT,
             )
             .await;
         }
@@ -394,7 +394,7 @@ async fn alg_none_is_refused() {
     single
         .assert_refused(
             &unsigned(&json!({"alg": "none", "typ": "at+jwt"}), &claims(), ""),
-            RejectReason::MalformedJwt,
+            jwt::reason::MALFORMED_JWT,
         )
         .await;
 }
@@ -405,13 +405,13 @@ async fn a_token_signed_with_a_wrong_key_is_refused() {
     let other_hs = EncodingKey::from_secret(b"another-secret-of-32-bytes-long!");
     f.assert_refused(
         &sign(&at_header(Algorithm::HS256, "hs-1"), &claims(), &other_hs),
-        RejectReason::BadSignature,
+        jwt::reason::BAD_SIGNATURE,
     )
     .await;
     let other_ed = EncodingKey::from_ed_pem(ed25519(2).0.as_bytes()).unwrap();
     f.assert_refused(
         &sign(&at_header(Algorithm::EdDSA, "ed-1"), &claims(), &other_ed),
-        RejectReason::BadSignature,
+        jwt::reason::BAD_SIGNATURE,
     )
     .await;
     // Through the crate's own issuer, with a key of the right name but other material.
@@ -420,7 +420,7 @@ async fn a_token_signed_with_a_wrong_key_is_refused() {
         .with_kid("hs-1")
         .unwrap();
     let token = f.issuer(impostor).issue(&read_grant()).unwrap();
-    f.assert_refused(token.token.expose_secret(), RejectReason::BadSignature)
+    f.assert_refused(token.token.expose_secret(), jwt::reason::BAD_SIGNATURE)
         .await;
 }
 
@@ -439,10 +439,10 @@ async fn a_wrong_algorithm_is_refused_including_hs256_keyed_with_the_ed25519_pub
             &confused,
         );
         ed_only
-            .assert_refused(&named, RejectReason::WrongAlgorithm)
+            .assert_refused(&named, jwt::reason::WRONG_ALGORITHM)
             .await;
         unnamed_ed_only
-            .assert_refused(&unnamed, RejectReason::WrongAlgorithm)
+            .assert_refused(&unnamed, jwt::reason::WRONG_ALGORITHM)
             .await;
     }
     // Both kinds of key accepted, but each only with its own algorithm.
@@ -450,12 +450,12 @@ async fn a_wrong_algorithm_is_refused_including_hs256_keyed_with_the_ed25519_pub
     let confused = EncodingKey::from_secret(&public_raw);
     both.assert_refused(
         &sign(&at_header(Algorithm::HS256, "ed-1"), &claims(), &confused),
-        RejectReason::WrongAlgorithm,
+        jwt::reason::WRONG_ALGORITHM,
     )
     .await;
     both.assert_refused(
         &ed_sign(&at_header(Algorithm::EdDSA, "hs-1"), &claims()),
-        RejectReason::WrongAlgorithm,
+        jwt::reason::WRONG_ALGORITHM,
     )
     .await;
 
@@ -464,14 +464,14 @@ async fn a_wrong_algorithm_is_refused_including_hs256_keyed_with_the_ed25519_pub
     hs_only
         .assert_refused(
             &ed_sign(&at_header(Algorithm::EdDSA, "hs-1"), &claims()),
-            RejectReason::WrongAlgorithm,
+            jwt::reason::WRONG_ALGORITHM,
         )
         .await;
     for alg in [Algorithm::HS384, Algorithm::HS512] {
         hs_only
             .assert_refused(
                 &hs_sign(&at_header(alg, "hs-1"), &claims()),
-                RejectReason::WrongAlgorithm,
+                jwt::reason::WRONG_ALGORITHM,
             )
             .await;
     }
@@ -487,20 +487,20 @@ async fn a_wrong_audience_or_issuer_is_refused() {
             .unwrap()
             .token
             .expose_secret(),
-        RejectReason::WrongAudience,
+        jwt::reason::WRONG_AUDIENCE,
     )
     .await;
     let foreign = f.issuer_for(hs_key(), "https://evil.example.com", AUD);
     f.assert_refused(
         foreign.issue(&read_grant()).unwrap().token.expose_secret(),
-        RejectReason::WrongIssuer,
+        jwt::reason::WRONG_ISSUER,
     )
     .await;
     let mut others = claims();
     others["aud"] = json!(["https://a.example.com", "https://b.example.com"]);
     f.assert_refused(
         &hs_sign(&at_header(Algorithm::HS256, "hs-1"), &others),
-        RejectReason::WrongAudience,
+        jwt::reason::WRONG_AUDIENCE,
     )
     .await;
     // Near misses are misses.
@@ -567,8 +567,9 @@ async fn nbf_in_the_future_beyond_the_leeway_is_refused() {
         hs_sign(&at_header(Algorithm::HS256, "hs-1"), &c)
     };
     f.assert_accepted(&at(60)).await;
-    f.assert_refused(&at(61), RejectReason::NotYetValid).await;
-    f.assert_refused(&at(3000), RejectReason::NotYetValid).await;
+    f.assert_refused(&at(61), jwt::reason::NOT_YET_VALID).await;
+    f.assert_refused(&at(3000), jwt::reason::NOT_YET_VALID)
+        .await;
     // Once the clock reaches it (less the leeway), the same token works.
     f.clock.set(t0() + TimeDelta::seconds(3000 - 60));
     f.assert_accepted(&at(3000)).await;
@@ -595,7 +596,8 @@ async fn only_an_access_token_type_is_accepted() {
                 Algorithm::HS256 => hs_sign(&h, &claims()),
                 _ => ed_sign(&h, &claims()),
             };
-            f.assert_refused(&token, RejectReason::WrongTokenType).await;
+            f.assert_refused(&token, jwt::reason::WRONG_TOKEN_TYPE)
+                .await;
         }
     }
     for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
@@ -615,7 +617,7 @@ async fn a_refresh_token_presented_as_an_access_token_is_refused() {
         &header(Algorithm::HS256, Some("rt+jwt"), Some("hs-1")),
         &claims(),
     );
-    f.assert_refused(&refresh, RejectReason::WrongTokenType)
+    f.assert_refused(&refresh, jwt::reason::WRONG_TOKEN_TYPE)
         .await;
 }
 
@@ -644,14 +646,14 @@ async fn a_tampered_token_is_refused() {
                 B64.encode(payload.to_string()),
                 parts[2]
             );
-            f.assert_refused(&forged, RejectReason::BadSignature).await;
+            f.assert_refused(&forged, jwt::reason::BAD_SIGNATURE).await;
             payload[claim] = original;
         }
         // A flipped signature byte.
         let mut signature = B64.decode(parts[2]).unwrap();
         signature[0] ^= 1;
         let flipped = format!("{}.{}.{}", parts[0], parts[1], B64.encode(&signature));
-        f.assert_refused(&flipped, RejectReason::BadSignature).await;
+        f.assert_refused(&flipped, jwt::reason::BAD_SIGNATURE).await;
         // Truncated: not a token at all.
         let reply = f.get(&token[..token.len() - 10]).await;
         assert_eq!(reply.status, 401);
@@ -663,13 +665,13 @@ async fn unknown_or_missing_key_ids_are_refused() {
     let f = Fixture::new(vec![hs_key(), ed_public()]);
     f.assert_refused(
         &hs_sign(&at_header(Algorithm::HS256, "hs-2"), &claims()),
-        RejectReason::UnknownKey,
+        jwt::reason::UNKNOWN_KEY,
     )
     .await;
     // Several keys: a token must say which.
     f.assert_refused(
         &hs_sign(&header(Algorithm::HS256, Some("at+jwt"), None), &claims()),
-        RejectReason::UnknownKey,
+        jwt::reason::UNKNOWN_KEY,
     )
     .await;
 }
@@ -697,7 +699,7 @@ async fn keys_rotate_by_kid() {
     let after = Fixture::new(vec![new]);
     after.assert_accepted(new_token.token.expose_secret()).await;
     after
-        .assert_refused(old_token.token.expose_secret(), RejectReason::UnknownKey)
+        .assert_refused(old_token.token.expose_secret(), jwt::reason::UNKNOWN_KEY)
         .await;
 }
 
@@ -708,7 +710,7 @@ async fn missing_or_malformed_claims_are_refused() {
     for claim in ["iss", "sub", "aud", "exp", "iat", "jti", "client_id"] {
         let mut c = claims();
         c.as_object_mut().unwrap().remove(claim);
-        f.assert_refused(&hs_sign(&h, &c), RejectReason::InvalidClaims)
+        f.assert_refused(&hs_sign(&h, &c), jwt::reason::INVALID_CLAIMS)
             .await;
     }
     for (claim, value) in [
@@ -729,7 +731,7 @@ async fn missing_or_malformed_claims_are_refused() {
         reply.assert_refusal(401, UNAUTHENTICATED, Some(INVALID_TOKEN));
         assert_eq!(
             f.last_reason(),
-            Some(RejectReason::InvalidClaims),
+            Some(jwt::reason::INVALID_CLAIMS),
             "{claim} = {value}"
         );
     }
@@ -740,7 +742,7 @@ async fn a_critical_header_extension_is_refused() {
     let f = Fixture::new(vec![hs_key()]);
     let mut h = at_header(Algorithm::HS256, "hs-1");
     h.crit = Some(vec!["exp".into()]);
-    f.assert_refused(&hs_sign(&h, &claims()), RejectReason::MalformedJwt)
+    f.assert_refused(&hs_sign(&h, &claims()), jwt::reason::MALFORMED_JWT)
         .await;
 }
 

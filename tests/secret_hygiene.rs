@@ -346,7 +346,7 @@ fn no_jwt_reaches_the_logs_or_errors() {
     let logs = capture.text();
     // The capture saw the accepted JWT (its jti is logged) and each refusal with its reason.
     assert!(logs.contains(&jti), "no accepted-token event:\n{logs}");
-    for reason in ["BadSignature", "WrongTokenType", "Expired"] {
+    for reason in ["bad_signature", "wrong_token_type", "Expired"] {
         assert!(logs.contains(reason), "no {reason} event:\n{logs}");
     }
     assert_no_secret("the logs", &logs, &secrets);

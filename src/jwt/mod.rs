@@ -11,6 +11,8 @@
 //!   access token; `iss` and `aud` must match; `exp` is required and `nbf` honoured, with a
 //!   leeway of 60 seconds by default and at most five minutes.
 //! - [`VerifierBuilder::jwt`](crate::VerifierBuilder::jwt) plugs a validator into a verifier.
+//! - [`reason`]: why a JWT was refused, for logs and metrics ([`reason::BAD_SIGNATURE`] and
+//!   the others, each a [`RejectReason`](crate::RejectReason)).
 //!
 //! A JWT costs no store access, and so cannot be revoked before it expires: the short lifetime
 //! is the bound. See `docs/jwt.md`.
@@ -51,6 +53,7 @@
 //! | `issuer.rs` | [`JwtIssuer`], [`IssuedJwt`] |
 //! | `validator.rs` | [`JwtValidator`] |
 //! | `authenticator.rs` | the validator as an [`Authenticator`](crate::Authenticator); `VerifierBuilder::jwt` |
+//! | `reason.rs` | the refusal reasons |
 //! | `error.rs` | [`JwtError`] |
 
 /// `docs/jwt.md`, whose Rust examples run as doctests (one needs the `oauth` feature).
@@ -63,6 +66,7 @@ mod claims;
 mod error;
 mod issuer;
 mod keys;
+pub mod reason;
 #[cfg(test)]
 mod tests;
 mod validator;

@@ -1,5 +1,6 @@
 //! [`JwtValidator`]: checks access tokens (RFC 8725) against its keys, issuer, audience and
-//! leeway, and returns their claims or a refusal with a precise [`RejectReason`].
+//! leeway, and returns their claims or a refusal with a precise reason
+//! ([`reason`](super::reason)).
 //!
 //! Uses the core (its error) and token values; nothing of the other plug-ins or of the front
 //! ends.
@@ -16,6 +17,10 @@ use crate::format::FormatError;
 use crate::id::TokenId;
 
 use super::claims::valid_uri;
+use super::reason::{
+    BAD_SIGNATURE, INVALID_CLAIMS, MALFORMED_JWT, NOT_YET_VALID, UNKNOWN_KEY, WRONG_ALGORITHM,
+    WRONG_AUDIENCE, WRONG_ISSUER, WRONG_TOKEN_TYPE,
+};
 use super::wire::{self, MAX_JWT_LEN, is_access_token_type, is_compact_jws};
 use super::{AccessClaims, JwtError, JwtKey};
 
@@ -38,25 +43,25 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// [`VerifierBuilder::jwt`](crate::VerifierBuilder::jwt).
 ///
 /// In order, a token is refused (as [`AuthErrorKind::InvalidToken`](crate::AuthErrorKind),
-/// with the [`RejectReason`] in brackets) when:
+/// with the [`RejectReason`] in brackets: the core's, or one of [`reason`](super::reason))
+/// when:
 ///
 /// 1. it is longer than [`MAX_JWT_LEN`] [`Malformed`](RejectReason::Malformed)`(TooLong)`;
 ///    it is not three base64url segments, its header is not JSON or names an algorithm this
 ///    crate does not know (`none` included), or it has a `crit` header (no extension is
-///    understood) [`MalformedJwt`](RejectReason::MalformedJwt);
+///    understood) [`MALFORMED_JWT`];
 /// 2. its `typ` is not `at+jwt` (a refresh token, an ID token, a plain `JWT`, or none)
-///    [`WrongTokenType`](RejectReason::WrongTokenType);
+///    [`WRONG_TOKEN_TYPE`];
 /// 3. its `kid` names no key, or it has none and the validator has several keys
-///    [`UnknownKey`](RejectReason::UnknownKey);
-/// 4. its `alg` is not that key's algorithm [`WrongAlgorithm`](RejectReason::WrongAlgorithm);
-/// 5. the signature does not verify [`BadSignature`](RejectReason::BadSignature);
-/// 6. `iss` or `aud` is not this validator's [`WrongIssuer`](RejectReason::WrongIssuer),
-///    [`WrongAudience`](RejectReason::WrongAudience), or a claim is missing or malformed
-///    (`iss`, `sub`, `aud`, `exp`, `iat`, `jti`, `client_id` are required; `sub` must be an
-///    [`Owner`](crate::Owner), `jti` a [`TokenId`], `scope` valid scopes)
-///    [`InvalidClaims`](RejectReason::InvalidClaims);
+///    [`UNKNOWN_KEY`];
+/// 4. its `alg` is not that key's algorithm [`WRONG_ALGORITHM`];
+/// 5. the signature does not verify [`BAD_SIGNATURE`];
+/// 6. `iss` or `aud` is not this validator's [`WRONG_ISSUER`], [`WRONG_AUDIENCE`], or a claim
+///    is missing or malformed (`iss`, `sub`, `aud`, `exp`, `iat`, `jti`, `client_id` are
+///    required; `sub` must be an [`Owner`](crate::Owner), `jti` a [`TokenId`], `scope` valid
+///    scopes) [`INVALID_CLAIMS`];
 /// 7. `now` is at or past `exp` plus the leeway [`Expired`](RejectReason::Expired), or
-///    before `nbf` minus the leeway [`NotYetValid`](RejectReason::NotYetValid).
+///    before `nbf` minus the leeway [`NOT_YET_VALID`].
 ///
 /// From step 7 on, the error carries the token's `jti` as its token id.
 ///
@@ -143,27 +148,27 @@ impl JwtValidator {
             return Err(refuse(RejectReason::Malformed(FormatError::TooLong)));
         }
         if !is_compact_jws(token) {
-            return Err(refuse(RejectReason::MalformedJwt));
+            return Err(refuse(MALFORMED_JWT));
         }
-        let header = wire::decode_header(token).map_err(|_| refuse(RejectReason::MalformedJwt))?;
+        let header = wire::decode_header(token).map_err(|_| refuse(MALFORMED_JWT))?;
         if header.crit.is_some() {
-            return Err(refuse(RejectReason::MalformedJwt));
+            return Err(refuse(MALFORMED_JWT));
         }
         if !header.typ.as_deref().is_some_and(is_access_token_type) {
-            return Err(refuse(RejectReason::WrongTokenType));
+            return Err(refuse(WRONG_TOKEN_TYPE));
         }
         let (key, validation) = self
             .key_for(header.kid.as_deref())
-            .ok_or(refuse(RejectReason::UnknownKey))?;
+            .ok_or(refuse(UNKNOWN_KEY))?;
         // One algorithm per key: checked here, before any cryptography, and again by
         // jsonwebtoken (the validation allows only this algorithm).
         if header.alg != key.algorithm().jsonwebtoken() {
-            return Err(refuse(RejectReason::WrongAlgorithm));
+            return Err(refuse(WRONG_ALGORITHM));
         }
         let claims = wire::decode(token, key.verifying(), validation)
             .map_err(|err| refuse(classify(err.kind())))?
             .into_claims()
-            .ok_or(refuse(RejectReason::InvalidClaims))?;
+            .ok_or(refuse(INVALID_CLAIMS))?;
 
         let leeway = TimeDelta::from_std(self.leeway).unwrap_or(TimeDelta::zero());
         let expired = claims
@@ -177,7 +182,7 @@ impl JwtValidator {
         let reason = if expired {
             Some(RejectReason::Expired)
         } else if early {
-            Some(RejectReason::NotYetValid)
+            Some(NOT_YET_VALID)
         } else {
             None
         };
@@ -295,18 +300,18 @@ fn validation_for(key: &JwtKey, issuer: &str, audience: &str) -> Validation {
 /// What a jsonwebtoken error means for the logs.
 fn classify(kind: &ErrorKind) -> RejectReason {
     match kind {
-        ErrorKind::InvalidSignature => RejectReason::BadSignature,
+        ErrorKind::InvalidSignature => BAD_SIGNATURE,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::MissingAlgorithm
-        | ErrorKind::UnsupportedAlgorithm => RejectReason::WrongAlgorithm,
-        ErrorKind::InvalidIssuer => RejectReason::WrongIssuer,
-        ErrorKind::InvalidAudience => RejectReason::WrongAudience,
+        | ErrorKind::UnsupportedAlgorithm => WRONG_ALGORITHM,
+        ErrorKind::InvalidIssuer => WRONG_ISSUER,
+        ErrorKind::InvalidAudience => WRONG_AUDIENCE,
         // The header was read before, so a JSON or UTF-8 error is in the (signed) claims.
         ErrorKind::MissingRequiredClaim(_)
         | ErrorKind::InvalidClaimFormat(_)
         | ErrorKind::InvalidSubject
         | ErrorKind::Json(_)
-        | ErrorKind::Utf8(_) => RejectReason::InvalidClaims,
-        _ => RejectReason::MalformedJwt,
+        | ErrorKind::Utf8(_) => INVALID_CLAIMS,
+        _ => MALFORMED_JWT,
     }
 }
