@@ -77,5 +77,5 @@ pub use store::{
 };
 pub use verifier::{
     CredentialKind, Principal, Receipts, RequestInfo, Verification, Verified, Verifier,
-    VerifierBuildError, VerifierBuilder,
+    VerifierBuildError, VerifierBuilder, WeakVerifier,
 };

@@ -166,19 +166,46 @@ impl<S> Inner<S> {
     }
 }
 
-/// A hold on a verifier that does not keep it alive: the background flusher's, so a flusher
-/// whose handle was dropped ends once the application drops its last verifier.
-pub(crate) struct WeakVerifier<S>(std::sync::Weak<Inner<S>>);
+/// A hold on a verifier that does not keep it alive, as [`std::sync::Weak`] is to an `Arc`:
+/// for background work that should end once the application has dropped its verifier (the
+/// last-use flusher holds one). Made by [`Verifier::downgrade`].
+///
+/// ```
+/// use apitoken::{MemoryStore, Verifier};
+///
+/// let verifier = Verifier::builder(MemoryStore::new()).build();
+/// let weak = verifier.downgrade();
+/// assert!(weak.upgrade().is_some());
+/// drop(verifier);
+/// assert!(weak.upgrade().is_none());
+/// ```
+pub struct WeakVerifier<S>(std::sync::Weak<Inner<S>>);
 
 impl<S> WeakVerifier<S> {
     /// The verifier, while any clone of it is alive.
-    pub(crate) fn upgrade(&self) -> Option<Verifier<S>> {
+    pub fn upgrade(&self) -> Option<Verifier<S>> {
         self.0.upgrade().map(|inner| Verifier { inner })
     }
 }
 
+impl<S> Clone for WeakVerifier<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> fmt::Debug for WeakVerifier<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakVerifier")
+            .field("alive", &(self.0.strong_count() > 0))
+            .finish()
+    }
+}
+
 impl<S> Verifier<S> {
-    pub(crate) fn downgrade(&self) -> WeakVerifier<S> {
+    /// A [`WeakVerifier`]: a hold that does not keep this verifier (its store, its buffers)
+    /// alive.
+    pub fn downgrade(&self) -> WeakVerifier<S> {
         WeakVerifier(Arc::downgrade(&self.inner))
     }
 }
