@@ -22,17 +22,7 @@
 mod cache;
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) mod migrate;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod naive_time;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod sanctum;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod sql;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -44,15 +34,13 @@ use chrono::{DateTime, Utc};
 pub use cache::{CacheInvalidator, CachedStore, CachedStoreBuilder};
 pub use memory::MemoryStore;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use naive_time::{NaiveTimeZone, UnknownTimeZone};
+pub use sql::{
+    InvalidIdentifier, NaiveTimeZone, SanctumStore, SanctumStoreBuilder, UnknownTimeZone,
+};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresStore, PostgresStoreBuilder};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use sanctum::{SanctumStore, SanctumStoreBuilder};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use sql::InvalidIdentifier;
+pub use sql::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+pub use sql::{SqliteStore, SqliteStoreBuilder};
 
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};
