@@ -18,6 +18,16 @@
 //!   logged.
 //! - `record_last_used` moves `last_used_at` forward only.
 //! - A store never sees a plaintext secret; it stores the [`SecretHash`] it is given.
+//!
+//! # What lives where, and what it may use
+//!
+//! This file holds the trait, its errors and the types every store shares; `memory.rs` the
+//! in-memory store; `cache/` the verification cache over any store; `sql/` the SQL stores
+//! (what they share, and one file per database for what differs). Stores are the layer
+//! above the token values: files under `store/` use the token values (`crate::{id, record,
+//! scope, secret}`, and `format`, `base62`, `name`, `scheme`, `clock` if they need them) and
+//! `crate::store`, never the verifier, the issuer, the errors of the core, the HTTP layer or
+//! the plug-ins.
 
 mod cache;
 mod memory;
