@@ -11,7 +11,11 @@ use sqlx::{Row, SqlStr};
 use super::grants::{AuthorizationCodeRecord, GrantFamily, GrantStore, RefreshTokenRecord};
 use crate::id::TokenId;
 use crate::store::StoreError;
-use crate::store::migrate::{self, Plan};
+use crate::store::sql::migrate::postgres::{
+    DEFAULT_MIGRATION_LOCK_TIMEOUT, PgMigrator, VERSIONS_TABLE,
+};
+use crate::store::sql::migrate::{self, Plan};
+use crate::store::sql::postgres::qualified;
 use crate::store::sql::{self, InvalidIdentifier, timed};
 
 /// A [`GrantStore`] in PostgreSQL (features `oauth` and `postgres`), so refresh tokens and
@@ -63,9 +67,9 @@ impl PostgresGrantStore {
     }
 
     fn in_schema(pool: PgPool, schema: Option<String>) -> Self {
-        let qualify = |name: &str| sql::qualified(schema.as_deref(), name);
+        let qualify = |name: &str| qualified(schema.as_deref(), name);
         Self {
-            versions: qualify(migrate::VERSIONS_TABLE),
+            versions: qualify(VERSIONS_TABLE),
             families: qualify("apitoken_oauth_families"),
             refresh: qualify("apitoken_oauth_refresh_tokens"),
             codes: qualify("apitoken_oauth_codes"),
@@ -104,19 +108,15 @@ impl PostgresGrantStore {
             current: GRANTS_SCHEMA_VERSION,
             versions: &self.versions,
             columns: &columns,
+            probe: probe_grants_version,
+        };
+        let migrator = PgMigrator {
+            schema: self.schema.clone(),
+            lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
         };
         let steps = |from: u32| self.migration_step(from);
-        migrate::pg_migrate(
-            &self.pool,
-            &plan,
-            self.schema.as_deref(),
-            families,
-            probe_grants_version,
-            &steps,
-            sql::DEFAULT_MIGRATION_LOCK_TIMEOUT,
-            self.timeout * 10,
-        )
-        .await
+        // Migrations may wait for another replica's lock: allow them longer than a query.
+        migrate::migrate(&migrator, &self.pool, &plan, &steps, self.timeout * 10).await
     }
 
     /// The DDL from schema version `from` to `from + 1`.

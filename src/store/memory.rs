@@ -1,4 +1,5 @@
-//! The in-memory store: the embedded default.
+//! The in-memory store: the embedded default. Uses the token values and `crate::store`
+//! only.
 
 use std::collections::{HashMap, HashSet};
 use std::future::{Future, ready};

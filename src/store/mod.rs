@@ -18,21 +18,21 @@
 //!   logged.
 //! - `record_last_used` moves `last_used_at` forward only.
 //! - A store never sees a plaintext secret; it stores the [`SecretHash`] it is given.
+//!
+//! # What lives where, and what it may use
+//!
+//! This file holds the trait, its errors and the types every store shares; `memory.rs` the
+//! in-memory store; `cache/` the verification cache over any store; `sql/` the SQL stores
+//! (what they share, and one file per database for what differs). Stores are the layer
+//! above the token values: files under `store/` use the token values (`crate::{id, record,
+//! scope, secret}`, and `format`, `base62`, `name`, `scheme`, `clock` if they need them) and
+//! `crate::store`, never the verifier, the issuer, the errors of the core, the HTTP layer or
+//! the plug-ins.
 
 mod cache;
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) mod migrate;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod naive_time;
-#[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod sanctum;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod sql;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -44,15 +44,13 @@ use chrono::{DateTime, Utc};
 pub use cache::{CacheInvalidator, CachedStore, CachedStoreBuilder};
 pub use memory::MemoryStore;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use naive_time::{NaiveTimeZone, UnknownTimeZone};
+pub use sql::{
+    InvalidIdentifier, NaiveTimeZone, SanctumStore, SanctumStoreBuilder, UnknownTimeZone,
+};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresStore, PostgresStoreBuilder};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use sanctum::{SanctumStore, SanctumStoreBuilder};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use sql::InvalidIdentifier;
+pub use sql::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteStore, SqliteStoreBuilder};
+pub use sql::{SqliteStore, SqliteStoreBuilder};
 
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};

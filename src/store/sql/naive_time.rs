@@ -1,5 +1,6 @@
 //! [`NaiveTimeZone`]: the zone of the offset-less times another application keeps in its
 //! database (Laravel's `app.timezone`), shared by every store over such a table.
+//! Uses nothing of the crate: dates and zones only (chrono, chrono-tz).
 
 use std::fmt;
 
