@@ -315,6 +315,7 @@ fn bench_postgres(c: &mut Criterion) {
         .unwrap();
     let pg = runtime.block_on(async {
         let pool = apitoken::PostgresStore::connect(&url)
+            .await
             .unwrap()
             .pool()
             .clone();

@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "set DATABASE_URL, for example postgres://postgres@127.0.0.1:5432/test")?;
     let addr = parse_addr(std::env::args().skip(1))?;
 
-    let store = PostgresStore::connect(&url)?;
+    let store = PostgresStore::connect(&url).await?;
     store.migrate().await?;
     let store = CachedStore::new(store);
     let listener_task = store.spawn_change_listener();

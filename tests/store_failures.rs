@@ -189,7 +189,7 @@ struct Rig {
 }
 
 /// `query_timeout` is the store's per-query deadline; the pool holds up to 8 connections and
-/// waits up to 2 s for one (as `PostgresStore::connect` does), so the query deadline decides.
+/// waits up to 2 s for one (as `PostgresStore::connect_lazy` does), so the query deadline decides.
 async fn rig(url: &str, query_timeout: Duration) -> Rig {
     let pool = PgPoolOptions::new()
         .max_connections(8)
@@ -332,7 +332,7 @@ async fn unknown_token() -> String {
 #[tokio::test]
 async fn an_unreachable_database_is_unavailable_not_a_verdict() {
     // Nothing listens on port 1.
-    let store = PostgresStore::connect("postgres://postgres@127.0.0.1:1/none").unwrap();
+    let store = PostgresStore::connect_lazy("postgres://postgres@127.0.0.1:1/none").unwrap();
     let err = store
         .get(&apitoken::TokenId::from_u64(1))
         .await
@@ -346,6 +346,31 @@ async fn an_unreachable_database_is_unavailable_not_a_verdict() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), AuthErrorKind::StoreUnavailable);
+}
+
+#[tokio::test]
+async fn connect_connects_now_and_connect_lazy_at_the_first_query() {
+    // Nothing listens on port 1: the eager constructor fails at once, naming no verdict.
+    let err = PostgresStore::connect("postgres://postgres@127.0.0.1:1/none")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+    assert!(PostgresStore::connect_lazy("postgres://postgres@127.0.0.1:1/none").is_ok());
+    // A malformed URL fails both.
+    assert!(PostgresStore::connect_lazy("postgres://app@127.0.0.1:notaport/app").is_err());
+    assert!(
+        PostgresStore::connect("postgres://app@127.0.0.1:notaport/app")
+            .await
+            .is_err()
+    );
+    let Some(url) = stores::postgres_url() else {
+        return;
+    };
+    // A reachable database: the pool already holds a connection when `connect` returns.
+    let store = PostgresStore::connect(&url).await.unwrap();
+    assert!(store.pool().size() >= 1, "connect made no connection");
+    let lazy = PostgresStore::connect_lazy(&url).unwrap();
+    assert_eq!(lazy.pool().size(), 0, "connect_lazy connected early");
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use crate::store::sql::{self, InvalidIdentifier, timed};
 /// use apitoken::PostgresStore;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app")?;
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
 /// let grants = PostgresGrantStore::new(store.pool().clone());
 /// grants.migrate().await?;
 /// # Ok(())

@@ -37,7 +37,7 @@ use crate::store::{StoreChange, StoreError};
 /// use apitoken::{PostgresStore, Verifier};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app")?;
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
 /// store.migrate().await?;
 /// let verifier = Verifier::builder(store).build();
 /// # let _ = verifier;
@@ -111,14 +111,42 @@ impl PostgresStoreBuilder {
 }
 
 impl PostgresStore {
-    /// A store on a new pool for `url`, with a 2-second acquire timeout. Connects lazily: this
-    /// fails only for a malformed URL, and a database that is down now is found when it
-    /// returns.
-    pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .acquire_timeout(super::DEFAULT_ACQUIRE_TIMEOUT)
-            .connect_lazy(url)
-            .map_err(super::map_err)?;
+    /// A store on a new pool for `url`, with a 2-second acquire timeout, connecting now:
+    /// a database that is down or refuses the credentials fails here, as
+    /// [`SqliteStore::connect`](crate::SqliteStore::connect) and sqlx's `PgPool::connect` do.
+    /// [`connect_lazy`](Self::connect_lazy) instead defers the first connection to the first
+    /// query.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), apitoken::StoreError> {
+    /// let store = apitoken::PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+    /// store.migrate().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = pool_options().connect(url).await.map_err(super::map_err)?;
+        Ok(Self::builder(pool).build())
+    }
+
+    /// A store on a new pool for `url`, with a 2-second acquire timeout, connecting at the
+    /// first query: this fails only for a malformed URL, and a database that is down now is
+    /// found when it returns (each query then fails with
+    /// [`Unavailable`](crate::store::StoreErrorKind::Unavailable) until it does). For a
+    /// process that must start while its database is still coming up.
+    ///
+    /// ```
+    /// # fn run() -> Result<(), apitoken::StoreError> {
+    /// // Nothing listens on port 1; the store is still made.
+    /// let store = apitoken::PostgresStore::connect_lazy("postgres://app@127.0.0.1:1/app")?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async { run() }).unwrap();
+    /// ```
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        let pool = pool_options().connect_lazy(url).map_err(super::map_err)?;
         Ok(Self::builder(pool).build())
     }
 
@@ -220,7 +248,7 @@ impl crate::store::CachedStore<PostgresStore> {
     /// use apitoken::{CachedStore, PostgresStore, Verifier};
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let store = CachedStore::new(PostgresStore::connect("postgres://postgres@127.0.0.1/app")?);
+    /// let store = CachedStore::new(PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?);
     /// let _listener = store.spawn_change_listener();
     /// let verifier = Verifier::builder(store).build();
     /// # let _ = verifier;
@@ -500,6 +528,12 @@ impl TokenDialect for Pg {
     fn migrations(state: &PgState) -> &PgMigrator {
         &state.migrator
     }
+}
+
+/// The pool both constructors make: acquisition bounded, so a query fails rather than waits
+/// when the database is gone.
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().acquire_timeout(super::DEFAULT_ACQUIRE_TIMEOUT)
 }
 
 #[cfg(test)]
