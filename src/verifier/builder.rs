@@ -12,7 +12,7 @@ use crate::authenticator::Authenticator;
 use crate::clock::Clock;
 use crate::format::TokenFormat;
 use crate::last_used::{DEFAULT_FLUSH_INTERVAL, LastUsedBuffer};
-use crate::policy::{AddressAllowlist, Policy};
+use crate::policy::Policy;
 use crate::scope::ScopePolicy;
 use crate::secret::SecretHasher;
 use crate::store::TokenStore;
@@ -265,7 +265,8 @@ impl<S: TokenStore> VerifierBuilder<S> {
 
     /// Adds a [`Policy`]: a check at fixed points of every verification (before the lookup,
     /// on the record, an admit step after scopes, and on the outcome). Policies run in the
-    /// order added, after the built-in [`AddressAllowlist`]. See [`policy`](crate::policy)
+    /// order added, after the built-in [`AddressAllowlist`](crate::policy::AddressAllowlist).
+    /// See [`policy`](crate::policy)
     /// for the points and an example.
     pub fn policy(mut self, policy: impl Policy) -> Self {
         self.policies.push(Arc::new(policy));
@@ -317,10 +318,9 @@ impl<S: TokenStore> VerifierBuilder<S> {
             .iter()
             .map(|a| a.max_token_len())
             .fold(crate::format::MAX_TOKEN_LEN, usize::max);
-        // The allowlist first and always: a forgotten line must not open a restricted token.
-        let mut policies: Vec<Arc<dyn Policy>> = Vec::with_capacity(1 + self.policies.len());
-        policies.push(Arc::new(AddressAllowlist));
-        policies.extend(self.policies);
+        // The allowlist is not in this list: the pipeline calls it first on every record,
+        // statically, so a verifier with no policies of its own runs no policy loop at all.
+        let policies = self.policies;
         // A format added twice would only look a failing token up twice.
         let mut formats: Vec<TokenFormat> = Vec::with_capacity(self.formats.len());
         for format in self.formats {

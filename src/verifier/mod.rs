@@ -118,7 +118,8 @@ pub(crate) struct Inner<S> {
     pub(crate) max_allowed_ips: usize,
     /// The longest token any format or authenticator accepts.
     max_token_len: usize,
-    /// The [`AddressAllowlist`] first, then the builder's, in order.
+    /// The builder's, in order. The [`AddressAllowlist`] is not among them: it runs first on
+    /// every record, called directly (`admit_record`).
     policies: Vec<Arc<dyn Policy>>,
     authenticators: Vec<Arc<dyn Authenticator>>,
 }

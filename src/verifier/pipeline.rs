@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Ends, Principal, Refused, RequestInfo, Verifier, lookup::Lookup};
 use crate::error::{AuthError, RejectReason};
-use crate::policy::{Admit, Admitted, Outcome, Pending, Policy};
+use crate::policy::{AddressAllowlist, Admit, Admitted, Outcome, Pending, Policy};
 use crate::record::TokenRecord;
 use crate::scope::ScopeRequirement;
 use crate::store::TokenStore;
@@ -174,11 +174,11 @@ impl<S: TokenStore> Verifier<S> {
         required: &ScopeRequirement,
     ) -> Result<Verified, AuthError> {
         let request = verification.request;
-        let principal = match self
+        let (principal, now) = match self
             .authenticate_token(extra, token, required, &request)
             .await
         {
-            Ok(principal) => principal,
+            Ok(accepted) => accepted,
             Err(Refused { error, record }) => {
                 self.audit_refused(&error, record.as_deref(), request.client_ip);
                 self.observe(verification, extra, &Outcome::refused(&error));
@@ -215,8 +215,9 @@ impl<S: TokenStore> Verifier<S> {
         if let Some(last_used) = &self.inner.last_used
             && principal.credential_kind() == CredentialKind::ApiKey
         {
-            // Memory only: written later by `flush_last_used`, never on this path.
-            last_used.note(principal.record().id, self.inner.clock.now());
+            // Memory only: written later by `flush_last_used`, never on this path. The time
+            // the record's limits were checked at: one clock read a verification.
+            last_used.note(principal.record().id, now);
         }
         self.audit_accepted(&principal, request.client_ip);
         self.observe(verification, extra, &Outcome::accepted(&principal));
@@ -265,32 +266,37 @@ impl<S: TokenStore> Verifier<S> {
         extra: &[Arc<dyn Policy>],
         outcome: &Outcome<'_>,
     ) {
-        for pending in verification.pending {
-            pending.settle(outcome);
+        if !verification.pending.is_empty() {
+            for pending in verification.pending {
+                pending.settle(outcome);
+            }
         }
         for policy in self.policies(extra) {
             policy.observe(outcome);
         }
     }
 
-    /// The token's principal, checked up to and including scopes; no audit event, no
-    /// last-use note.
+    /// The token's principal, checked up to and including scopes, and the time it was
+    /// checked at; no audit event, no last-use note.
     async fn authenticate_token(
         &self,
         extra: &[Arc<dyn Policy>],
         token: &str,
         required: &ScopeRequirement,
         request: &RequestInfo,
-    ) -> Result<Principal, Refused> {
+    ) -> Result<(Principal, DateTime<Utc>), Refused> {
         let inner = &*self.inner;
         if let Some(authenticator) = inner.authenticators.iter().find(|a| a.recognises(token)) {
+            let now = inner.clock.now();
             let (record, kind) = authenticator
-                .authenticate(token, inner.clock.now())
+                .authenticate(token, now)
                 .map_err(Refused::early)?
                 .into_parts();
             // It ends when it says; it has no lifetime or idle limit of the verifier's.
             let expiry = record.expires_at;
-            return self.admit_record(extra, Arc::new(record), expiry, kind, required, request);
+            return self
+                .admit_record(extra, Arc::new(record), expiry, kind, required, request)
+                .map(|principal| (principal, now));
         }
         let record = match self.lookup(token).await {
             Ok(Lookup::Matched(record)) => record,
@@ -353,6 +359,7 @@ impl<S: TokenStore> Verifier<S> {
             required,
             request,
         )
+        .map(|principal| (principal, now))
     }
 
     /// The policies' `on_record` steps (the verifier's, the allowlist first, then `extra`)
@@ -367,16 +374,20 @@ impl<S: TokenStore> Verifier<S> {
         request: &RequestInfo,
     ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
-        for policy in self.policies(extra) {
-            if let Err(error) = policy.on_record(&record, request) {
-                if kind == CredentialKind::ApiKey {
-                    self.balance_refusal(Some(&record.id), required);
-                }
-                return Err(Refused {
-                    error,
-                    record: Some(record),
-                });
+        // The allowlist first and always, outside the list: a forgotten line must not open a
+        // restricted token, and a verifier with no other policy makes no dynamic call for it.
+        let checked = AddressAllowlist.on_record(&record, request).and_then(|()| {
+            self.policies(extra)
+                .try_for_each(|policy| policy.on_record(&record, request))
+        });
+        if let Err(error) = checked {
+            if kind == CredentialKind::ApiKey {
+                self.balance_refusal(Some(&record.id), required);
             }
+            return Err(Refused {
+                error,
+                record: Some(record),
+            });
         }
         if let Err(missing) = inner.policy.check(&record.scopes, required) {
             return Err(Refused {
