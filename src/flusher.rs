@@ -23,7 +23,8 @@ type FinalFlush = Box<
 ///
 /// Call [`shutdown`](Self::shutdown) when the service stops: it stops the task and flushes
 /// what remains. Dropping the handle (`let _ = verifier.spawn_last_used_flusher();`) leaves
-/// the task running, flushing every interval, until every clone of the verifier is dropped;
+/// the task running, flushing every interval, until every clone of the verifier (and every
+/// [`Issuer`](crate::Issuer) made from one, which holds it too) is dropped;
 /// only the final flush is lost, since a flush cannot be awaited in `Drop`. Whatever the
 /// last tick did not write stays in the verifier's buffer, and a verifier dropped with
 /// unflushed times logs a warning with their count.
@@ -119,13 +120,18 @@ impl<S: TokenStore + 'static> Verifier<S> {
     /// Spawns a tokio task that calls [`flush_last_used`](Self::flush_last_used) every
     /// [flush interval](crate::VerifierBuilder::last_used_flush_interval), first one
     /// interval from now. A failed flush is logged with `tracing::warn!` (the store's
-    /// error; no token, no secret) and its times are retried on the next tick. A flush
-    /// that takes longer than the interval delays the next one instead of queueing more.
+    /// error; no token, no secret) and its times are retried on the next tick; a store that
+    /// panics fails that flush only (logged with `tracing::error!`, times kept), not the
+    /// task. A flush that takes longer than the interval delays the next one instead of
+    /// queueing more.
     ///
     /// Spawn one per verifier (clones share the buffer, so one is enough); keep the handle
     /// and call [`LastUsedFlusher::shutdown`] when the service stops (on SIGTERM as well as
     /// Ctrl-C: `docker stop`, Kubernetes and systemd send SIGTERM). The task holds the
-    /// verifier weakly: it ends by itself once every clone of the verifier is dropped. A verifier built with
+    /// verifier weakly: it ends by itself once every clone of the verifier and every issuer
+    /// made from one is dropped. A flush still writing then (a custom store that hangs, with
+    /// no deadline of its own) is abandoned at the next tick, so the store is freed. A
+    /// verifier built with
     /// [`disable_last_used`](crate::VerifierBuilder::disable_last_used) spawns nothing.
     ///
     /// # Panics
@@ -169,7 +175,7 @@ impl<S: TokenStore + 'static> Verifier<S> {
 
 /// Flushes every `every` until told to stop, or, once the handle is dropped without
 /// `shutdown`, until the verifier is gone.
-async fn run<S: TokenStore>(
+async fn run<S: TokenStore + 'static>(
     verifier: WeakVerifier<S>,
     every: Duration,
     mut stopped: oneshot::Receiver<()>,
@@ -191,17 +197,41 @@ async fn run<S: TokenStore>(
             }
         }
         // Held only for the flush, so a dropped verifier is freed between ticks.
-        let Some(verifier) = verifier.upgrade() else {
+        let Some(strong) = verifier.upgrade() else {
             return;
         };
-        if let Err(err) = verifier.flush_last_used().await {
-            tracing::warn!(
-                error = ?err,
-                pending = verifier.last_used_pending(),
-                "could not flush last-use times; they are kept for the next flush"
-            );
+        // Its own task: a store that panics fails this flush, not the flusher. The times of
+        // a failed or panicked flush go back into the buffer for the next one.
+        let mut flush = tokio::spawn(async move {
+            if let Err(err) = strong.flush_last_used().await {
+                tracing::warn!(
+                    error = ?err,
+                    pending = strong.last_used_pending(),
+                    "could not flush last-use times; they are kept for the next flush"
+                );
+            }
+        });
+        loop {
+            match tokio::time::timeout(every, &mut flush).await {
+                Ok(Ok(())) => break,
+                Ok(Err(err)) => {
+                    if err.is_panic() {
+                        tracing::error!(
+                            "a last-use flush panicked; its times are kept for the next flush"
+                        );
+                    }
+                    break;
+                }
+                // Still writing. If the flush is the verifier's only holder, nothing will use
+                // the verifier again: the write (a store without a deadline that hangs) is
+                // abandoned, so the verifier and its store are freed.
+                Err(_) if verifier.holders() <= 1 => {
+                    flush.abort();
+                    return;
+                }
+                Err(_) => {}
+            }
         }
-        drop(verifier);
         next += every;
         let now = Instant::now();
         if next <= now {

@@ -21,7 +21,7 @@
 //!
 //! # What lives where, and what it may use
 //!
-//! This file holds the trait, its errors and the types every store shares; `memory.rs` the
+//! This file holds the trait, its errors and the types every store shares; `memory/` the
 //! in-memory store; `cache/` the verification cache over any store; `sql/` the SQL stores
 //! (what they share, and one file per database for what differs). Stores are the layer
 //! above the token values: files under `store/` use the token values (`crate::{id, record,
@@ -391,6 +391,10 @@ pub enum StoreErrorKind {
     /// The database refused for lack of a privilege (for example `CREATE` on the schema, or
     /// ownership of the table, which a migration needs).
     PermissionDenied,
+    /// The store's configuration is wrong and retrying will not help: a malformed
+    /// connection URL, credentials the database refuses, a database that does not exist.
+    /// Verification fails closed on it as on any store error.
+    Configuration,
 }
 
 /// An error from a [`TokenStore`]: a kind for callers to act on, and the store's own error as

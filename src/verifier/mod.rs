@@ -187,6 +187,11 @@ impl<S> WeakVerifier<S> {
     pub fn upgrade(&self) -> Option<Verifier<S>> {
         self.0.upgrade().map(|inner| Verifier { inner })
     }
+
+    /// How many holds keep the verifier alive: its clones, and the issuers made from it.
+    pub(crate) fn holders(&self) -> usize {
+        self.0.strong_count()
+    }
 }
 
 impl<S> Clone for WeakVerifier<S> {

@@ -141,6 +141,10 @@ fn schema_failure(err: StoreError) -> Failure {
             "permission denied: migrating needs CREATE on the schema and ownership of the \
              tables; run `create` once as their owner, or migrate from the application"
         }
+        StoreErrorKind::Configuration => {
+            "the database refused the connection settings (check the URL's user, password \
+             and database name)"
+        }
         _ => "could not reach the database",
     };
     Failure::Runtime(format!("{what}: {}", chain(&err)))

@@ -244,6 +244,14 @@ fn is_permission_denied(db: &dyn sqlx::error::DatabaseError) -> bool {
     code == "42501" || code.parse::<i32>().is_ok_and(|n| n & 0xff == 8)
 }
 
+/// PostgreSQL's codes for a connection its settings cannot make: class 28 (invalid
+/// authorization: no such role, wrong password) and 3D000 (no such database). Retrying them
+/// is pointless, unlike a database that is down.
+fn is_misconfigured(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.code()
+        .is_some_and(|code| code.len() == 5 && (code.starts_with("28") || code == "3D000"))
+}
+
 pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::with_source(
@@ -254,6 +262,16 @@ pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if is_permission_denied(db.as_ref()) => StoreError::with_source(
             StoreErrorKind::PermissionDenied,
             "the database refused: the role lacks a privilege this needs",
+            err,
+        ),
+        sqlx::Error::Configuration(_) => StoreError::with_source(
+            StoreErrorKind::Configuration,
+            "the connection settings are not valid",
+            err,
+        ),
+        sqlx::Error::Database(db) if is_misconfigured(db.as_ref()) => StoreError::with_source(
+            StoreErrorKind::Configuration,
+            "the database refused the connection settings: no such role, wrong password or no such database",
             err,
         ),
         sqlx::Error::ColumnDecode { .. }

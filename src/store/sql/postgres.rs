@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction};
 
 use super::migrate::postgres::{DEFAULT_MIGRATION_LOCK_TIMEOUT, PgMigrator, VERSIONS_TABLE};
 use super::tokens::{
@@ -112,7 +112,10 @@ impl PostgresStoreBuilder {
 
 impl PostgresStore {
     /// A store on a new pool for `url`, with a 2-second acquire timeout, connecting now:
-    /// a database that is down or refuses the credentials fails here, as
+    /// settings the database refuses (no such role or database, a wrong password) fail here
+    /// with [`Configuration`](crate::store::StoreErrorKind::Configuration), and a database
+    /// that is down with [`Unavailable`](crate::store::StoreErrorKind::Unavailable), at once
+    /// for a refused connection and after 2 seconds for one that never answers, as
     /// [`SqliteStore::connect`](crate::SqliteStore::connect) and sqlx's `PgPool::connect` do.
     /// [`connect_lazy`](Self::connect_lazy) instead defers the first connection to the first
     /// query.
@@ -125,7 +128,17 @@ impl PostgresStore {
     /// # }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = pool_options().connect(url).await.map_err(super::map_err)?;
+        let options: PgConnectOptions = url.parse().map_err(super::map_err)?;
+        // One plain attempt first: the pool retries a refused connection until its acquire
+        // timeout and then reports only that it timed out, where this fails now with the
+        // cause (connection refused, no such role).
+        let probe = super::timed(super::DEFAULT_ACQUIRE_TIMEOUT, options.connect()).await?;
+        // Its goodbye is a courtesy; the pool's own connection is what counts.
+        let _ = probe.close().await;
+        let pool = pool_options()
+            .connect_with(options)
+            .await
+            .map_err(super::map_err)?;
         Ok(Self::builder(pool).build())
     }
 
