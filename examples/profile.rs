@@ -8,7 +8,8 @@
 //!
 //! The first argument picks what each iteration verifies (`valid`, cycling through the
 //! 10,000 tokens in the store; `unknown`, an id no record has; `wrong`, a known id with
-//! another secret; `badsum`, a wrong checksum), the second how many times. It also prints
+//! another secret; `badsum`, a wrong checksum; `layer`, a request through an axum route
+//! behind `AuthLayer`, and `no_auth`, the same route without it), the second how many times. It also prints
 //! the size of the verification future, which every caller holds or boxes.
 
 use std::future::Future;
@@ -16,7 +17,13 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use apitoken::middleware::AuthLayer;
 use apitoken::{MemoryStore, NewToken, Owner, ScopeRequirement, TokenFormat, Verifier};
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::Request;
+use tower::ServiceExt;
 
 /// Polls a future that needs no I/O until it is ready, without an executor.
 fn now<F: Future>(f: F) -> F::Output {
@@ -67,6 +74,31 @@ fn main() {
         bad.push(if last == 'A' { 'B' } else { 'A' });
         bad
     };
+    if what == "layer" || what == "no_auth" {
+        let routes = || Router::new().route("/api/v1/vps", get(|| async { "hello" }));
+        let router = if what == "layer" {
+            routes()
+                .layer(AuthLayer::new(verifier.clone()).require(need.clone()))
+                .with_state(())
+        } else {
+            routes().with_state(())
+        };
+        let mut ok = 0usize;
+        for i in 0..n {
+            let request = Request::builder()
+                .uri("/api/v1/vps")
+                .header(
+                    "authorization",
+                    format!("Bearer {}", tokens[i % tokens.len()]),
+                )
+                .body(Body::empty())
+                .expect("a request");
+            let response = now(router.clone().oneshot(black_box(request))).expect("a response");
+            ok += usize::from(response.status().is_success());
+        }
+        println!("{what}: {ok} of {n} answered 200");
+        return;
+    }
     let mut accepted = 0usize;
     for i in 0..n {
         let token: &str = match what.as_str() {

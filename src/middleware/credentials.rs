@@ -104,20 +104,21 @@ impl Credentials {
             .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme))
     }
 
-    /// Where the token is, for reading it again after the request has moved on: the header
-    /// value (a reference-counted handle on the same bytes) and the token's span in it.
+    /// Where the token is, for reading it again from the same headers once the request has
+    /// moved into the verifying future: which header, and the token's span in its value. No
+    /// copy and no reference count: the future owns the request and reads the bytes there.
     /// `max_len` bounds a token by its text ([`Verifier::max_len_of`](crate::Verifier::max_len_of)).
     pub(crate) fn locate(
         &self,
         headers: &HeaderMap,
         max_len: &dyn Fn(&[u8]) -> usize,
     ) -> Result<Option<TokenSpan>, AuthError> {
-        Ok(self.find(headers, max_len)?.map(|(value, token)| {
+        Ok(self.find(headers, max_len)?.map(|(custom, value, token)| {
             // The token is a subslice of the value's bytes: its offset is the distance between
             // the two starts.
             let start = token.as_ptr() as usize - value.as_bytes().as_ptr() as usize;
             TokenSpan {
-                value: value.clone(),
+                custom,
                 start,
                 end: start + token.len(),
             }
@@ -129,15 +130,16 @@ impl Credentials {
     pub(crate) fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
         Ok(self
             .find(headers, &|_| MAX_TOKEN_LEN)?
-            .map(|(_, token)| token))
+            .map(|(_, _, token)| token))
     }
 
-    /// The header value that carries the token, and the token in it.
+    /// Whether the token is in the custom header (else `Authorization`), the header value
+    /// that carries it, and the token in it.
     fn find<'h>(
         &self,
         headers: &'h HeaderMap,
         max_len: &dyn Fn(&[u8]) -> usize,
-    ) -> Result<Option<(&'h HeaderValue, &'h str)>, AuthError> {
+    ) -> Result<Option<(bool, &'h HeaderValue, &'h str)>, AuthError> {
         let mut from_authorization = None;
         if !self.schemes.is_empty() {
             let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -148,7 +150,7 @@ impl Credentials {
                 }
                 from_authorization = self
                     .parse_authorization(value.as_bytes(), max_len)?
-                    .map(|token| (value, token));
+                    .map(|token| (false, value, token));
             }
         }
         if let Some(name) = &self.header {
@@ -159,7 +161,7 @@ impl Credentials {
                     return Err(AuthError::malformed_request());
                 }
                 return token_text(trim_ows(value.as_bytes()), max_len)
-                    .map(|token| Some((value, token)));
+                    .map(|token| Some((true, value, token)));
             }
         }
         Ok(from_authorization)
@@ -196,21 +198,31 @@ impl Credentials {
 }
 
 /// A token found by [`Credentials::locate`]: checked once, read again without a second parse.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub(crate) struct TokenSpan {
-    value: HeaderValue,
+    /// In the custom header, else in `Authorization`.
+    custom: bool,
     start: usize,
     end: usize,
 }
 
 impl TokenSpan {
-    /// The token. Visible ASCII, as `locate` checked; empty if the bytes were not text, which
-    /// no format accepts.
-    pub(crate) fn token(&self) -> &str {
-        // `HeaderValue` is bytes, not `str`: clippy's string_from_utf8_as_bytes misfires on the
-        // one-expression form.
-        let bytes = self.value.as_bytes();
-        std::str::from_utf8(&bytes[self.start..self.end]).unwrap_or_default()
+    /// The token in `headers`, which must be the headers `locate` read, unchanged (the
+    /// request's, owned by the verifying future). Visible ASCII, as `locate` checked; empty if
+    /// the header is gone or the bytes are not text, which no format accepts.
+    pub(crate) fn token<'h>(&self, headers: &'h HeaderMap, credentials: &Credentials) -> &'h str {
+        let value = if self.custom {
+            credentials
+                .header
+                .as_ref()
+                .and_then(|name| headers.get(name))
+        } else {
+            headers.get(AUTHORIZATION)
+        };
+        value
+            .and_then(|value| value.as_bytes().get(self.start..self.end))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -232,7 +244,11 @@ fn token_text<'t>(token: &'t [u8], max_len: &dyn Fn(&[u8]) -> usize) -> Result<&
             None,
         ));
     }
-    if !token.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    // No early exit: one pass the compiler can do sixteen bytes at a time.
+    let visible = token
+        .iter()
+        .fold(true, |visible, b| visible & (0x21..=0x7e).contains(b));
+    if !visible {
         return Err(AuthError::malformed_request());
     }
     std::str::from_utf8(token).map_err(|_| AuthError::malformed_request())

@@ -115,9 +115,11 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = Arc::clone(&self.layer);
         let verify = Box::pin(async move {
+            // Read from the request this future owns: the borrow ends with the verification.
+            let token = span.token(request.headers(), &layer.credentials);
             let verified = layer
                 .verifier
-                .finish(verification, &layer.policies, span.token(), &layer.required)
+                .finish(verification, &layer.policies, token, &layer.required)
                 .await;
             let mut refusal = None;
             let (outcome, decision) = match verified {
