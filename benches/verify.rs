@@ -6,23 +6,18 @@
 //! ```sh
 //! cargo bench --bench verify            # everything (a few minutes)
 //! cargo bench --bench verify -- verify/  # one group
-//! cargo bench --bench verify -- scale/   # verify and middleware at 10,000 and 1,000,000 tokens
 //! benches/report.sh                      # the same, then the table of docs/performance.md
 //! ```
 //!
 //! The PostgreSQL group runs only when `APITOKEN_TEST_POSTGRES_URL` is set.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use apitoken::middleware::AuthLayer;
 use apitoken::{
-    CachedStore, MemoryStore, NewToken, Owner, Principal, ScopeRequirement, Secret, SecretHasher,
+    CachedStore, MemoryStore, NewToken, Owner, Principal, ScopeRequirement, SecretHasher,
     TokenFormat, TokenStore, Verifier,
 };
 use axum::Router;
@@ -30,69 +25,10 @@ use axum::body::Body;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, StatusCode};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tower::ServiceExt;
 
-/// Runs a future that needs no I/O to finish, as every `MemoryStore` future and an axum router
-/// over one are, without an executor: it is polled until ready with a no-op waker, so the
-/// figures hold no executor overhead.
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(30)
-        .configure_from_args()
-}
-
-/// Tokens with two scopes and a 16-character name, issued into `verifier`'s store.
-fn issue<S: TokenStore>(verifier: &Verifier<S>, n: usize) -> Vec<Secret> {
-    let issuer = verifier.issuer();
-    let owner = Owner::new("team-1").unwrap();
-    (0..n)
-        .map(|i| {
-            let new = NewToken::new(format!("token-{i:010}"), owner.clone())
-                .scopes(["vps:read", "vps:write"])
-                .unwrap();
-            now(issuer.issue(new)).unwrap().token
-        })
-        .collect()
-}
-
-/// The floor's map: id text to SHA-256 of the secret.
-struct Floor(HashMap<String, [u8; 32]>);
-
-impl Floor {
-    fn new(tokens: &[Secret]) -> Self {
-        let mut map = HashMap::new();
-        for t in tokens {
-            let (id, rest) = t.expose_secret().split_once('.').unwrap();
-            map.insert(id.to_owned(), Sha256::digest(&rest.as_bytes()[..43]).into());
-        }
-        Self(map)
-    }
-
-    fn check(&self, token: &str) -> bool {
-        let (id, rest) = token.split_once('.').unwrap();
-        let hash: [u8; 32] = Sha256::digest(&rest.as_bytes()[..43]).into();
-        let stored = self.0.get(id).unwrap();
-        bool::from(stored.ct_eq(&hash))
-    }
-
-    fn bench(&self, c: &mut Criterion, token: &str) {
-        c.bench_function("floor", |b| b.iter(|| self.check(black_box(token))));
-    }
-}
+mod common;
+use common::{Floor, config, hello, issue, now, request};
 
 fn with_last_char_changed(token: &str) -> String {
     let mut bad = token.to_owned();
@@ -186,121 +122,6 @@ fn bench_verify(c: &mut Criterion) {
     group.finish();
 }
 
-/// A fixed-seed shuffle (xorshift, Fisher-Yates): the same order every run, and no order the
-/// hardware can predict.
-fn shuffle<T>(items: &mut [T]) {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..items.len()).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        items.swap(i, (state % (i as u64 + 1)) as usize);
-    }
-}
-
-/// Cycles through `items`, one a call, so each verification meets a different record.
-struct Cycle<'a> {
-    items: &'a [String],
-    next: usize,
-}
-
-impl<'a> Cycle<'a> {
-    fn new(items: &'a [String]) -> Self {
-        Self { items, next: 0 }
-    }
-
-    fn next(&mut self) -> &'a str {
-        let item = &self.items[self.next];
-        self.next = (self.next + 1) % self.items.len();
-        item
-    }
-}
-
-/// The `verify/` and `middleware/` figures over stores of realistic size: every token of the
-/// store visited in a shuffled order (records no longer sit in the CPU's cache), and the floor
-/// over the same tokens in the same order. Refusals visit 10,000 distinct tokens each: unknown
-/// ids, known ids with another secret, revoked tokens.
-fn bench_scale(c: &mut Criterion) {
-    for (label, n) in [("10k", 10_000usize), ("1m", 1_000_000)] {
-        let store = Arc::new(MemoryStore::with_capacity(n));
-        let verifier = Verifier::builder(Arc::clone(&store)).build();
-        let secrets = issue(&verifier, n);
-        let floor = Floor::new(&secrets);
-        let mut tokens: Vec<String> = secrets
-            .iter()
-            .map(|t| t.expose_secret().to_owned())
-            .collect();
-        drop(secrets);
-        shuffle(&mut tokens);
-        let sample = n.min(10_000);
-        // The revoked tokens leave the valid set; both stay shuffled.
-        let revoked: Vec<String> = tokens.split_off(tokens.len() - sample / 10);
-        for token in &revoked {
-            let id = *TokenFormat::canonical().parse(token).unwrap().id().unwrap();
-            now(store.revoke(&id, verifier.now())).unwrap();
-        }
-        let canonical = TokenFormat::canonical();
-        let wrong: Vec<String> = tokens[..sample.min(tokens.len())]
-            .iter()
-            .map(|token| {
-                let id = canonical.parse(token).unwrap().id().copied();
-                canonical
-                    .generate(id.as_ref())
-                    .unwrap()
-                    .expose_secret()
-                    .to_owned()
-            })
-            .collect();
-        // Ids no record has: the issuer's ids count up from 1, these start with `zz`.
-        let unknown: Vec<String> = (0..sample)
-            .map(|i| {
-                let id = format!("zz{i:010}").parse().unwrap();
-                canonical
-                    .generate(Some(&id))
-                    .unwrap()
-                    .expose_secret()
-                    .to_owned()
-            })
-            .collect();
-        let need = ScopeRequirement::all(["vps:read"]).unwrap();
-        let routes = || Router::new().route("/api/v1/vps", get(hello));
-        let plain = routes().with_state(());
-        let auth = routes()
-            .layer(AuthLayer::new(verifier.clone()).require(need.clone()))
-            .with_state(());
-
-        let mut group = c.benchmark_group(format!("scale/{label}"));
-        let mut cycle = Cycle::new(&tokens);
-        group.bench_function("floor", |b| b.iter(|| floor.check(black_box(cycle.next()))));
-        let mut cycle = Cycle::new(&tokens);
-        group.bench_function("valid_with_scope", |b| {
-            b.iter(|| now(verifier.verify(black_box(cycle.next()), &need)).unwrap())
-        });
-        for (name, set) in [
-            ("unknown_id", &unknown),
-            ("wrong_secret", &wrong),
-            ("revoked", &revoked),
-        ] {
-            let mut cycle = Cycle::new(set);
-            group.bench_function(name, |b| {
-                b.iter(|| now(verifier.verify(black_box(cycle.next()), &need)).unwrap_err())
-            });
-        }
-        for (name, router) in [("no_auth", &plain), ("auth_layer", &auth)] {
-            let mut cycle = Cycle::new(&tokens);
-            group.bench_function(name, |b| {
-                b.iter(|| {
-                    let request = request(black_box(cycle.next()));
-                    let response = now(router.clone().oneshot(request)).unwrap();
-                    debug_assert_eq!(response.status(), StatusCode::OK);
-                    response.status()
-                })
-            });
-        }
-        group.finish();
-    }
-}
-
 /// Verifications per thread in one timed round of the concurrency benchmark.
 fn verify_many(
     verifier: &Verifier<Arc<MemoryStore>>,
@@ -356,18 +177,6 @@ fn bench_threads(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-async fn hello() -> &'static str {
-    "hello"
-}
-
-fn request(token: &str) -> Request<Body> {
-    Request::builder()
-        .uri("/api/v1/vps")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap()
 }
 
 /// A layer that compares the `Authorization` header with one static value in constant time:
@@ -597,6 +406,6 @@ fn bench_cache(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_formats, bench_verify, bench_scale, bench_threads, bench_middleware, bench_postgres, bench_hostile, bench_cache
+    targets = bench_formats, bench_verify, bench_threads, bench_middleware, bench_postgres, bench_hostile, bench_cache
 }
 criterion_main!(benches);
