@@ -189,7 +189,23 @@ impl<S> WeakVerifier<S> {
     }
 
     /// How many holds keep the verifier alive: its clones, and the issuers made from it.
-    pub(crate) fn holders(&self) -> usize {
+    /// Zero once it is gone. (The last-use flusher abandons a hung write when its own hold is
+    /// the only one left.)
+    ///
+    /// ```
+    /// use apitoken::{MemoryStore, Verifier};
+    ///
+    /// let verifier = Verifier::builder(MemoryStore::new()).build();
+    /// let weak = verifier.downgrade();
+    /// let issuer = verifier.issuer();
+    /// assert_eq!(weak.holders(), 2);
+    /// drop(verifier);
+    /// assert_eq!(weak.holders(), 1, "the issuer holds it");
+    /// drop(issuer);
+    /// assert_eq!(weak.holders(), 0);
+    /// assert!(weak.upgrade().is_none());
+    /// ```
+    pub fn holders(&self) -> usize {
         self.0.strong_count()
     }
 }
