@@ -12,47 +12,27 @@
 //! behind `AuthLayer`, and `no_auth`, the same route without it), the second how many times. It also prints
 //! the size of the verification future, which every caller holds or boxes.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use apitoken::middleware::AuthLayer;
-use apitoken::{MemoryStore, NewToken, Owner, ScopeRequirement, TokenFormat, Verifier};
+use apitoken::{MemoryStore, ScopeRequirement, TokenFormat, Verifier};
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
-use http::Request;
 use tower::ServiceExt;
 
-/// Polls a future that needs no I/O until it is ready, without an executor.
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
+// The benchmarks' own helpers: the same tokens, the same no-executor poll, the same request.
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{hello, issue, now, request};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "valid".to_owned());
     let n: usize = args.next().map_or(100_000, |n| n.parse().expect("a count"));
     let verifier = Verifier::builder(MemoryStore::with_capacity(10_000)).build();
-    let owner = Owner::new("team-1").expect("an owner");
-    let tokens: Vec<String> = (0..10_000)
-        .map(|i| {
-            let new = NewToken::new(format!("token-{i:010}"), owner.clone())
-                .scopes(["vps:read", "vps:write"])
-                .expect("scopes");
-            now(verifier.issuer().issue(new))
-                .expect("issued")
-                .token
-                .expose_secret()
-                .to_owned()
-        })
+    let tokens: Vec<String> = issue(&verifier, 10_000)
+        .iter()
+        .map(|t| t.expose_secret().to_owned())
         .collect();
     let need = ScopeRequirement::all(["vps:read"]).expect("a requirement");
     let unknown = TokenFormat::canonical()
@@ -75,7 +55,7 @@ fn main() {
         bad
     };
     if what == "layer" || what == "no_auth" {
-        let routes = || Router::new().route("/api/v1/vps", get(|| async { "hello" }));
+        let routes = || Router::new().route("/api/v1/vps", get(hello));
         let router = if what == "layer" {
             routes()
                 .layer(AuthLayer::new(verifier.clone()).require(need.clone()))
@@ -85,14 +65,7 @@ fn main() {
         };
         let mut ok = 0usize;
         for i in 0..n {
-            let request = Request::builder()
-                .uri("/api/v1/vps")
-                .header(
-                    "authorization",
-                    format!("Bearer {}", tokens[i % tokens.len()]),
-                )
-                .body(Body::empty())
-                .expect("a request");
+            let request = request(&tokens[i % tokens.len()]);
             let response = now(router.clone().oneshot(black_box(request))).expect("a response");
             ok += usize::from(response.status().is_success());
         }
