@@ -29,6 +29,7 @@ use crate::verifier::RequestInfo;
 pub struct AddressAllowlist;
 
 impl Policy for AddressAllowlist {
+    #[inline]
     fn on_record(&self, record: &TokenRecord, request: &RequestInfo) -> Result<(), AuthError> {
         if record.allows(request.client_ip) {
             Ok(())

@@ -316,6 +316,7 @@ impl<S: TokenStore> Verifier<S> {
     }
 
     /// Emits the audit event of an accepted request.
+    #[inline]
     fn audit_accepted(&self, principal: &Principal, client_ip: Option<IpAddr>) {
         let inner = &*self.inner;
         if inner.audit.is_none() && !audit::trace_enabled(true) {

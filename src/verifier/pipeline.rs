@@ -7,11 +7,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{Ends, Principal, Refused, RequestInfo, Verifier, lookup::Lookup};
+use crate::authenticator::Authenticator;
 use crate::error::{AuthError, RejectReason};
 use crate::policy::{AddressAllowlist, Admit, Admitted, Outcome, Pending, Policy};
 use crate::record::TokenRecord;
 use crate::scope::ScopeRequirement;
-use crate::store::TokenStore;
+use crate::store::{StoreError, TokenStore};
 
 use super::CredentialKind;
 
@@ -45,6 +46,22 @@ pub struct Verified {
     receipts: Receipts,
 }
 
+/// Where [`Verifier::admit_now`] stopped.
+enum AdmitNow<'a> {
+    /// Every policy admitted the request without waiting.
+    Admitted(Receipts),
+    /// A policy waits, or refused: the rest is [`Verifier::admit_later`]'s.
+    Waiting(AdmitRest<'a>),
+}
+
+/// The admit steps left after [`Verifier::admit_now`]: the policy it stopped at, that
+/// policy's answer, and what the earlier ones spent.
+struct AdmitRest<'a> {
+    index: usize,
+    answer: Admit<'a>,
+    receipts: Receipts,
+}
+
 /// What the admit steps of one accepted request spent, by policy: what
 /// [`Verifier::refund`] gives back if a later step refuses the request. Empty when no policy
 /// spent anything (no rate limit, or a limiter that failed open), and then there is nothing
@@ -66,6 +83,7 @@ impl Verified {
     }
 
     /// The principal, and nothing else.
+    #[inline]
     pub fn into_principal(self) -> Principal {
         self.principal
     }
@@ -109,6 +127,7 @@ impl<S: TokenStore> Verifier<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();
     /// ```
+    #[inline(always)]
     pub fn begin(
         &self,
         request: RequestInfo,
@@ -118,6 +137,9 @@ impl<S: TokenStore> Verifier<S> {
             request,
             pending: Vec::new(),
         };
+        if self.no_policies(extra) {
+            return Ok(verification);
+        }
         for policy in self.policies(extra) {
             match policy.before_lookup(&verification.request) {
                 Ok(pending) if pending.is_none() => {}
@@ -173,22 +195,110 @@ impl<S: TokenStore> Verifier<S> {
         token: &str,
         required: &ScopeRequirement,
     ) -> Result<Verified, AuthError> {
-        let request = verification.request;
-        let (principal, now) = match self
-            .authenticate_token(extra, token, required, &request)
-            .await
-        {
-            Ok(accepted) => accepted,
-            Err(Refused { error, record }) => {
-                self.audit_refused(&error, record.as_deref(), request.client_ip);
-                self.observe(verification, extra, &Outcome::refused(&error));
-                return Err(error);
+        // The only await on the common path is the lookup: everything else runs in plain
+        // functions, so this future stays small and its poll moves little (each value held
+        // across an await is a field of it, copied whenever it is built or moved).
+        let inner = &*self.inner;
+        let checked = match inner.authenticators.iter().find(|a| a.recognises(token)) {
+            Some(authenticator) => {
+                self.authenticate_with(authenticator, extra, token, required, &verification.request)
+            }
+            None => {
+                let looked_up = self.lookup(token).await;
+                self.check_lookup(extra, looked_up, required, &verification.request)
             }
         };
+        let (principal, now) = match checked {
+            Ok(accepted) => accepted,
+            Err(refused) => return Err(self.end_refused(verification, extra, refused)),
+        };
         // Last: a request refused for anything else spent nothing here.
+        let request = &verification.request;
+        let admitted = if self.no_policies(extra) {
+            Ok(Receipts::default())
+        } else {
+            match self.admit_now(extra, &principal, request) {
+                AdmitNow::Admitted(receipts) => Ok(receipts),
+                // A policy that waits (a round trip to Redis) or a refusal after another policy
+                // spent: rare, and boxed so that its state is not part of every verification.
+                AdmitNow::Waiting(rest) => {
+                    Box::pin(self.admit_later(extra, &principal, request, rest)).await
+                }
+            }
+        };
+        match admitted {
+            Ok(receipts) => Ok(self.end_accepted(verification, extra, principal, now, receipts)),
+            Err(error) => {
+                self.audit_refused(&error, Some(principal.record()), request.client_ip);
+                self.observe(
+                    verification,
+                    extra,
+                    &Outcome::refused_after(&principal, &error),
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// The admit steps, as far as they decide without waiting.
+    fn admit_now<'a>(
+        &'a self,
+        extra: &'a [Arc<dyn Policy>],
+        principal: &'a Principal,
+        request: &'a RequestInfo,
+    ) -> AdmitNow<'a> {
         let mut receipts = Receipts::default();
         for (index, policy) in self.policies(extra).enumerate() {
-            let answer = match policy.admit(&principal, &request) {
+            let answer = match policy.admit(principal, request) {
+                Admit::Now(answer) => answer,
+                later @ Admit::Later(_) => {
+                    return AdmitNow::Waiting(AdmitRest {
+                        index,
+                        answer: later,
+                        receipts,
+                    });
+                }
+            };
+            match answer {
+                Ok(admission) if admission.is_empty() => {}
+                Ok(mut admission) => {
+                    admission.policy = index;
+                    receipts.0.push(admission);
+                }
+                Err(error) => {
+                    return AdmitNow::Waiting(AdmitRest {
+                        index,
+                        answer: Admit::Now(Err(error)),
+                        receipts,
+                    });
+                }
+            }
+        }
+        AdmitNow::Admitted(receipts)
+    }
+
+    /// The admit steps from the one [`admit_now`](Self::admit_now) stopped at: its answer
+    /// awaited, the later policies asked, and on a refusal what earlier ones spent refunded.
+    async fn admit_later<'a>(
+        &'a self,
+        extra: &'a [Arc<dyn Policy>],
+        principal: &'a Principal,
+        request: &'a RequestInfo,
+        rest: AdmitRest<'a>,
+    ) -> Result<Receipts, AuthError> {
+        let AdmitRest {
+            index: first,
+            answer,
+            mut receipts,
+        } = rest;
+        let mut answer = Some(answer);
+        for (index, policy) in self.policies(extra).enumerate().skip(first) {
+            // The first policy's answer was asked for already; ask it only once.
+            let admit = match answer.take() {
+                Some(admit) => admit,
+                None => policy.admit(principal, request),
+            };
+            let answer = match admit {
                 Admit::Now(answer) => answer,
                 Admit::Later(future) => future.await,
             };
@@ -201,17 +311,24 @@ impl<S: TokenStore> Verifier<S> {
                 Err(error) => {
                     // Refused after earlier policies spent: they give it back, so a request
                     // one limit refuses costs nothing under another.
-                    self.refund(extra, &principal, &request, &receipts).await;
-                    self.audit_refused(&error, Some(principal.record()), request.client_ip);
-                    self.observe(
-                        verification,
-                        extra,
-                        &Outcome::refused_after(&principal, &error),
-                    );
+                    self.refund(extra, principal, request, &receipts).await;
                     return Err(error);
                 }
             }
         }
+        Ok(receipts)
+    }
+
+    /// Ends an accepted request: last use noted, audited, observed.
+    #[inline(always)]
+    fn end_accepted(
+        &self,
+        verification: Verification,
+        extra: &[Arc<dyn Policy>],
+        principal: Principal,
+        now: DateTime<Utc>,
+        receipts: Receipts,
+    ) -> Verified {
         if let Some(last_used) = &self.inner.last_used
             && principal.credential_kind() == CredentialKind::ApiKey
         {
@@ -219,12 +336,26 @@ impl<S: TokenStore> Verifier<S> {
             // the record's limits were checked at: one clock read a verification.
             last_used.note(principal.record().id, now);
         }
-        self.audit_accepted(&principal, request.client_ip);
+        self.audit_accepted(&principal, verification.request.client_ip);
         self.observe(verification, extra, &Outcome::accepted(&principal));
-        Ok(Verified {
+        Verified {
             principal,
             receipts,
-        })
+        }
+    }
+
+    /// Ends a request refused before the admit steps: audited, observed.
+    #[inline(always)]
+    fn end_refused(
+        &self,
+        verification: Verification,
+        extra: &[Arc<dyn Policy>],
+        refused: Refused,
+    ) -> AuthError {
+        let Refused { error, record } = refused;
+        self.audit_refused(&error, record.as_deref(), verification.request.client_ip);
+        self.observe(verification, extra, &Outcome::refused(&error));
+        error
     }
 
     /// Gives back what the admit steps spent for `principal`'s request, which a later step
@@ -249,6 +380,12 @@ impl<S: TokenStore> Verifier<S> {
         }
     }
 
+    /// Whether no policy runs at all (a plain [`verify`](Self::verify) on a verifier with
+    /// none of its own): every policy step is then skipped, not looped over.
+    fn no_policies(&self, extra: &[Arc<dyn Policy>]) -> bool {
+        self.inner.policies.is_empty() && extra.is_empty()
+    }
+
     fn policies<'a>(
         &'a self,
         extra: &'a [Arc<dyn Policy>],
@@ -260,6 +397,7 @@ impl<S: TokenStore> Verifier<S> {
             .map(|policy| &**policy)
     }
 
+    #[inline(always)]
     fn observe(
         &self,
         verification: Verification,
@@ -271,34 +409,46 @@ impl<S: TokenStore> Verifier<S> {
                 pending.settle(outcome);
             }
         }
-        for policy in self.policies(extra) {
-            policy.observe(outcome);
+        if !self.no_policies(extra) {
+            for policy in self.policies(extra) {
+                policy.observe(outcome);
+            }
         }
     }
 
-    /// The token's principal, checked up to and including scopes, and the time it was
-    /// checked at; no audit event, no last-use note.
-    async fn authenticate_token(
+    /// The principal of a token `authenticator` recognised, checked up to and including
+    /// scopes, and the time it was checked at.
+    fn authenticate_with(
         &self,
+        authenticator: &Arc<dyn Authenticator>,
         extra: &[Arc<dyn Policy>],
         token: &str,
         required: &ScopeRequirement,
         request: &RequestInfo,
     ) -> Result<(Principal, DateTime<Utc>), Refused> {
+        let now = self.inner.clock.now();
+        let (record, kind) = authenticator
+            .authenticate(token, now)
+            .map_err(Refused::early)?
+            .into_parts();
+        // It ends when it says; it has no lifetime or idle limit of the verifier's.
+        let expiry = record.expires_at;
+        self.admit_record(extra, Arc::new(record), expiry, kind, required, request)
+            .map(|principal| (principal, now))
+    }
+
+    /// The principal of the record the lookup found, checked up to and including scopes,
+    /// and the time it was checked at; no audit event, no last-use note.
+    #[inline(always)]
+    fn check_lookup(
+        &self,
+        extra: &[Arc<dyn Policy>],
+        looked_up: Result<Lookup, StoreError>,
+        required: &ScopeRequirement,
+        request: &RequestInfo,
+    ) -> Result<(Principal, DateTime<Utc>), Refused> {
         let inner = &*self.inner;
-        if let Some(authenticator) = inner.authenticators.iter().find(|a| a.recognises(token)) {
-            let now = inner.clock.now();
-            let (record, kind) = authenticator
-                .authenticate(token, now)
-                .map_err(Refused::early)?
-                .into_parts();
-            // It ends when it says; it has no lifetime or idle limit of the verifier's.
-            let expiry = record.expires_at;
-            return self
-                .admit_record(extra, Arc::new(record), expiry, kind, required, request)
-                .map(|principal| (principal, now));
-        }
-        let record = match self.lookup(token).await {
+        let record = match looked_up {
             Ok(Lookup::Matched(record)) => record,
             Ok(Lookup::Missed {
                 record: Some(record),
@@ -364,6 +514,7 @@ impl<S: TokenStore> Verifier<S> {
 
     /// The policies' `on_record` steps (the verifier's, the allowlist first, then `extra`)
     /// and the scope check, for a record from the store or an authenticator.
+    #[inline(always)]
     fn admit_record(
         &self,
         extra: &[Arc<dyn Policy>],

@@ -189,6 +189,7 @@ pub(crate) enum PolicyRef {
 }
 
 impl PolicyRef {
+    #[inline]
     pub(crate) fn of(policy: &Arc<ScopePolicy>) -> Self {
         if **policy == crate::scope::STRICT {
             Self::Strict
