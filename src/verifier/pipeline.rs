@@ -70,6 +70,15 @@ struct AdmitRest<'a> {
 pub struct Receipts(Vec<Admitted>);
 
 impl Receipts {
+    /// Keeps what the policy at `index` says it spent; an admission that spent nothing
+    /// leaves nothing to refund.
+    fn keep(&mut self, index: usize, mut admission: Admitted) {
+        if !admission.is_empty() {
+            admission.policy = index;
+            self.0.push(admission);
+        }
+    }
+
     /// Whether no admit step spent anything.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -260,11 +269,7 @@ impl<S: TokenStore> Verifier<S> {
                 }
             };
             match answer {
-                Ok(admission) if admission.is_empty() => {}
-                Ok(mut admission) => {
-                    admission.policy = index;
-                    receipts.0.push(admission);
-                }
+                Ok(admission) => receipts.keep(index, admission),
                 Err(error) => {
                     return AdmitNow::Waiting(AdmitRest {
                         index,
@@ -303,11 +308,7 @@ impl<S: TokenStore> Verifier<S> {
                 Admit::Later(future) => future.await,
             };
             match answer {
-                Ok(admission) if admission.is_empty() => {}
-                Ok(mut admission) => {
-                    admission.policy = index;
-                    receipts.0.push(admission);
-                }
+                Ok(admission) => receipts.keep(index, admission),
                 Err(error) => {
                     // Refused after earlier policies spent: they give it back, so a request
                     // one limit refuses costs nothing under another.
