@@ -90,6 +90,8 @@ use std::hash::BuildHasher;
 
 use crossbeam_utils::CachePadded;
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -133,7 +135,9 @@ const SHARDS: usize = 256;
 /// Keyed by foldhash rather than SipHash: only ids of tokens that verified are ever inserted,
 /// so nobody can fill a shard with chosen colliding keys, and a note is on every request's
 /// path (SipHash was most of its cost).
-type Shard = Mutex<HashMap<TokenId, DateTime<Utc>, RandomState>>;
+/// One hash of the id picks the shard (its top bits) and the slot in the shard's table (the
+/// table uses the rest), so a note hashes the id once.
+type Shard = Mutex<HashTable<(TokenId, DateTime<Utc>)>>;
 
 /// The last-use times noted since the last flush: the latest per id, in sharded maps.
 pub(crate) struct LastUsedBuffer {
@@ -168,7 +172,7 @@ impl LastUsedBuffer {
         Self {
             hasher: RandomState::default(),
             shards: (0..SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(HashMap::with_hasher(RandomState::default()))))
+                .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
                 .collect(),
             flush_interval: flush_interval.max(MIN_FLUSH_INTERVAL),
             max_pending,
@@ -195,23 +199,46 @@ impl LastUsedBuffer {
     /// Notes that `id` was used at `at`, keeping the later time if `id` is already noted. No
     /// I/O; drops the note if `id` is new and the buffer is full.
     pub(crate) fn note(&self, id: TokenId, at: DateTime<Utc>) {
-        let mut shard = lock(self.shard(&id));
-        if let Some(noted) = shard.get_mut(&id) {
-            if at > *noted {
-                *noted = at;
-            }
-        } else if self.reserve() {
-            shard.insert(id, at);
-        } else {
-            drop(shard);
+        if !self.keep_later(id, at) {
             self.count_dropped(1);
+        }
+    }
+
+    /// Keeps `at` as `id`'s time unless a later one is noted; `false` when `id` is new and
+    /// the buffer is full.
+    fn keep_later(&self, id: TokenId, at: DateTime<Utc>) -> bool {
+        let hash = self.hasher.hash_one(id);
+        let mut shard = lock(self.shard(hash));
+        match shard.entry(
+            hash,
+            |(noted, _)| *noted == id,
+            |(noted, _)| self.hasher.hash_one(noted),
+        ) {
+            Entry::Occupied(mut entry) => {
+                let noted = &mut entry.get_mut().1;
+                if at > *noted {
+                    *noted = at;
+                }
+                true
+            }
+            Entry::Vacant(entry) => {
+                if self.reserve() {
+                    entry.insert((id, at));
+                    true
+                } else {
+                    false
+                }
+            }
         }
     }
 
     /// The noted, not yet written, last use of `id`: in the buffer, or in a batch being
     /// written.
     pub(crate) fn noted(&self, id: &TokenId) -> Option<DateTime<Utc>> {
-        let buffered = lock(self.shard(id)).get(id).copied();
+        let hash = self.hasher.hash_one(id);
+        let buffered = lock(self.shard(hash))
+            .find(hash, |(noted, _)| noted == id)
+            .map(|(_, at)| *at);
         if self.flushing.load(Ordering::Acquire) == 0 {
             return buffered;
         }
@@ -273,14 +300,7 @@ impl LastUsedBuffer {
     fn restore(&self, batch: Vec<(TokenId, DateTime<Utc>)>) {
         let mut lost = 0;
         for (id, at) in batch {
-            let mut shard = lock(self.shard(&id));
-            if let Some(noted) = shard.get_mut(&id) {
-                if at > *noted {
-                    *noted = at;
-                }
-            } else if self.reserve() {
-                shard.insert(id, at);
-            } else {
+            if !self.keep_later(id, at) {
                 lost += 1;
             }
         }
@@ -289,8 +309,11 @@ impl LastUsedBuffer {
         }
     }
 
-    fn shard(&self, id: &TokenId) -> &Shard {
-        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
+    /// The shard of an id whose hash is `hash`: its top bits, which the table does not use
+    /// for its slots (hashbrown takes the low bits for the slot and the top 7 for its tags,
+    /// so the 8 below those).
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 49) as usize % SHARDS]
     }
 
     /// Takes room for one more entry, if there is any.
@@ -381,7 +404,7 @@ impl Drop for Draining<'_> {
 
 // A panic while a shard is locked cannot leave its map half-changed (every change is one
 // insert, one assignment or one drain), so a poisoned lock is still safe to use.
-fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<TokenId, DateTime<Utc>, RandomState>> {
+fn lock(shard: &Shard) -> MutexGuard<'_, HashTable<(TokenId, DateTime<Utc>)>> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 

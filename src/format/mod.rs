@@ -333,6 +333,14 @@ impl TokenFormat {
             Some(prefix) => text.strip_prefix(prefix).ok_or(FormatError::WrongPrefix)?,
             None => text,
         };
+        // When every byte outside base62 is in the prefix or is the separator (which is not
+        // base62), the id and the secret are base62 without looking at them again.
+        let expected_outside = self
+            .prefix
+            .as_deref()
+            .map_or(0, |p| classify(p.as_bytes()).1)
+            + usize::from(id_kind != IdKind::None);
+        let clean = outside_base62 == expected_outside;
         let (id, body) = match id_kind {
             IdKind::None => (None, rest),
             IdKind::Numeric | IdKind::Random { .. } => {
@@ -340,7 +348,7 @@ impl TokenFormat {
                     .bytes()
                     .position(|b| b == separator.byte())
                     .ok_or(FormatError::MissingSeparator)?;
-                let id = parse_id(&rest[..at], id_kind)?;
+                let id = parse_id(&rest[..at], id_kind, clean)?;
                 (Some(id), &rest[at + 1..])
             }
         };
@@ -359,14 +367,7 @@ impl TokenFormat {
                 secret
             }
         };
-        // Every byte outside base62 is in the prefix or is the separator (the id was checked):
-        // then the secret is base62 without looking at it again.
-        let expected_outside = self
-            .prefix
-            .as_deref()
-            .map_or(0, |p| classify(p.as_bytes()).1)
-            + usize::from(id.is_some());
-        let base62 = outside_base62 == expected_outside || is_base62(secret);
+        let base62 = clean || is_base62(secret);
         if !accepted.contains(&secret.len()) || !base62 {
             return Err(FormatError::InvalidSecret);
         }
@@ -376,7 +377,7 @@ impl TokenFormat {
     fn parse_sanctum<'a>(&self, text: &'a str) -> Result<ParsedToken<'a>, FormatError> {
         let (id, hashed) = match text.bytes().position(|b| b == b'|') {
             Some(at) => (
-                Some(parse_id(&text[..at], IdKind::Numeric)?),
+                Some(parse_id(&text[..at], IdKind::Numeric, false)?),
                 &text[at + 1..],
             ),
             None => (None, text),
@@ -427,7 +428,7 @@ impl TokenFormat {
                 match (id_kind, id) {
                     (IdKind::None, _) => {}
                     (kind, Some(id)) => {
-                        parse_id(id.as_str(), *kind)?;
+                        parse_id(id.as_str(), *kind, false)?;
                         out.push_str(id.as_str());
                         out.push(char::from(separator.byte()));
                     }
@@ -444,7 +445,7 @@ impl TokenFormat {
                     return Err(FormatError::InvalidSecret);
                 }
                 if let Some(id) = id {
-                    parse_id(id.as_str(), IdKind::Numeric)?;
+                    parse_id(id.as_str(), IdKind::Numeric, false)?;
                     out.push_str(id.as_str());
                     out.push('|');
                 }
@@ -560,7 +561,8 @@ impl fmt::Debug for ParsedToken<'_> {
     }
 }
 
-fn parse_id(text: &str, kind: IdKind) -> Result<TokenId, FormatError> {
+/// `text` as an id of `kind`; `base62` when the caller already knows every byte of it is.
+fn parse_id(text: &str, kind: IdKind, base62: bool) -> Result<TokenId, FormatError> {
     let raw = text.as_bytes();
     let ok = match kind {
         // Canonical decimal of a u64: no sign, no leading zero, nothing above u64::MAX (such
@@ -580,7 +582,9 @@ fn parse_id(text: &str, kind: IdKind) -> Result<TokenId, FormatError> {
                     })
                     .is_some()
         }
-        IdKind::Random { len } => raw.len() == len && len <= MAX_ID_LEN && is_base62(text),
+        IdKind::Random { len } => {
+            raw.len() == len && len <= MAX_ID_LEN && (base62 || is_base62(text))
+        }
         IdKind::None => false,
     };
     if !ok {

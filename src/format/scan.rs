@@ -1,42 +1,72 @@
 //! The byte scan every parse starts with: which bytes are outside the token alphabet, and how
-//! many outside base62, eight at a time.
+//! many outside base62.
 
-/// Whether any byte is outside the token alphabet (`0-9A-Za-z` and `.|_-`), and how many are
-/// outside base62: eight bytes at a time, in the bits of a `u64` (SWAR), about twice as fast
-/// as a table lookup a byte. `classify_bytewise` in the tests is the plain definition.
-pub(super) fn classify(raw: &[u8]) -> (bool, usize) {
-    let (words, rest) = raw.as_chunks::<8>();
-    let (mut invalid, mut outside) = (0u64, 0u32);
-    for word in words {
-        let (i, o) = classify_word(u64::from_le_bytes(*word));
-        invalid |= i;
-        outside += o;
+/// A byte's class in [`CLASS`]: not base62.
+const OUTSIDE: u8 = 1;
+/// A byte's class in [`CLASS`]: not in the token alphabet either.
+const INVALID: u8 = 2;
+
+/// Each byte's class: 0 for base62, [`OUTSIDE`] for the punctuation a token may hold
+/// (`.|_-`), [`OUTSIDE`] | [`INVALID`] for everything else.
+static CLASS: [u8; 256] = class_table();
+
+const fn class_table() -> [u8; 256] {
+    let mut table = [OUTSIDE | INVALID; 256];
+    let mut b = 0u8;
+    while b < 0x80 {
+        table[b as usize] = if b.is_ascii_alphanumeric() {
+            0
+        } else if matches!(b, b'.' | b'|' | b'_' | b'-') {
+            OUTSIDE
+        } else {
+            OUTSIDE | INVALID
+        };
+        b += 1;
     }
-    // The tail, padded with a base62 byte, which changes neither result.
-    let mut last = [b'0'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    let (i, o) = classify_word(u64::from_le_bytes(last));
-    (invalid | i != 0, (outside + o) as usize)
+    table
 }
 
-/// [`classify`] for eight bytes: a high bit set in the first result for each byte outside the
-/// token alphabet, and the number of bytes outside base62.
-fn classify_word(word: u64) -> (u64, u32) {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+/// Whether any byte is outside the token alphabet (`0-9A-Za-z` and `.|_-`), and how many are
+/// outside base62. Eight bytes at a time: most words of a token are all base62, which one
+/// test on a `u64` shows (SWAR); only the other words, and the tail, are read a byte at a
+/// time. `classify_bytewise` in the tests is the plain definition.
+pub(super) fn classify(raw: &[u8]) -> (bool, usize) {
+    let (words, rest) = raw.as_chunks::<8>();
+    let (mut class, mut outside) = (0u8, 0usize);
+    for word in words {
+        if !all_base62(u64::from_le_bytes(*word)) {
+            let (c, o) = classify_bytes(word);
+            class |= c;
+            outside += o;
+        }
+    }
+    let (c, o) = classify_bytes(rest);
+    ((class | c) & INVALID != 0, outside + o)
+}
+
+/// [`classify`] by table, a byte at a time: the classes seen, and the count outside base62.
+fn classify_bytes(raw: &[u8]) -> (u8, usize) {
+    raw.iter().fold((0, 0), |(class, outside), &b| {
+        let c = CLASS[usize::from(b)];
+        (class | c, outside + usize::from(c & OUTSIDE))
+    })
+}
+
+/// Whether all eight bytes of `word` are base62.
+fn all_base62(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x80 * ONES;
+    const LOW7: u64 = 0x7f * ONES;
     let ascii = word & LOW7;
-    // The high bit of each byte: set where that byte is at least `c`. A 7-bit byte plus at
-    // most 0x7f stays below 0x100, so no carry crosses into the next byte.
-    let at_least = |c: u8| (ascii + u64::from(0x80 - c) * 0x0101_0101_0101_0101) & HIGH;
-    let within = |lo: u8, hi: u8| at_least(lo) & !at_least(hi + 1);
-    // `& !word`: a byte with its high bit set is not base62, whatever its low bits.
-    let base62 = (within(b'0', b'9') | within(b'A', b'Z') | within(b'a', b'z')) & !word;
-    let punct = within(b'-', b'.') | within(b'_', b'_') | within(b'|', b'|');
-    let invalid = (word & HIGH) | (!(base62 | punct) & HIGH);
-    // The count of high bits, by summing the bytes' 0/1 into the top byte: `count_ones` is a
-    // dozen instructions on x86-64 without POPCNT, which baseline builds assume.
-    let outside = ((!base62 & HIGH) >> 7).wrapping_mul(0x0101_0101_0101_0101) >> 56;
-    (invalid, outside as u32)
+    // The high bit of each byte of `x` (7-bit bytes): set where that byte is at least `c`. A
+    // 7-bit byte plus at most 0x80 - 1 stays below 0x100, so no carry crosses bytes.
+    let at_least = |x: u64, c: u8| (x + u64::from(0x80 - c) * ONES) & HIGH;
+    let digits = at_least(ascii, b'0') & !at_least(ascii, b'9' + 1);
+    // Setting bit 5 folds `A-Z` onto `a-z`, and no other byte lands there.
+    let folded = ascii | (0x20 * ONES);
+    let letters = at_least(folded, b'a') & !at_least(folded, b'z' + 1);
+    // `!word`: a byte with its high bit set is not base62, whatever its low bits.
+    (digits | letters) & !word & HIGH == HIGH
 }
 
 pub(super) fn is_base62(text: &str) -> bool {

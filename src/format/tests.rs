@@ -77,3 +77,47 @@ fn sanctum_prefix_is_optional_on_parse() {
     assert_eq!(p.secret(), &with.expose_secret()[2..]);
     assert!(format.parse(SANCTUM).is_ok());
 }
+
+/// `text` with its six-character checksum recomputed, so only the other checks can refuse it.
+fn with_checksum(text: &str) -> String {
+    let body = &text[..text.len() - checksum::BASE62_LEN];
+    format!(
+        "{body}{}",
+        std::str::from_utf8(&checksum::crc32_base62(body.as_bytes())).unwrap()
+    )
+}
+
+#[test]
+fn punctuation_in_the_id_or_secret_is_refused_even_with_a_right_checksum() {
+    // The scan's count lets a clean token skip the id's and the secret's own base62 checks; a
+    // byte of the token alphabet that is not base62 must still be found in either.
+    for prefix in [None, Some("tk_")] {
+        let mut builder = TokenFormat::builder();
+        if let Some(prefix) = prefix {
+            builder = builder.prefix(prefix);
+        }
+        let format = builder.build().unwrap();
+        let good = format.generate(Some(&id("AbCdEfGh1234"))).unwrap();
+        let good = good.expose_secret();
+        assert!(format.parse(good).is_ok());
+        // Within the 12-character id, and within the secret after its `.`.
+        let id_at = prefix.map_or(0, str::len) + 3;
+        let secret_at = prefix.map_or(0, str::len) + 13 + 5;
+        for punct in ["-", "_", "|", "."] {
+            let mut bad_id = good.to_owned();
+            bad_id.replace_range(id_at..=id_at, punct);
+            assert_eq!(
+                format.parse(&with_checksum(&bad_id)),
+                Err(FormatError::InvalidId),
+                "{bad_id}"
+            );
+            let mut bad_secret = good.to_owned();
+            bad_secret.replace_range(secret_at..=secret_at, punct);
+            assert_eq!(
+                format.parse(&with_checksum(&bad_secret)),
+                Err(FormatError::InvalidSecret),
+                "{bad_secret}"
+            );
+        }
+    }
+}

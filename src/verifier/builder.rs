@@ -334,7 +334,7 @@ impl<S: TokenStore> VerifierBuilder<S> {
                 formats,
                 hasher: self.hasher,
                 clock: self.clock,
-                policy: Arc::new(self.policy),
+                policy: super::PolicyRef::of(self.policy),
                 max_lifetime: self.max_lifetime,
                 max_idle: self.max_idle,
                 audit: self.audit,

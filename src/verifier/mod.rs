@@ -102,7 +102,8 @@ pub(crate) struct Inner<S> {
     pub(crate) formats: Vec<TokenFormat>,
     pub(crate) hasher: SecretHasher,
     pub(crate) clock: Arc<dyn Clock>,
-    policy: Arc<ScopePolicy>,
+    /// Decided once here: which kind each principal's copy is.
+    policy: PolicyRef,
     max_lifetime: Option<TimeDelta>,
     max_idle: Option<TimeDelta>,
     /// `None` when no sink is configured.

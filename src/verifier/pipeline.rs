@@ -547,12 +547,7 @@ impl<S: TokenStore> Verifier<S> {
                 record: Some(record),
             });
         }
-        Ok(Principal::new(
-            expiry,
-            record,
-            super::PolicyRef::of(&inner.policy),
-            kind,
-        ))
+        Ok(Principal::new(expiry, record, inner.policy.clone(), kind))
     }
 }
 

@@ -189,12 +189,12 @@ pub(crate) enum PolicyRef {
 }
 
 impl PolicyRef {
-    #[inline]
-    pub(crate) fn of(policy: &Arc<ScopePolicy>) -> Self {
-        if **policy == crate::scope::STRICT {
+    /// Made once, when the verifier is built; each principal gets a clone.
+    pub(crate) fn of(policy: ScopePolicy) -> Self {
+        if policy == crate::scope::STRICT {
             Self::Strict
         } else {
-            Self::Shared(Arc::clone(policy))
+            Self::Shared(Arc::new(policy))
         }
     }
 }
