@@ -155,11 +155,21 @@ pub(crate) struct LastUsedBuffer {
     dropped_since_drain: AtomicU64,
     /// Entries taken out for writing and not yet written: they stay visible to
     /// [`noted`](Self::noted) (the idle check) until they are in the store or back in a
-    /// shard. Moved here under their shard's lock, so a note is never in neither place.
-    in_flight: Mutex<HashMap<TokenId, DateTime<Utc>, RandomState>>,
+    /// shard. Moved here under their shard's lock, so a note is never in neither place. Each
+    /// id's latest time in flight, and how many batches out hold it: an id drained, put back
+    /// by a failed write and drained again is in two batches at once, and is shown until
+    /// both are retired.
+    in_flight: Mutex<HashMap<TokenId, InFlight, RandomState>>,
     /// How many batches are in flight, so a lookup that finds nothing in its shard skips
     /// the in-flight batches when none is out.
     flushing: AtomicUsize,
+}
+
+/// An id in batches being written: its latest time there, and how many batches hold it.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    at: DateTime<Utc>,
+    batches: usize,
 }
 
 /// The most last-use entries one [`TokenStore::record_last_used_batch`] call is given: a
@@ -242,11 +252,11 @@ impl LastUsedBuffer {
         if self.flushing.load(Ordering::Acquire) == 0 {
             return buffered;
         }
-        let in_flight = self.in_flight().get(id).copied();
+        let in_flight = self.in_flight().get(id).map(|shown| shown.at);
         buffered.max(in_flight)
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, HashMap<TokenId, DateTime<Utc>, RandomState>> {
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<TokenId, InFlight, RandomState>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -266,8 +276,9 @@ impl LastUsedBuffer {
             }
             let mut in_flight = self.in_flight();
             for (id, at) in shard.drain() {
-                let shown = in_flight.entry(id).or_insert(at);
-                *shown = (*shown).max(at);
+                let shown = in_flight.entry(id).or_insert(InFlight { at, batches: 0 });
+                shown.at = shown.at.max(at);
+                shown.batches += 1;
                 batch.push((id, at));
             }
             drop(in_flight);
@@ -282,13 +293,17 @@ impl LastUsedBuffer {
         }
     }
 
-    /// Stops showing `batch` as in flight: it is stored, or back in the buffer. An entry a
-    /// concurrent flush moved there with a later time stays.
+    /// Stops showing `batch` as in flight: it is stored, or back in the buffer. An id another
+    /// batch out also holds stays shown, with the later of the two times, until that batch
+    /// is retired too.
     fn retire(&self, batch: &[(TokenId, DateTime<Utc>)]) {
         let mut in_flight = self.in_flight();
-        for (id, at) in batch {
-            if in_flight.get(id) == Some(at) {
-                in_flight.remove(id);
+        for (id, _) in batch {
+            if let Some(shown) = in_flight.get_mut(id) {
+                shown.batches -= 1;
+                if shown.batches == 0 {
+                    in_flight.remove(id);
+                }
             }
         }
         drop(in_flight);
@@ -531,6 +546,26 @@ mod tests {
 
     fn buffer(max_pending: usize) -> LastUsedBuffer {
         LastUsedBuffer::new(DEFAULT_FLUSH_INTERVAL, max_pending)
+    }
+
+    #[test]
+    fn an_id_in_two_batches_stays_shown_until_both_are_retired() {
+        // A failed write puts the id back; a second flush drains it before the first batch
+        // is retired. The first retirement must not hide the use the second batch still
+        // holds: it would then be in neither place (found by the attack pass, issue 15).
+        let buffer = buffer(10);
+        buffer.note(id(1), t0());
+        let first = buffer.drain();
+        let first_batch = first.batch().to_vec();
+        buffer.restore(first_batch.clone());
+        let second = buffer.drain();
+        assert_eq!(second.batch(), [(id(1), t0())]);
+        buffer.retire(&first_batch);
+        std::mem::forget(first); // retired by hand above, in the order the race takes
+        assert_eq!(buffer.pending(), 0);
+        assert_eq!(buffer.noted(&id(1)), Some(t0()));
+        assert_eq!(second.written(), 1);
+        assert_eq!(buffer.noted(&id(1)), None);
     }
 
     #[test]

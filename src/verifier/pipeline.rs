@@ -214,7 +214,14 @@ impl<S: TokenStore> Verifier<S> {
             }
             None => {
                 let looked_up = self.lookup(token).await;
-                self.check_lookup(extra, looked_up, required, &verification.request)
+                match self.check_lookup(extra, looked_up, required, &verification.request) {
+                    Err(refused) if self.may_be_stale_idle(&refused) => {
+                        // Rare, and boxed so that its state is not part of every verification.
+                        Box::pin(self.look_up_again(extra, token, required, &verification.request))
+                            .await
+                    }
+                    checked => checked,
+                }
             }
         };
         let (principal, now) = match checked {
@@ -247,6 +254,29 @@ impl<S: TokenStore> Verifier<S> {
                 Err(error)
             }
         }
+    }
+
+    /// Whether an idle refusal may rest on a record read before a flush: the flush wrote the
+    /// last use to the store and took it out of the buffer between the store read and the
+    /// idle check, so the check saw it in neither place.
+    fn may_be_stale_idle(&self, refused: &Refused) -> bool {
+        refused.error.reason() == Some(RejectReason::Idle) && self.inner.last_used.is_some()
+    }
+
+    /// The lookup and its checks once more, for an idle refusal that
+    /// [`may_be_stale_idle`](Self::may_be_stale_idle): the buffer was asked before this store
+    /// read, and a use leaves the buffer only once it is written, so this read holds any use
+    /// the first check missed. The whole lookup, not only the record: the token may have been
+    /// rotated or revoked meanwhile.
+    async fn look_up_again(
+        &self,
+        extra: &[Arc<dyn Policy>],
+        token: &str,
+        required: &ScopeRequirement,
+        request: &RequestInfo,
+    ) -> Result<(Principal, DateTime<Utc>), Refused> {
+        let looked_up = self.lookup(token).await;
+        self.check_lookup(extra, looked_up, required, request)
     }
 
     /// The admit steps, as far as they decide without waiting.
