@@ -1424,6 +1424,9 @@ async fn c3_hostile_urls() {
         }
         let (result, took) = timed_connect(url).await;
         match result {
+            // `""` and `postgres://` mean libpq's defaults (the local server, the OS user's
+            // role and database), which exist on some machines: connecting is right there.
+            Ok(_) if !url.contains(PASSWORD) => {}
             Ok(_) => panic!("{shown:?}: connected"),
             Err(err) => {
                 eprintln!("connect {shown:?}: {:?} in {took:?}", err.kind());

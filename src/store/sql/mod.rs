@@ -235,6 +235,11 @@ pub(crate) fn text(sql: String) -> SqlStr {
 #[error("the database did not answer within {0:?}")]
 struct QueryTimedOut(Duration);
 
+/// The database refused the connection settings, with this SQLSTATE code.
+#[derive(Debug, thiserror::Error)]
+#[error("the database refused the connection settings (SQLSTATE {0})")]
+struct RefusedSettings(String);
+
 /// Whether the database refused for lack of a privilege: SQLSTATE 42501 on PostgreSQL,
 /// `SQLITE_READONLY` (and its extended codes) on SQLite.
 fn is_permission_denied(db: &dyn sqlx::error::DatabaseError) -> bool {
@@ -269,10 +274,12 @@ pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
             "the connection settings are not valid",
             err,
         ),
+        // The server's message names the role or the database as the URL spelled them, and a
+        // mistyped URL can put its password there: keep the code only.
         sqlx::Error::Database(db) if is_misconfigured(db.as_ref()) => StoreError::with_source(
             StoreErrorKind::Configuration,
             "the database refused the connection settings: no such role, wrong password or no such database",
-            err,
+            RefusedSettings(db.code().map(|code| code.into_owned()).unwrap_or_default()),
         ),
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
