@@ -56,6 +56,32 @@ pub(crate) const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long to wait for a pooled connection.
 pub(crate) const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a pooled connection may sit unused before the pool checks it (a ping) on the
+/// way out. sqlx's default checks every connection it hands out: one more round trip to the
+/// database (or, on SQLite, to the connection's worker thread) on every lookup. A connection
+/// used this recently is taken as alive, as HikariCP does for 500 ms; if it is not (the
+/// database restarted meanwhile), the query on it fails like any other store error (closed:
+/// 503), and sqlx drops the connection when it comes back, so one request per such
+/// connection fails (`tests/pool_checks.rs`).
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// The pool options every store's own constructor uses: acquisition bounded (a query fails
+/// rather than waits when the database is gone), and a connection checked on acquire only
+/// when it sat unused for [`PING_AFTER_IDLE`].
+pub(crate) fn pool_options<DB: Database>() -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// A query on `DB` with the values bound so far, as [`sqlx::query`] makes it.
 pub(crate) type Query<DB> = sqlx::query::Query<'static, DB, <DB as Database>::Arguments>;
 

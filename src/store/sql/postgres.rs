@@ -135,7 +135,7 @@ impl PostgresStore {
         let probe = super::timed(super::DEFAULT_ACQUIRE_TIMEOUT, options.connect()).await?;
         // Its goodbye is a courtesy; the pool's own connection is what counts.
         let _ = probe.close().await;
-        let pool = pool_options()
+        let pool = Self::pool_options()
             .connect_with(options)
             .await
             .map_err(super::map_err)?;
@@ -159,8 +159,33 @@ impl PostgresStore {
     /// # rt.block_on(async { run() }).unwrap();
     /// ```
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
-        let pool = pool_options().connect_lazy(url).map_err(super::map_err)?;
+        let pool = Self::pool_options()
+            .connect_lazy(url)
+            .map_err(super::map_err)?;
         Ok(Self::builder(pool).build())
+    }
+
+    /// The pool options [`connect`](Self::connect) and [`connect_lazy`](Self::connect_lazy)
+    /// use, for a pool of your own (shared with the application, or passed to
+    /// [`SanctumStore::postgres`](crate::SanctumStore::postgres)): a 2-second acquire timeout,
+    /// and a connection pinged on acquire only after 1 s unused. sqlx's own default pings
+    /// every connection it hands out, one more round trip on every lookup
+    /// (`docs/performance.md`, uncached SQL).
+    ///
+    /// ```
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = apitoken::PostgresStore::pool_options()
+    ///     .max_connections(20)
+    ///     .connect_lazy("postgres://app@127.0.0.1/app")?;
+    /// let store = apitoken::PostgresStore::builder(pool).build();
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async { run() }).unwrap();
+    /// ```
+    pub fn pool_options() -> PgPoolOptions {
+        super::pool_options()
     }
 
     /// A store on an existing pool.
@@ -541,12 +566,6 @@ impl TokenDialect for Pg {
     fn migrations(state: &PgState) -> &PgMigrator {
         &state.migrator
     }
-}
-
-/// The pool both constructors make: acquisition bounded, so a query fails rather than waits
-/// when the database is gone.
-fn pool_options() -> PgPoolOptions {
-    PgPoolOptions::new().acquire_timeout(super::DEFAULT_ACQUIRE_TIMEOUT)
 }
 
 #[cfg(test)]

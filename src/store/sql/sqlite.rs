@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
-    SqliteRow,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteQueryResult, SqliteRow,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -99,8 +98,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(super::DEFAULT_ACQUIRE_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = SqlitePoolOptions::new()
-            .acquire_timeout(super::DEFAULT_ACQUIRE_TIMEOUT)
+        let pool = Self::pool_options()
             .max_connections(if in_memory { 1 } else { 8 })
             // An in-memory database lives as long as its connection.
             .idle_timeout(if in_memory {
@@ -117,6 +115,29 @@ impl SqliteStore {
             .await
             .map_err(super::map_err)?;
         Ok(Self::builder(pool).build())
+    }
+
+    /// The pool options [`connect`](Self::connect) starts from, for a pool of your own
+    /// (passed to [`SanctumStore::sqlite`](crate::SanctumStore::sqlite), say): a 2-second
+    /// acquire timeout, and a connection pinged on acquire only after 1 s unused. sqlx's own
+    /// default pings every connection it hands out, a round trip to the connection's worker
+    /// thread on every lookup (about a third of an uncached lookup here,
+    /// `docs/performance.md`).
+    ///
+    /// ```
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = apitoken::SqliteStore::pool_options()
+    ///     .max_connections(4)
+    ///     .connect_lazy("sqlite://tokens.db")?;
+    /// let store = apitoken::SqliteStore::builder(pool).build();
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async { run() }).unwrap();
+    /// ```
+    pub fn pool_options() -> sqlx::sqlite::SqlitePoolOptions {
+        super::pool_options()
     }
 
     /// A store on an existing pool.
