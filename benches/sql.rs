@@ -171,6 +171,7 @@ fn bench_sqlite(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    refusals(&mut group, &rt, &verifier, "native", &token, &need);
 
     let laravel = rusqlite::Connection::open(&laravel_path).unwrap();
     group.bench_function("sanctum/rusqlite", |b| {
@@ -206,9 +207,52 @@ fn bench_sqlite(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    refusals(
+        &mut group,
+        &rt,
+        &sanctum_verifier,
+        "sanctum",
+        &sanctum_token,
+        &need,
+    );
     group.finish();
     drop((native, laravel));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Uncached refusals beside `token`'s verification (item 3): an id no row has, and `token`'s
+/// id with another secret. Each is one query, as a hit is; the figures show it costs the same.
+fn refusals<S: TokenStore>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    verifier: &Verifier<S>,
+    table: &str,
+    token: &str,
+    need: &ScopeRequirement,
+) {
+    let format = match table {
+        "sanctum" => TokenFormat::sanctum(),
+        _ => TokenFormat::canonical(),
+    };
+    let id = format.parse(token).unwrap().id().copied().unwrap();
+    let other =
+        |id: Option<&apitoken::TokenId>| format.generate(id).unwrap().expose_secret().to_owned();
+    // Canonical ids are text, Sanctum's a row number: one no row of either table has.
+    let missing = match table {
+        "sanctum" => apitoken::TokenId::from_u64(9_000_000_000),
+        _ => "zz0000000000".parse().unwrap(),
+    };
+    for (name, input) in [
+        ("verify_unknown_uncached", other(Some(&missing))),
+        ("verify_wrong_secret_uncached", other(Some(&id))),
+    ] {
+        group.bench_function(format!("{table}/{name}"), |b| {
+            b.iter(|| {
+                rt.block_on(verifier.verify(black_box(&input), need))
+                    .unwrap_err()
+            })
+        });
+    }
 }
 
 async fn sqlx_sqlite_pool(path: &std::path::Path, ping: bool) -> sqlx::SqlitePool {
@@ -286,6 +330,7 @@ fn bench_postgres(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    refusals(&mut group, &rt, &verifier, "native", &token, &need);
     group.finish();
     rt.block_on(async {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

@@ -3,7 +3,7 @@
 //!
 //! Method:
 //!
-//! - A [`MemoryStore`] holds `--tokens` tokens (1,000 by default); last-use tracking is on, as
+//! - A [`MemoryStore`] holds `--tokens` tokens (10,000 by default); last-use tracking is on, as
 //!   in production. Each measurement times one `Verifier::verify` call with
 //!   [`std::time::Instant`], run to completion without an executor.
 //! - Five classes of input, one prepared per token: the valid token; an unknown id (a
@@ -152,7 +152,7 @@ fn options() -> Options {
     let benching = args.iter().any(|a| a == "--bench");
     let mut options = Options {
         samples: if benching { 400_000 } else { 2_000 },
-        tokens: if benching { 1_000 } else { 100 },
+        tokens: if benching { 10_000 } else { 100 },
         strict: false,
     };
     if let Ok(n) = std::env::var("APITOKEN_TIMING_SAMPLES") {

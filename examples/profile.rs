@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The first argument picks what each iteration verifies (`valid`, cycling through the
-//! 10,000 tokens in the store; `unknown`, an id no record has; `wrong`, a known id with
-//! another secret; `badsum`, a wrong checksum; `layer`, a request through an axum route
+//! 10,000 tokens in the store; `unknown`, 10,000 ids no record has; `wrong`, the known ids
+//! with another secret; `badsum`, a wrong checksum; `layer`, a request through an axum route
 //! behind `AuthLayer`, and `no_auth`, the same route without it), the second how many times. It also prints
 //! the size of the verification future, which every caller holds or boxes.
 
@@ -35,15 +35,25 @@ fn main() {
         .map(|t| t.expose_secret().to_owned())
         .collect();
     let need = ScopeRequirement::all(["vps:read"]).expect("a requirement");
-    let unknown = TokenFormat::canonical()
-        .generate(Some(&"ZZZZZZZZZZZZ".parse().expect("an id")))
-        .expect("a token");
-    let unknown = unknown.expose_secret();
-    let (id, _) = tokens[7].split_once('.').expect("a canonical token");
-    let wrong = TokenFormat::canonical()
-        .generate(Some(&id.parse().expect("an id")))
-        .expect("a token");
-    let wrong = wrong.expose_secret();
+    // Refusals cycle through as many distinct inputs as the valid tokens, so each meets a
+    // record as cold in the CPU's cache as a valid token's (with a cache model:
+    // `valgrind --tool=callgrind --cache-sim=yes`).
+    let canonical = TokenFormat::canonical();
+    let unknown: Vec<String> = (0..tokens.len())
+        .map(|i| {
+            let id = format!("zz{i:010}").parse().expect("an id");
+            let token = canonical.generate(Some(&id)).expect("a token");
+            token.expose_secret().to_owned()
+        })
+        .collect();
+    let wrong: Vec<String> = tokens
+        .iter()
+        .map(|token| {
+            let (id, _) = token.split_once('.').expect("a canonical token");
+            let token = canonical.generate(Some(&id.parse().expect("an id")));
+            token.expect("a token").expose_secret().to_owned()
+        })
+        .collect();
     println!(
         "future bytes: {}",
         std::mem::size_of_val(&verifier.verify(&tokens[0], &need))
@@ -76,8 +86,8 @@ fn main() {
     for i in 0..n {
         let token: &str = match what.as_str() {
             "valid" => &tokens[i % tokens.len()],
-            "unknown" => unknown,
-            "wrong" => wrong,
+            "unknown" => &unknown[i % unknown.len()],
+            "wrong" => &wrong[i % wrong.len()],
             "badsum" => &badsum,
             other => panic!("unknown workload {other}"),
         };

@@ -256,6 +256,22 @@ impl LastUsedBuffer {
         buffered.max(in_flight)
     }
 
+    /// Reads the entry a note of `id` would most likely meet, and discards it: for a refusal
+    /// to touch the buffer's memory as an accepted token's note does. That is the first entry
+    /// at or after the slot `id`'s hash starts at, whether or not it is `id`'s: the same code
+    /// and the same memory for an id the buffer holds (a known token's) and one it does not
+    /// (an unknown id), so the two refusals do not differ here.
+    pub(crate) fn touch(&self, id: &TokenId) {
+        let hash = self.hasher.hash_one(id);
+        let shard = lock(self.shard(hash));
+        // None in an empty table; else a power of two, wrapped with a mask (no division).
+        let entry = shard.num_buckets().checked_sub(1).and_then(|mask| {
+            let start = hash as usize & mask;
+            (0..=mask.min(63)).find_map(|step| shard.get_bucket((start + step) & mask))
+        });
+        std::hint::black_box(entry.map(|(noted, at)| (noted == id, *at)));
+    }
+
     fn in_flight(&self) -> MutexGuard<'_, HashMap<TokenId, InFlight, RandomState>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -566,6 +582,29 @@ mod tests {
         assert_eq!(buffer.noted(&id(1)), Some(t0()));
         assert_eq!(second.written(), 1);
         assert_eq!(buffer.noted(&id(1)), None);
+    }
+
+    #[test]
+    fn a_touch_reads_and_changes_nothing() {
+        // A refusal's touch runs on every unknown id and wrong secret: on an empty buffer,
+        // on one slot, on a full one, it must neither panic nor note, count or drop anything.
+        let buffer = buffer(3);
+        buffer.touch(&id(9));
+        assert_eq!((buffer.pending(), buffer.dropped()), (0, 0));
+        buffer.note(id(1), t0());
+        for n in 0..100 {
+            buffer.touch(&id(n));
+        }
+        assert_eq!((buffer.pending(), buffer.dropped()), (1, 0));
+        assert_eq!(buffer.noted(&id(1)), Some(t0()));
+        assert_eq!(buffer.noted(&id(9)), None);
+        buffer.note(id(2), t0());
+        buffer.note(id(3), t0());
+        for n in 0..100 {
+            buffer.touch(&id(n));
+        }
+        assert_eq!((buffer.pending(), buffer.dropped()), (3, 0));
+        assert_eq!(buffer.drain().batch().len(), 3);
     }
 
     #[test]

@@ -188,6 +188,22 @@ impl TokenRecord {
         self.allowed_ips.iter().any(|net| net.contains(&ip))
     }
 
+    /// Reads every field a verification checks (the times, the scopes, the allowlist) and
+    /// discards them: a refusal runs this on the record it touched, so that it reads as much
+    /// of a record's memory as an acceptance does. In a large store records are cold in the
+    /// CPU's cache, and a refusal that read less of one would be measurably cheaper.
+    #[inline]
+    pub(crate) fn read_checked_fields(&self) {
+        std::hint::black_box((
+            self.created_at,
+            self.last_used_at,
+            self.expires_at,
+            self.revoked_at,
+            self.scopes.len(),
+            self.allowed_ips.len(),
+        ));
+    }
+
     /// Whether the token's own `expires_at` has been reached at `now`.
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)

@@ -11,8 +11,10 @@ use crate::audit::{self, AuditSink};
 use crate::authenticator::Authenticator;
 use crate::clock::Clock;
 use crate::format::TokenFormat;
+use crate::id::TokenId;
 use crate::last_used::{DEFAULT_FLUSH_INTERVAL, LastUsedBuffer};
 use crate::policy::Policy;
+use crate::record::{Owner, TokenRecord};
 use crate::scope::ScopePolicy;
 use crate::secret::SecretHasher;
 use crate::store::TokenStore;
@@ -342,6 +344,12 @@ impl<S: TokenStore> VerifierBuilder<S> {
                     LastUsedBuffer::new(self.last_used_flush_interval, self.last_used_max_pending)
                 }),
                 dummy_hash,
+                stand_in: TokenRecord::new(
+                    TokenId::from_u64(0),
+                    Owner::new("apitoken: no such token").expect("a valid owner"),
+                    "",
+                    chrono::DateTime::UNIX_EPOCH,
+                ),
                 refusal_log: audit::RefusalLog::default(),
                 max_scopes: self.max_scopes,
                 max_allowed_ips: self.max_allowed_ips,

@@ -16,20 +16,23 @@ use crate::store::{StoreError, TokenStore};
 impl<S: TokenStore> Verifier<S> {
     /// Work on a refusal after the lookup comparable to what a valid token costs after it:
     /// a passing scope check (the requirement against its own scopes: no allocation, whatever
-    /// the record holds) and the last-use note (a read of the same buffer shard), so a refused
-    /// token is not measurably cheaper than an accepted one.
+    /// the record holds) and the last-use note (a read of the entry a note would write, or
+    /// of the nearest one for an id the buffer does not hold), so a refused token is not
+    /// measurably cheaper than an accepted one.
     pub(super) fn balance_refusal(&self, id: Option<&TokenId>, required: &ScopeRequirement) {
         let scopes = std::hint::black_box(required.scopes());
         drop(std::hint::black_box(
             self.inner.policy.check(scopes, required),
         ));
         if let (Some(last_used), Some(id)) = (&self.inner.last_used, id) {
-            std::hint::black_box(last_used.noted(id));
+            last_used.touch(id);
         }
     }
 
     /// The same for a refusal before the record's checks (unknown id, wrong secret), which
-    /// also skips the clock read and the limits those checks compute.
+    /// also skips the clock read, the limits those checks compute and the fields they read:
+    /// on the record found, or for an unknown id the limits of the verifier's stand-in (the
+    /// store read a real record's fields in its place).
     pub(super) fn balance_early_refusal(
         &self,
         record: Option<&TokenRecord>,
@@ -37,8 +40,13 @@ impl<S: TokenStore> Verifier<S> {
         required: &ScopeRequirement,
     ) {
         std::hint::black_box(self.inner.clock.now());
-        if let Some(record) = record {
-            std::hint::black_box(self.inner.ends(record));
+        match record {
+            Some(record) => {
+                std::hint::black_box(self.inner.ends(record));
+                record.read_checked_fields();
+            }
+            // The store read a real record's fields in this one's place.
+            None => drop(std::hint::black_box(self.inner.ends(&self.inner.stand_in))),
         }
         self.balance_refusal(id, required);
     }

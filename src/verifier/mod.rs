@@ -112,6 +112,8 @@ pub(crate) struct Inner<S> {
     last_used: Option<LastUsedBuffer>,
     /// Compared against when the id is unknown, so that path does the same work.
     dummy_hash: SecretHash,
+    /// What an unknown id's refusal runs the record checks' reads on.
+    stand_in: TokenRecord,
     /// Which refusals become log lines.
     refusal_log: audit::RefusalLog,
     /// The most scopes and allowlist entries a token may be issued with.

@@ -224,11 +224,14 @@ impl MemoryStore {
             // shard, the first at or after the bucket the id would occupy: in a large store
             // that record is as cold in the CPU's cache as a hit's, where one fixed stand-in
             // would always be warm and make an unknown id measurably cheaper
-            // (`benches/timing.rs`). The fixed stand-in only serves a shard with no record
-            // nearby, which says nothing about the id.
+            // (`benches/timing.rs`, `benches/scale.rs`). It also reads the fields the
+            // verifier checks on a hit, which sit in other cache lines of the record. The
+            // fixed stand-in only serves a shard with no record nearby, which says nothing
+            // about the id.
             let stand_in = neighbour(&shard, id_hash).unwrap_or(&self.stand_in);
             let stand_in = std::hint::black_box(stand_in);
             std::hint::black_box(stand_in.record.id == *id);
+            stand_in.record.read_checked_fields();
             drop(std::hint::black_box(stand_in.clone()));
         }
         found
@@ -513,10 +516,12 @@ fn neighbour(table: &HashTable<StoredToken>, hash: u64) -> Option<&StoredToken> 
     if table.is_empty() {
         return None;
     }
-    let buckets = table.num_buckets();
+    // A power of two, so a mask, not a division, wraps the index: a division in this loop
+    // made an unknown id 20 to 50 ns dearer than a wrong secret (`benches/timing.rs`).
+    let mask = table.num_buckets() - 1;
     // The low bits pick the bucket, as in the table's own probe.
-    let start = hash as usize % buckets;
-    (0..buckets.min(64)).find_map(|step| table.get_bucket((start + step) % buckets))
+    let start = hash as usize & mask;
+    (0..=mask.min(63)).find_map(|step| table.get_bucket((start + step) & mask))
 }
 
 #[cfg(test)]
