@@ -237,15 +237,25 @@ fn refusals<S: TokenStore>(
     let id = format.parse(token).unwrap().id().copied().unwrap();
     let other =
         |id: Option<&apitoken::TokenId>| format.generate(id).unwrap().expose_secret().to_owned();
-    // Canonical ids are text, Sanctum's a row number: one no row of either table has.
-    let missing = match table {
-        "sanctum" => apitoken::TokenId::from_u64(9_000_000_000),
-        _ => "zz0000000000".parse().unwrap(),
-    };
-    for (name, input) in [
-        ("verify_unknown_uncached", other(Some(&missing))),
-        ("verify_wrong_secret_uncached", other(Some(&id))),
-    ] {
+    // Canonical ids are text, Sanctum's a row number: an id past every row of either table,
+    // and for text ids one between two rows (next to `token`'s). Sanctum's ids are dense
+    // (nothing between them until rows are deleted).
+    let mut inputs = vec![("verify_wrong_secret_uncached", other(Some(&id)))];
+    if table == "sanctum" {
+        let past = apitoken::TokenId::from_u64(9_000_000_000);
+        inputs.push(("verify_unknown_uncached", other(Some(&past))));
+    } else {
+        let past = "zz0000000000".parse().unwrap();
+        // The same length (a canonical id has one), the last character changed.
+        let text = id.as_str();
+        let last = if text.ends_with('0') { '1' } else { '0' };
+        let between = format!("{}{last}", &text[..text.len() - 1])
+            .parse()
+            .unwrap();
+        inputs.push(("verify_unknown_uncached", other(Some(&past))));
+        inputs.push(("verify_unknown_between_uncached", other(Some(&between))));
+    }
+    for (name, input) in inputs {
         group.bench_function(format!("{table}/{name}"), |b| {
             b.iter(|| {
                 rt.block_on(verifier.verify(black_box(&input), need))

@@ -188,7 +188,7 @@ impl Statements {
         let table = &names.table;
         let shared = |sql: String| D::statement(sql);
         Self {
-            get: shared(format!("SELECT {COLUMNS} FROM {table} WHERE id = $1")),
+            get: shared(super::row_or_next(COLUMNS, table)),
             find_by_hash: shared(format!(
                 "SELECT {COLUMNS} FROM {table} WHERE secret_hash = $1"
             )),
@@ -450,8 +450,15 @@ impl<D: TokenDialect> TokenTable<D> {
     }
 
     pub(crate) async fn get(&self, id: &TokenId) -> Result<Option<StoredToken>, StoreError> {
-        self.lookup(D::Db::text(self.query(&self.statements.get), id.as_str()))
-            .await
+        let query = D::Db::text(self.query(&self.statements.get), id.as_str());
+        let Some(row) = super::fetch_optional(&self.pool, self.timeout, query).await? else {
+            return Ok(None);
+        };
+        // Decoded whether or not it is `id`'s row (`row_or_next`), so a miss costs what a
+        // hit does; another token's row, corrupt or not, is never more than "no such token".
+        let decoded = Self::decode(&row);
+        let is_id = D::Db::read_text(&row, "id").is_ok_and(|found| found == id.as_str());
+        if is_id { decoded.map(Some) } else { Ok(None) }
     }
 
     pub(crate) async fn find_by_hash(

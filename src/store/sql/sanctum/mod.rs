@@ -179,7 +179,7 @@ impl Statements {
                 "INSERT INTO {table} (id, tokenable_type, tokenable_id, name, token, abilities, \
                  expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             )),
-            get: D::statement(format!("SELECT {columns} FROM {table} WHERE id = $1")),
+            get: D::statement(super::row_or_next(columns, table)),
             find_by_hash: D::statement(format!("SELECT {columns} FROM {table} WHERE token = $1")),
             list_by_owner: D::statement(format!("SELECT {columns} FROM {table} WHERE {owner}")),
             revoke: D::statement(format!("DELETE FROM {table} WHERE id = $1")),
@@ -399,8 +399,16 @@ impl<D: SanctumDialect> SanctumTable<D> {
             // Not a Sanctum id: no such row.
             None => Ok(None),
             Some(id) => {
-                self.lookup(D::Db::int(self.query(&self.statements.get), id))
-                    .await
+                let query = D::Db::int(self.query(&self.statements.get), id);
+                let timeout = self.settings.timeout;
+                let Some(row) = super::fetch_optional(&self.pool, timeout, query).await? else {
+                    return Ok(None);
+                };
+                // Decoded whether or not it is `id`'s row (`row_or_next`), so a miss costs
+                // what a hit does; another token's row, corrupt or not, is never a match.
+                let decoded = self.decode(&row);
+                let is_id = D::Db::read_int(&row, "id").is_ok_and(|found| found == id);
+                if is_id { decoded.map(Some) } else { Ok(None) }
             }
         }
     }
