@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reruns the benchmark suite, the memory example and the HTTP load test (examples/loadgen),
-# then prints the results table in the format of docs/performance.md. Medians from
+# Reruns the benchmark suite, the memory example and the HTTP load tests (examples/loadgen
+# and benches/wrk.sh), then prints the results table in the format of docs/performance.md. Medians from
 # criterion's estimates; ratios against the floor measured in the same process.
 #
 #   benches/report.sh                 # PostgreSQL group skipped unless the URL is set
@@ -12,6 +12,8 @@ cargo bench --bench verify >&2
 mem=$(cargo run --release --quiet --example memory | awk '/bytes_per_token/ {print $2}')
 # HTTP with and without the auth layer, loopback only, bounded (20,000 requests or 5 s a run).
 http=$(cargo run --release --quiet --example loadgen -- --requests 20000 --seconds 5 | tee /dev/stderr | grep '^| HTTP')
+# The same with wrk, pinned: servers on core 0, wrk on core 1, three alternating rounds.
+wrk_table=$(benches/wrk.sh)
 
 python3 - "$mem" <<'PY'
 import json, os, sys
@@ -64,3 +66,5 @@ for n in ["verify/valid_without_last_used", "format/parse/canonical", "format/pa
 PY
 echo
 echo "$http"
+echo
+echo "$wrk_table"
