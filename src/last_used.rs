@@ -91,7 +91,6 @@ use std::hash::BuildHasher;
 use crossbeam_utils::CachePadded;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -219,27 +218,20 @@ impl LastUsedBuffer {
     fn keep_later(&self, id: TokenId, at: DateTime<Utc>) -> bool {
         let hash = self.hasher.hash_one(id);
         let mut shard = lock(self.shard(hash));
-        match shard.entry(
-            hash,
-            |(noted, _)| *noted == id,
-            |(noted, _)| self.hasher.hash_one(noted),
-        ) {
-            Entry::Occupied(mut entry) => {
-                let noted = &mut entry.get_mut().1;
-                if at > *noted {
-                    *noted = at;
-                }
-                true
+        // Found first, not through `entry`: `entry` makes room for an insert before it looks,
+        // so a note of an id already held allocated whenever its shard's table was full
+        // (`tests/allocations.rs`).
+        if let Some((_, noted)) = shard.find_mut(hash, |(noted, _)| *noted == id) {
+            if at > *noted {
+                *noted = at;
             }
-            Entry::Vacant(entry) => {
-                if self.reserve() {
-                    entry.insert((id, at));
-                    true
-                } else {
-                    false
-                }
-            }
+            return true;
         }
+        if !self.reserve() {
+            return false;
+        }
+        shard.insert_unique(hash, (id, at), |(noted, _)| self.hasher.hash_one(noted));
+        true
     }
 
     /// The noted, not yet written, last use of `id`: in the buffer, or in a batch being

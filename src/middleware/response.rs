@@ -1,5 +1,6 @@
 //! Turning an [`AuthError`] into an HTTP response.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{
@@ -79,8 +80,9 @@ pub trait Responder<B>: Clone + Send + Sync + 'static {
 /// ```
 #[derive(Debug, Clone)]
 pub struct JsonResponder {
-    /// `Bearer realm="…"`, precomputed.
-    challenge: String,
+    /// `Bearer realm="…"`, precomputed, and shared: the layer clones its responder into
+    /// every verifying request's future, where a `String` was an allocation a request.
+    challenge: Arc<str>,
 }
 
 /// A realm with characters that cannot appear in a quoted challenge attribute.
@@ -153,7 +155,7 @@ impl JsonResponder {
     /// The default responder, with realm `api`.
     pub fn new() -> Self {
         Self {
-            challenge: r#"Bearer realm="api""#.to_owned(),
+            challenge: Arc::from(r#"Bearer realm="api""#),
         }
     }
 
@@ -168,13 +170,13 @@ impl JsonResponder {
             return Err(InvalidRealm);
         }
         Ok(Self {
-            challenge: format!(r#"Bearer realm="{realm}""#),
+            challenge: Arc::from(format!(r#"Bearer realm="{realm}""#)),
         })
     }
 
     fn challenge(&self, error: &AuthError) -> Option<String> {
         let code = match error.kind() {
-            AuthErrorKind::MissingCredentials => return Some(self.challenge.clone()),
+            AuthErrorKind::MissingCredentials => return Some(self.challenge.to_string()),
             AuthErrorKind::MalformedRequest => "invalid_request",
             AuthErrorKind::InvalidToken => "invalid_token",
             AuthErrorKind::InsufficientScope => "insufficient_scope",
