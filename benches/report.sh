@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf target/criterion
 cargo bench --bench verify >&2
+cargo bench --bench scale >&2
 mem=$(cargo run --release --quiet --example memory | awk '/bytes_per_token/ {print $2}')
 # HTTP with and without the auth layer, loopback only, bounded (20,000 requests or 5 s a run).
 http=$(cargo run --release --quiet --example loadgen -- --requests 20000 --seconds 5 | tee /dev/stderr | grep '^| HTTP')
@@ -54,6 +55,25 @@ if cached:
     row("(reference)", "postgres/uncached", ns(unc), f"{unc/mem_v:.0f}× memory", True)
 else:
     print("| cached PostgreSQL ≤ 2× memory | postgres/* | skipped (APITOKEN_TEST_POSTGRES_URL not set) | | |")
+print()
+# At realistic store sizes (benches/scale.rs): each figure over its own shuffled set, as many
+# records as the store's valid tokens, next to a floor over the same tokens.
+def scale(size, bench):
+    path = os.path.join(root, f"scale_{size}", bench, "new", "estimates.json")
+    return json.load(open(path))["median"]["point_estimate"] if os.path.exists(path) else None
+print("| target | size | figure | ratio | result |")
+print("|---|---|---|---|---|")
+for size, label in [("10k", "10,000"), ("1m", "1,000,000")]:
+    fl, va = scale(size, "floor"), scale(size, "valid_with_scope")
+    if fl is None or va is None:
+        print(f"| — | {label} | skipped (no scale figures) | | |")
+        continue
+    print(f"| valid ≤ 1.3× floor | {label} | {ns(va)} (floor {ns(fl)}) | {va/fl:.2f}× floor | {'met' if va <= 1.3*fl else 'MISSED'} |")
+    for r in ["unknown_id", "wrong_secret"]:
+        v = scale(size, r)
+        print(f"| {r} within ±10% of valid | {label} | {ns(v)} | {v/va:.2f}× valid | {'met' if abs(v/va-1) <= 0.10 else 'MISSED'} |")
+    na, al = scale(size, "no_auth"), scale(size, "auth_layer")
+    print(f"| auth layer adds ≤ 2× floor | {label} | {ns(al-na)} | {(al-na)/fl:.2f}× floor | {'met' if al-na <= 2*fl else 'MISSED'} |")
 print()
 print("| other | median | ratio to floor |")
 print("|---|---|---|")
