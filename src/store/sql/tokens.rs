@@ -456,9 +456,14 @@ impl<D: TokenDialect> TokenTable<D> {
         };
         // Decoded whether or not it is `id`'s row (`row_or_next`), so a miss costs what a
         // hit does; another token's row, corrupt or not, is never more than "no such token".
+        // An id column that cannot be read is an error: it cannot tell the row asked for
+        // from another.
         let decoded = Self::decode(&row);
-        let is_id = D::Db::read_text(&row, "id").is_ok_and(|found| found == id.as_str());
-        if is_id { decoded.map(Some) } else { Ok(None) }
+        if D::Db::read_text(&row, "id")? == id.as_str() {
+            decoded.map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub(crate) async fn find_by_hash(

@@ -406,9 +406,14 @@ impl<D: SanctumDialect> SanctumTable<D> {
                 };
                 // Decoded whether or not it is `id`'s row (`row_or_next`), so a miss costs
                 // what a hit does; another token's row, corrupt or not, is never a match.
+                // An id column that cannot be read at all (an `int4` id) is an error: it
+                // cannot tell the row asked for from another (found by the attack pass).
                 let decoded = self.decode(&row);
-                let is_id = D::Db::read_int(&row, "id").is_ok_and(|found| found == id);
-                if is_id { decoded.map(Some) } else { Ok(None) }
+                if D::Db::read_int(&row, "id")? == id {
+                    decoded.map(Some)
+                } else {
+                    Ok(None)
+                }
             }
         }
     }
