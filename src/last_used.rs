@@ -256,11 +256,7 @@ impl LastUsedBuffer {
     pub(crate) fn touch(&self, id: &TokenId) {
         let hash = self.hasher.hash_one(id);
         let shard = lock(self.shard(hash));
-        // None in an empty table; else a power of two, wrapped with a mask (no division).
-        let entry = shard.num_buckets().checked_sub(1).and_then(|mask| {
-            let start = hash as usize & mask;
-            (0..=mask.min(63)).find_map(|step| shard.get_bucket((start + step) & mask))
-        });
+        let entry = crate::store::nearest_entry(&shard, hash);
         std::hint::black_box(entry.map(|(noted, at)| (noted == id, *at)));
     }
 

@@ -228,7 +228,7 @@ impl MemoryStore {
             // verifier checks on a hit, which sit in other cache lines of the record. The
             // fixed stand-in only serves a shard with no record nearby, which says nothing
             // about the id.
-            let stand_in = neighbour(&shard, id_hash).unwrap_or(&self.stand_in);
+            let stand_in = super::nearest_entry(&shard, id_hash).unwrap_or(&self.stand_in);
             let stand_in = std::hint::black_box(stand_in);
             std::hint::black_box(stand_in.record.id == *id);
             stand_in.record.read_checked_fields();
@@ -506,22 +506,6 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The first record at or after the bucket `hash` maps to in `table`, looking at most 64
-/// buckets (a table is at least about 44 % full once it holds anything, so nearly always
-/// within a few); `None` for a table with no record there. For a miss to touch a real
-/// record's memory as a hit does.
-fn neighbour(table: &HashTable<StoredToken>, hash: u64) -> Option<&StoredToken> {
-    if table.is_empty() {
-        return None;
-    }
-    // A power of two, so a mask, not a division, wraps the index: a division in this loop
-    // made an unknown id 20 to 50 ns dearer than a wrong secret (`benches/timing.rs`).
-    let mask = table.num_buckets() - 1;
-    // The low bits pick the bucket, as in the table's own probe.
-    let start = hash as usize & mask;
-    (0..=mask.min(63)).find_map(|step| table.get_bucket((start + step) & mask))
 }
 
 #[cfg(test)]

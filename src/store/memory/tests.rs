@@ -33,7 +33,7 @@ fn a_miss_touches_one_of_the_stores_own_records_not_one_fixed_entry() {
     let empty = MemoryStore::new();
     let unknown = TokenId::from_u64(1_000_000);
     let shard = read(empty.id_shard(empty.id_hash(&unknown)));
-    assert!(neighbour(&shard, empty.id_hash(&unknown)).is_none());
+    assert!(crate::store::nearest_entry(&shard, empty.id_hash(&unknown)).is_none());
     drop(shard);
 
     let store = MemoryStore::with_capacity(10_000);
@@ -45,7 +45,8 @@ fn a_miss_touches_one_of_the_stores_own_records_not_one_fixed_entry() {
         let unknown = TokenId::from_u64(1_000_000 + n);
         let id_hash = store.id_hash(&unknown);
         let shard = read(store.id_shard(id_hash));
-        let stand_in = neighbour(&shard, id_hash).expect("a shard of 39 records has one near");
+        let stand_in = crate::store::nearest_entry(&shard, id_hash)
+            .expect("a shard of 39 records has one near");
         // A record the store holds, in the shard the id would be in.
         assert!((1..=10_000).contains(&stand_in.record.id.as_u64().unwrap()));
         assert!(

@@ -43,7 +43,7 @@ pub use sanctum::{SanctumStore, SanctumStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder};
 
-use super::{StoreError, StoreErrorKind};
+use super::{StoreError, StoreErrorKind, StoredToken};
 use crate::id::TokenId;
 use crate::record::Owner;
 use crate::scope::ScopeSet;
@@ -261,6 +261,23 @@ pub(crate) fn identifier(name: &str) -> Result<&str, InvalidIdentifier> {
 /// larger id exists.
 pub(crate) fn row_or_next(columns: &str, table: &str) -> String {
     format!("SELECT {columns} FROM {table} WHERE id >= $1 ORDER BY id LIMIT 1")
+}
+
+/// The answer to a [`row_or_next`] lookup: the row `decoded` if its key `found` is the one
+/// `asked`, else "no such token". Decoded whether or not it is the row asked for, so a miss
+/// costs what a hit does; another token's row, corrupt or not, is never more than "no such
+/// token". A key column that cannot be read at all is an error: it cannot tell the row asked
+/// for from another (an `int4` Sanctum id, found by the attack pass).
+pub(crate) fn row_if_asked<K: PartialEq<A>, A>(
+    decoded: Result<StoredToken, StoreError>,
+    found: Result<K, StoreError>,
+    asked: A,
+) -> Result<Option<StoredToken>, StoreError> {
+    if found? == asked {
+        decoded.map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 /// SQL text made from fixed fragments and [`identifier`]-checked names; every value is bound.

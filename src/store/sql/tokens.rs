@@ -454,16 +454,8 @@ impl<D: TokenDialect> TokenTable<D> {
         let Some(row) = super::fetch_optional(&self.pool, self.timeout, query).await? else {
             return Ok(None);
         };
-        // Decoded whether or not it is `id`'s row (`row_or_next`), so a miss costs what a
-        // hit does; another token's row, corrupt or not, is never more than "no such token".
-        // An id column that cannot be read is an error: it cannot tell the row asked for
-        // from another.
-        let decoded = Self::decode(&row);
-        if D::Db::read_text(&row, "id")? == id.as_str() {
-            decoded.map(Some)
-        } else {
-            Ok(None)
-        }
+        let found = D::Db::read_text(&row, "id");
+        super::row_if_asked(Self::decode(&row), found, id.as_str())
     }
 
     pub(crate) async fn find_by_hash(

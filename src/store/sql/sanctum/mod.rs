@@ -404,16 +404,8 @@ impl<D: SanctumDialect> SanctumTable<D> {
                 let Some(row) = super::fetch_optional(&self.pool, timeout, query).await? else {
                     return Ok(None);
                 };
-                // Decoded whether or not it is `id`'s row (`row_or_next`), so a miss costs
-                // what a hit does; another token's row, corrupt or not, is never a match.
-                // An id column that cannot be read at all (an `int4` id) is an error: it
-                // cannot tell the row asked for from another (found by the attack pass).
-                let decoded = self.decode(&row);
-                if D::Db::read_int(&row, "id")? == id {
-                    decoded.map(Some)
-                } else {
-                    Ok(None)
-                }
+                let found = D::Db::read_int(&row, "id");
+                super::row_if_asked(self.decode(&row), found, id)
             }
         }
     }
