@@ -13,9 +13,14 @@
 //! - `sanctum/`: [`SanctumStore`] over Laravel's own table, shared, with each database's time
 //!   columns and sequences in a file of its own.
 //! - `naive_time.rs`: [`NaiveTimeZone`], the zone of another application's offset-less times.
+//! - `token_store.rs`: the `TokenStore` implementation each public store gets from its table.
+//! - `token_row.rs`: a token row as a driver read it, before it is checked, and what a
+//!   single-row lookup is by.
 //! - `postgres.rs`, `sqlite.rs`: one per database, each its dialect (the statements and types
 //!   that differ) and its public store; a further database is one more such file, plus one
 //!   each under `migrate/` and `sanctum/`.
+//! - `sqlite_reads.rs`: SQLite's single-row lookups on the calling thread through `rusqlite`,
+//!   past sqlx's worker thread.
 //!
 //! Files here may use the token values (`crate::{id, record, scope, secret}`) and
 //! `crate::store`, nothing above the store layer.
@@ -24,10 +29,14 @@
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_reads;
 
 pub(crate) mod migrate;
 mod naive_time;
 mod sanctum;
+mod token_row;
+mod token_store;
 mod tokens;
 
 use std::future::Future;

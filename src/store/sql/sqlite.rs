@@ -13,13 +13,15 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::migrate::sqlite::SqliteMigrator;
+use super::sqlite_reads::DirectReads;
 use super::tokens::{
-    COLUMNS, DialectStatements, Names, OwnerWrite, TokenDialect, TokenTable, token_store_on_table,
+    COLUMNS, DialectStatements, Key, Names, OwnerWrite, TokenColumns, TokenDialect, TokenTable,
+    token_store_on_table,
 };
 use super::{Dialect, InvalidIdentifier, Query};
 use crate::id::TokenId;
 use crate::record::{Metadata, Owner};
-use crate::store::{StoreError, StoreErrorKind};
+use crate::store::{StoreError, StoreErrorKind, StoredToken};
 
 /// A [`TokenStore`](crate::store::TokenStore) in SQLite (bundled with sqlx: nothing to
 /// install).
@@ -82,7 +84,7 @@ impl SqliteStoreBuilder {
             versions: format!("{prefix}schema_versions"),
         };
         SqliteStore {
-            table: TokenTable::new(self.pool, SqliteMigrator, names, self.timeout),
+            table: TokenTable::new(self.pool, LiteTokens::default(), names, self.timeout),
         }
     }
 }
@@ -214,6 +216,39 @@ fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Lite;
 
+/// What a token table on SQLite keeps: its migrator, and the reads that run on the calling
+/// thread.
+#[derive(Debug, Default)]
+pub(crate) struct LiteTokens {
+    migrator: SqliteMigrator,
+    reads: DirectReads,
+}
+
+/// A token row as [`DirectReads`] reads it: the same columns, types and checks as the pool's
+/// reads (`Lite::read_time`, `Lite::read_metadata`), each column by its place in [`COLUMNS`]:
+/// rusqlite finds a column by name with a scan of every name.
+fn decode_now(row: &rusqlite::Row<'_>) -> Result<StoredToken, StoreError> {
+    let text = |at: usize| row.get::<_, String>(at).map_err(StoreError::corrupt);
+    let time = |at: usize| {
+        let micros: Option<i64> = row.get(at).map_err(StoreError::corrupt)?;
+        micros.map(from_micros).transpose()
+    };
+    TokenColumns {
+        id: text(0)?,
+        secret_hash: row.get(1).map_err(StoreError::corrupt)?,
+        name: text(2)?,
+        owner: text(3)?,
+        scopes: text(4)?,
+        metadata: serde_json::from_str(&text(5)?).map_err(StoreError::corrupt)?,
+        created_at: time(6)?,
+        last_used_at: time(7)?,
+        expires_at: time(8)?,
+        revoked_at: time(9)?,
+        allowed_ips: text(10)?,
+    }
+    .check()
+}
+
 impl Dialect for Lite {
     type Db = Sqlite;
 
@@ -223,7 +258,7 @@ impl Dialect for Lite {
 }
 
 impl TokenDialect for Lite {
-    type State = SqliteMigrator;
+    type State = LiteTokens;
     type Migrations = SqliteMigrator;
 
     /// With the types the table declares.
@@ -337,7 +372,7 @@ impl TokenDialect for Lite {
     /// bootstrap's count-then-insert takes the write lock up front (`BEGIN IMMEDIATE`), so no
     /// other write comes between, across processes.
     async fn begin_owner_write(
-        _: &SqliteMigrator,
+        _: &LiteTokens,
         pool: &SqlitePool,
         _: &Owner,
         write: OwnerWrite,
@@ -348,7 +383,58 @@ impl TokenDialect for Lite {
         }
     }
 
-    fn migrations(state: &SqliteMigrator) -> &SqliteMigrator {
-        state
+    fn migrations(state: &LiteTokens) -> &SqliteMigrator {
+        &state.migrator
+    }
+
+    /// On the calling thread through [`DirectReads`], once the file is known.
+    async fn lookup_now(
+        state: &LiteTokens,
+        statement: &str,
+        key: Key<'_>,
+    ) -> Option<Result<Option<StoredToken>, StoreError>> {
+        DirectReads::take_turn().await;
+        match key {
+            Key::Id(id) => state.reads.read(statement, id.as_str(), |row| {
+                let Some(row) = row else { return Ok(None) };
+                let found = row.get::<_, String>(0).map_err(StoreError::corrupt);
+                super::row_if_asked(decode_now(row), found, id.as_str())
+            }),
+            Key::Hash(hash) => state.reads.read(statement, hash.as_bytes(), |row| {
+                row.map(decode_now).transpose()
+            }),
+        }
+    }
+
+    async fn after_pool_lookup(state: &LiteTokens, conn: &mut sqlx::SqliteConnection) {
+        if !state.reads.learnt() {
+            state.reads.learn(conn).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`decode_now`] reads by place: the places are those of the columns every lookup
+    /// selects (the store suite checks each value read back).
+    #[test]
+    fn direct_reads_read_the_columns_they_name() {
+        let places = [
+            "id",
+            "secret_hash",
+            "name",
+            "owner",
+            "scopes",
+            "metadata",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+            "allowed_ips",
+        ];
+        let listed: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(listed, places);
     }
 }

@@ -14,6 +14,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Pool, SqlStr, Transaction};
 
 use super::migrate::{self, Migrator, Plan};
+pub(crate) use super::token_row::{Key, TokenColumns};
+pub(crate) use super::token_store::token_store_on_table;
 use super::{Conn, Dialect, Driver, Query, Row};
 use crate::id::TokenId;
 use crate::record::{Metadata, Owner, TokenRecord};
@@ -163,6 +165,29 @@ pub(crate) trait TokenDialect: Dialect {
 
     /// The migrator of this store's tables.
     fn migrations(state: &Self::State) -> &Self::Migrations;
+
+    /// Answers a [`get`](TokenTable::get) (`key` an id) or a
+    /// [`find_by_hash`](TokenTable::find_by_hash) (`key` a hash) on the calling thread,
+    /// where this database can: `Some` with the answer, `None` to ask the pool. `statement`
+    /// is the lookup's text. Default: always the pool.
+    fn lookup_now(
+        state: &Self::State,
+        statement: &str,
+        key: Key<'_>,
+    ) -> impl Future<Output = Option<Result<Option<StoredToken>, StoreError>>> + Send {
+        let _ = (state, statement, key);
+        std::future::ready(None)
+    }
+
+    /// Called on the pool's connection that just answered a lookup, for what
+    /// [`lookup_now`](Self::lookup_now) needs to learn from a working one. Default: nothing.
+    fn after_pool_lookup(
+        state: &Self::State,
+        conn: &mut Conn<Self::Db>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (state, conn);
+        std::future::ready(())
+    }
 }
 
 /// Every statement of the token table, made once per store.
@@ -295,28 +320,33 @@ impl<D: TokenDialect> TokenTable<D> {
 
     fn decode(row: &Row<D::Db>) -> Result<StoredToken, StoreError> {
         let text = |column| D::Db::read_text(row, column);
-        let created_at = D::read_time(row, "created_at")?.ok_or_else(|| {
-            StoreError::new(StoreErrorKind::Corrupt, "a stored token has no created_at")
-        })?;
-        let mut record = TokenRecord::new(
-            super::token_id(&text("id")?)?,
-            super::owner(&text("owner")?)?,
-            text("name")?,
-            created_at,
-        );
-        record.scopes = super::scopes(&text("scopes")?)?;
-        record.metadata = super::metadata(D::read_metadata(row, "metadata")?)?;
-        record.last_used_at = D::read_time(row, "last_used_at")?;
-        record.expires_at = D::read_time(row, "expires_at")?;
-        record.revoked_at = D::read_time(row, "revoked_at")?;
-        record.allowed_ips = super::networks(&text("allowed_ips")?)?;
-        let hash = super::secret_hash(&D::Db::read_bytes(row, "secret_hash")?)?;
-        Ok(StoredToken::new(record, hash))
+        let time = |column| D::read_time(row, column);
+        TokenColumns {
+            id: text("id")?,
+            secret_hash: D::Db::read_bytes(row, "secret_hash")?,
+            name: text("name")?,
+            owner: text("owner")?,
+            scopes: text("scopes")?,
+            metadata: D::read_metadata(row, "metadata")?,
+            created_at: time("created_at")?,
+            last_used_at: time("last_used_at")?,
+            expires_at: time("expires_at")?,
+            revoked_at: time("revoked_at")?,
+            allowed_ips: text("allowed_ips")?,
+        }
+        .check()
     }
 
-    async fn lookup(&self, query: Query<D::Db>) -> Result<Option<StoredToken>, StoreError> {
-        let row = super::fetch_optional(&self.pool, self.timeout, query).await?;
-        row.map(|row| Self::decode(&row)).transpose()
+    /// Runs a single-row lookup on the pool, within the deadline, and lets the dialect learn
+    /// from the working connection.
+    async fn fetch_one_row(&self, query: Query<D::Db>) -> Result<Option<Row<D::Db>>, StoreError> {
+        super::timed(self.timeout, async {
+            let mut conn = self.pool.acquire().await?;
+            let row = D::Db::fetch_optional(query, &mut conn).await?;
+            D::after_pool_lookup(&self.state, &mut conn).await;
+            Ok(row)
+        })
+        .await
     }
 
     fn plan<'a>(
@@ -450,8 +480,13 @@ impl<D: TokenDialect> TokenTable<D> {
     }
 
     pub(crate) async fn get(&self, id: &TokenId) -> Result<Option<StoredToken>, StoreError> {
-        let query = D::Db::text(self.query(&self.statements.get), id.as_str());
-        let Some(row) = super::fetch_optional(&self.pool, self.timeout, query).await? else {
+        let statement = &self.statements.get;
+        let key = Key::Id(id);
+        if let Some(answer) = D::lookup_now(&self.state, statement.as_str(), key).await {
+            return answer;
+        }
+        let query = key.bind(self.query(statement));
+        let Some(row) = self.fetch_one_row(query).await? else {
             return Ok(None);
         };
         let found = D::Db::read_text(&row, "id");
@@ -462,11 +497,14 @@ impl<D: TokenDialect> TokenTable<D> {
         &self,
         hash: &SecretHash,
     ) -> Result<Option<StoredToken>, StoreError> {
-        self.lookup(D::Db::bytes(
-            self.query(&self.statements.find_by_hash),
-            hash.as_bytes(),
-        ))
-        .await
+        let statement = &self.statements.find_by_hash;
+        let key = Key::Hash(hash);
+        if let Some(answer) = D::lookup_now(&self.state, statement.as_str(), key).await {
+            return answer;
+        }
+        let query = key.bind(self.query(statement));
+        let row = self.fetch_one_row(query).await?;
+        row.map(|row| Self::decode(&row)).transpose()
     }
 
     pub(crate) async fn list_by_owner(
@@ -546,120 +584,3 @@ impl<D: TokenDialect> TokenTable<D> {
         Ok(())
     }
 }
-
-/// Implements [`TokenStore`](crate::store::TokenStore) for a public store whose `table`
-/// field is a [`TokenTable`], handing every call to it.
-macro_rules! token_store_on_table {
-    ($store:ty) => {
-        impl $crate::store::TokenStore for $store {
-            fn insert(
-                &self,
-                record: $crate::record::TokenRecord,
-                hash: $crate::secret::SecretHash,
-            ) -> impl ::std::future::Future<Output = Result<(), $crate::store::StoreError>> + Send
-            {
-                self.table.insert(record, hash)
-            }
-
-            fn insert_first(
-                &self,
-                record: $crate::record::TokenRecord,
-                hash: $crate::secret::SecretHash,
-            ) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send
-            {
-                self.table.insert_first(record, hash)
-            }
-
-            fn next_id(
-                &self,
-            ) -> impl ::std::future::Future<
-                Output = Result<$crate::id::TokenId, $crate::store::StoreError>,
-            > + Send {
-                self.table.next_id()
-            }
-
-            fn get(
-                &self,
-                id: &$crate::id::TokenId,
-            ) -> impl ::std::future::Future<
-                Output = Result<Option<$crate::store::StoredToken>, $crate::store::StoreError>,
-            > + Send {
-                self.table.get(id)
-            }
-
-            fn find_by_hash(
-                &self,
-                hash: &$crate::secret::SecretHash,
-            ) -> impl ::std::future::Future<
-                Output = Result<Option<$crate::store::StoredToken>, $crate::store::StoreError>,
-            > + Send {
-                self.table.find_by_hash(hash)
-            }
-
-            fn list_by_owner(
-                &self,
-                owner: &$crate::record::Owner,
-            ) -> impl ::std::future::Future<
-                Output = Result<Vec<$crate::record::TokenRecord>, $crate::store::StoreError>,
-            > + Send {
-                self.table.list_by_owner(owner)
-            }
-
-            fn revoke(
-                &self,
-                id: &$crate::id::TokenId,
-                at: ::chrono::DateTime<::chrono::Utc>,
-            ) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send
-            {
-                self.table.revoke(id, at)
-            }
-
-            fn revoke_owner(
-                &self,
-                owner: &$crate::record::Owner,
-                at: ::chrono::DateTime<::chrono::Utc>,
-            ) -> impl ::std::future::Future<Output = Result<usize, $crate::store::StoreError>> + Send
-            {
-                self.table.revoke_owner(owner, at)
-            }
-
-            fn record_last_used(
-                &self,
-                id: &$crate::id::TokenId,
-                at: ::chrono::DateTime<::chrono::Utc>,
-            ) -> impl ::std::future::Future<Output = Result<(), $crate::store::StoreError>> + Send
-            {
-                self.table.record_last_used(id, at)
-            }
-
-            fn rotate(
-                &self,
-                old: &$crate::id::TokenId,
-                retire: $crate::store::Retire,
-                new: $crate::record::TokenRecord,
-                hash: $crate::secret::SecretHash,
-            ) -> impl ::std::future::Future<Output = Result<bool, $crate::store::StoreError>> + Send
-            {
-                self.table.rotate(old, retire, new, hash)
-            }
-
-            fn record_last_used_batch(
-                &self,
-                batch: &[($crate::id::TokenId, ::chrono::DateTime<::chrono::Utc>)],
-            ) -> impl ::std::future::Future<Output = Result<(), $crate::store::StoreError>> + Send
-            {
-                self.table.record_last_used_batch(batch)
-            }
-
-            fn remove_expired(
-                &self,
-                before: ::chrono::DateTime<::chrono::Utc>,
-                marker: &str,
-            ) -> impl ::std::future::Future<Output = Result<usize, $crate::store::StoreError>> + Send
-            {
-                self.table.remove_expired(before, marker)
-            }
-        }
-    };
-}
-pub(crate) use token_store_on_table;

@@ -8,7 +8,7 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use super::{Migrator, Plan};
 
 /// The migrations of the tables in one SQLite database.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SqliteMigrator;
 
 impl Migrator for SqliteMigrator {

@@ -22,7 +22,7 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Timelike, Utc};
 use sqlx::{Pool, SqlStr};
 
 use super::naive_time::NaiveTimeZone;
-use super::{Dialect, Driver, InvalidIdentifier, Query, Row};
+use super::{Conn, Dialect, Driver, InvalidIdentifier, Query, Row};
 use crate::id::TokenId;
 use crate::record::{Owner, TokenRecord};
 use crate::scope::{Scope, ScopeSet};
@@ -154,7 +154,97 @@ trait SanctumDialect: Dialect + Sized {
         table: &SanctumTable<Self>,
         batch: &[(i64, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Answers a lookup by `key` on the calling thread, where this database can: `Some` with
+    /// the answer, `None` to ask the pool. `statement` is the lookup's text. Default: always
+    /// the pool.
+    fn lookup_now(
+        table: &SanctumTable<Self>,
+        statement: &str,
+        key: Key<'_>,
+    ) -> impl Future<Output = Option<Result<Option<StoredToken>, StoreError>>> + Send {
+        let _ = (table, statement, key);
+        std::future::ready(None)
+    }
+
+    /// Called on the pool's connection that just answered a lookup, for what
+    /// [`lookup_now`](Self::lookup_now) needs to learn from a working one. Default: nothing.
+    fn after_pool_lookup(
+        table: &SanctumTable<Self>,
+        conn: &mut Conn<Self::Db>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (table, conn);
+        std::future::ready(())
+    }
 }
+
+/// What a single-row lookup of Sanctum's table is by.
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    /// `get`: the row with this id, read as [`super::row_or_next`] says.
+    Id(i64),
+    /// `find_by_hash`: the row whose `token` is this hex.
+    Hash(&'a str),
+}
+
+impl Key<'_> {
+    /// Binds the key to the pool's query.
+    fn bind<DB: Driver>(self, query: Query<DB>) -> Query<DB> {
+        match self {
+            Key::Id(id) => DB::int(query, id),
+            Key::Hash(hex) => DB::text(query, hex),
+        }
+    }
+}
+
+/// A row of Sanctum's table as a driver read it, before it is checked.
+#[derive(Debug)]
+struct SanctumColumns {
+    id: i64,
+    tokenable_type: String,
+    tokenable_id: String,
+    name: String,
+    token: String,
+    abilities: Option<String>,
+    last_used_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+impl SanctumColumns {
+    /// The stored token, with Sanctum's global `expiration` applied.
+    fn check(self, expiration: Option<TimeDelta>) -> Result<StoredToken, StoreError> {
+        let id = super::numeric_id(self.id)?;
+        let owner = super::owner(&format!("{}:{}", self.tokenable_type, self.tokenable_id))?;
+        let hash = SecretHash::from_hex(&self.token).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Corrupt,
+                "a Sanctum token hash is not 64 hex digits",
+            )
+        })?;
+        // Laravel's timestamps are nullable; an unknown creation time counts as long ago, so
+        // an expiration setting refuses the token rather than letting it live forever.
+        let created_at = self.created_at.unwrap_or(DateTime::UNIX_EPOCH);
+        let mut record = TokenRecord::new(id, owner, self.name, created_at);
+        record.scopes = abilities_to_scopes(self.abilities.as_deref());
+        record.last_used_at = self.last_used_at;
+        record.expires_at = self.expires_at;
+        if let Some(expiration) = expiration {
+            let global = created_at.checked_add_signed(expiration);
+            record.expires_at = match (record.expires_at, global) {
+                (Some(own), Some(global)) => Some(own.min(global)),
+                (own, global) => own.or(global),
+            };
+        }
+        Ok(StoredToken::new(record, hash))
+    }
+}
+
+/// What every lookup selects, in this order (SQLite's direct reads read by place).
+/// `tokenable_id` is a bigint in Laravel's default migration and a string with `uuidMorphs`:
+/// read as text either way.
+const COLUMNS: &str = "id, tokenable_type, CAST(tokenable_id AS TEXT) AS tokenable_id, name, \
+                       token, abilities, last_used_at, expires_at, created_at";
 
 /// The statements that are the same on every database.
 #[derive(Debug)]
@@ -169,10 +259,7 @@ struct Statements {
 
 impl Statements {
     fn new<D: Dialect>(table: &str) -> Self {
-        // `tokenable_id` is a bigint in Laravel's default migration and a string with
-        // `uuidMorphs`: read it as text either way.
-        let columns = "id, tokenable_type, CAST(tokenable_id AS TEXT) AS tokenable_id, name, \
-                       token, abilities, last_used_at, expires_at, created_at";
+        let columns = COLUMNS;
         let owner = "tokenable_type = $1 AND CAST(tokenable_id AS TEXT) = $2";
         Self {
             insert: D::statement(format!(
@@ -311,42 +398,32 @@ impl<D: SanctumDialect> SanctumTable<D> {
     }
 
     fn decode(&self, row: &Row<D::Db>) -> Result<StoredToken, StoreError> {
-        let Settings {
-            expiration, zone, ..
-        } = *self.settings;
-        let id = super::numeric_id(D::Db::read_int(row, "id")?)?;
-        let tokenable_type = D::Db::read_text(row, "tokenable_type")?;
-        let tokenable_id = D::Db::read_text(row, "tokenable_id")?;
-        let owner = super::owner(&format!("{tokenable_type}:{tokenable_id}"))?;
-        let hash = SecretHash::from_hex(&D::Db::read_text(row, "token")?).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Corrupt,
-                "a Sanctum token hash is not 64 hex digits",
-            )
-        })?;
-        let abilities = D::Db::read_opt_text(row, "abilities")?;
-        let time = |column| D::read_time(row, column, zone);
-        // Laravel's timestamps are nullable; an unknown creation time counts as long ago, so
-        // an expiration setting refuses the token rather than letting it live forever.
-        let created_at = time("created_at")?.unwrap_or(DateTime::UNIX_EPOCH);
-
-        let mut record = TokenRecord::new(id, owner, D::Db::read_text(row, "name")?, created_at);
-        record.scopes = abilities_to_scopes(abilities.as_deref());
-        record.last_used_at = time("last_used_at")?;
-        record.expires_at = time("expires_at")?;
-        if let Some(expiration) = expiration {
-            let global = created_at.checked_add_signed(expiration);
-            record.expires_at = match (record.expires_at, global) {
-                (Some(own), Some(global)) => Some(own.min(global)),
-                (own, global) => own.or(global),
-            };
+        let text = |column| D::Db::read_text(row, column);
+        let time = |column| D::read_time(row, column, self.settings.zone);
+        SanctumColumns {
+            id: D::Db::read_int(row, "id")?,
+            tokenable_type: text("tokenable_type")?,
+            tokenable_id: text("tokenable_id")?,
+            name: text("name")?,
+            token: text("token")?,
+            abilities: D::Db::read_opt_text(row, "abilities")?,
+            last_used_at: time("last_used_at")?,
+            expires_at: time("expires_at")?,
+            created_at: time("created_at")?,
         }
-        Ok(StoredToken::new(record, hash))
+        .check(self.settings.expiration)
     }
 
-    async fn lookup(&self, query: Query<D::Db>) -> Result<Option<StoredToken>, StoreError> {
-        let row = super::fetch_optional(&self.pool, self.settings.timeout, query).await?;
-        row.map(|row| self.decode(&row)).transpose()
+    /// Runs a single-row lookup on the pool, within the deadline, and lets the dialect learn
+    /// from the working connection.
+    async fn fetch_one_row(&self, query: Query<D::Db>) -> Result<Option<Row<D::Db>>, StoreError> {
+        super::timed(self.settings.timeout, async {
+            let mut conn = self.pool.acquire().await?;
+            let row = D::Db::fetch_optional(query, &mut conn).await?;
+            D::after_pool_lookup(self, &mut conn).await;
+            Ok(row)
+        })
+        .await
     }
 
     async fn insert(&self, record: TokenRecord, hash: SecretHash) -> Result<(), StoreError> {
@@ -399,9 +476,13 @@ impl<D: SanctumDialect> SanctumTable<D> {
             // Not a Sanctum id: no such row.
             None => Ok(None),
             Some(id) => {
-                let query = D::Db::int(self.query(&self.statements.get), id);
-                let timeout = self.settings.timeout;
-                let Some(row) = super::fetch_optional(&self.pool, timeout, query).await? else {
+                let statement = &self.statements.get;
+                let key = Key::Id(id);
+                if let Some(answer) = D::lookup_now(self, statement.as_str(), key).await {
+                    return answer;
+                }
+                let query = key.bind(self.query(statement));
+                let Some(row) = self.fetch_one_row(query).await? else {
                     return Ok(None);
                 };
                 let found = D::Db::read_int(&row, "id");
@@ -411,8 +492,15 @@ impl<D: SanctumDialect> SanctumTable<D> {
     }
 
     async fn find_by_hash(&self, hash: &SecretHash) -> Result<Option<StoredToken>, StoreError> {
-        let query = D::Db::text(self.query(&self.statements.find_by_hash), &hash.to_hex());
-        self.lookup(query).await
+        let hex = hash.to_hex();
+        let statement = &self.statements.find_by_hash;
+        let key = Key::Hash(&hex);
+        if let Some(answer) = D::lookup_now(self, statement.as_str(), key).await {
+            return answer;
+        }
+        let query = key.bind(self.query(statement));
+        let row = self.fetch_one_row(query).await?;
+        row.map(|row| self.decode(&row)).transpose()
     }
 
     /// The query of `statement` for the owner's rows, or `None` for an owner this store did
