@@ -10,14 +10,21 @@ cd "$(dirname "$0")/.."
 rm -rf target/criterion
 cargo bench --bench verify >&2
 cargo bench --bench scale >&2
+# Uncached SQL lookups against the bare driver, pinned to one core (sqlx's hand-offs between
+# threads then do not cross cores), and Sanctum's own work in PHP when PHP is installed.
+taskset -c 1 cargo bench --bench sql >&2
+php_figures=""
+if command -v php >/dev/null && php -m | grep -qi pdo_sqlite; then
+    php_figures=$(taskset -c 1 php benches/php/sanctum_pdo.php)
+fi
 mem=$(cargo run --release --quiet --example memory | awk '/bytes_per_token/ {print $2}')
 # HTTP with and without the auth layer, loopback only, bounded (20,000 requests or 5 s a run).
 http=$(cargo run --release --quiet --example loadgen -- --requests 20000 --seconds 5 | tee /dev/stderr | grep '^| HTTP')
 # The same with wrk, pinned: servers on core 0, wrk on core 1, three alternating rounds.
 wrk_table=$(benches/wrk.sh)
 
-python3 - "$mem" <<'PY'
-import json, os, sys
+python3 - "$mem" "$php_figures" <<'PY'
+import json, os, re, sys
 root = "target/criterion"
 def med(name):
     path = os.path.join(root, name, "new", "estimates.json")
@@ -74,6 +81,24 @@ for size, label in [("10k", "10,000"), ("1m", "1,000,000")]:
         print(f"| {r} within ±10% of valid | {label} | {ns(v)} | {v/va:.2f}× valid | {'met' if abs(v/va-1) <= 0.10 else 'MISSED'} |")
     na, al = scale(size, "no_auth"), scale(size, "auth_layer")
     print(f"| auth layer adds ≤ 2× floor | {label} | {ns(al-na)} | {(al-na)/fl:.2f}× floor | {'met' if al-na <= 2*fl else 'MISSED'} |")
+print()
+# Uncached SQLite (benches/sql.rs), against rusqlite on the same row and PHP's PDO.
+php = {m.group(1): float(m.group(2)) for m in re.finditer(r"php/pdo_sqlite/(\w+): min ([\d.]+)", sys.argv[2])}
+def sql(name):
+    path = os.path.join(root, "sqlite", name, "new", "estimates.json")
+    return json.load(open(path))["median"]["point_estimate"] if os.path.exists(path) else None
+def us(v): return f"{v/1000:,.2f} µs"
+print("| target | table | uncached verification | rusqlite | ratio | result |")
+print("|---|---|---|---|---|---|")
+for table in ["native", "sanctum"]:
+    v, bare = sql(f"{table}_verify_uncached"), sql(f"{table}_rusqlite")
+    if v is None or bare is None:
+        print(f"| ≤ 2× rusqlite | {table} | skipped (no sql figures) | | | |")
+        continue
+    print(f"| ≤ 2× rusqlite | {table} | {us(v)} | {us(bare)} | {v/bare:.2f}× | {'met' if v <= 2*bare else 'MISSED'} |")
+    if table == "sanctum" and php:
+        for way, t in sorted(php.items()):
+            print(f"| ≤ PHP PDO ({way.replace('_', ' ')}) | sanctum | {us(v)} | PHP {t:.2f} µs | {v/1000/t:.2f}× PHP | {'met' if v/1000 <= t else 'MISSED'} |")
 print()
 print("| other | median | ratio to floor |")
 print("|---|---|---|")
