@@ -171,8 +171,10 @@ where
         query.bind(value)
     }
 
+    /// `NULL` is refused: sqlx reads it as `""` on SQLite (and refuses it on PostgreSQL).
     fn read_text(row: &Row<Self>, column: &str) -> Result<String, StoreError> {
-        sqlx::Row::try_get(row, column).map_err(map_err)
+        let text: Option<String> = sqlx::Row::try_get(row, column).map_err(map_err)?;
+        text.ok_or_else(null_column)
     }
 
     fn read_opt_text(row: &Row<Self>, column: &str) -> Result<Option<String>, StoreError> {
@@ -180,11 +182,13 @@ where
     }
 
     fn read_bytes(row: &Row<Self>, column: &str) -> Result<Vec<u8>, StoreError> {
-        sqlx::Row::try_get(row, column).map_err(map_err)
+        let bytes: Option<Vec<u8>> = sqlx::Row::try_get(row, column).map_err(map_err)?;
+        bytes.ok_or_else(null_column)
     }
 
     fn read_int(row: &Row<Self>, column: &str) -> Result<i64, StoreError> {
-        sqlx::Row::try_get(row, column).map_err(map_err)
+        let n: Option<i64> = sqlx::Row::try_get(row, column).map_err(map_err)?;
+        n.ok_or_else(null_column)
     }
 
     fn read_flag(row: &Row<Self>, column: &str) -> Result<bool, StoreError> {
@@ -216,6 +220,14 @@ where
     ) -> impl Future<Output = Result<Vec<Row<Self>>, sqlx::Error>> + Send {
         query.fetch_all(conn)
     }
+}
+
+/// A column every row must fill holds `NULL`: a table made by hand without `NOT NULL`.
+fn null_column() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Corrupt,
+        "a column every token fills holds NULL",
+    )
 }
 
 /// What every table's shared code needs to know of a database: its sqlx driver, how it counts

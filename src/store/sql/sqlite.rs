@@ -212,6 +212,11 @@ fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::new(StoreErrorKind::Corrupt, "a stored time is out of range"))
 }
 
+/// A secret hash that is neither a BLOB nor a TEXT.
+#[derive(Debug, thiserror::Error)]
+#[error("a stored secret hash is not bytes")]
+struct NotBytes;
+
 /// SQLite, as the SQL stores' dialect.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Lite;
@@ -228,6 +233,7 @@ pub(crate) struct LiteTokens {
 /// reads (`Lite::read_time`, `Lite::read_metadata`), each column by its place in [`COLUMNS`]:
 /// rusqlite finds a column by name with a scan of every name.
 fn decode_now(row: &rusqlite::Row<'_>) -> Result<StoredToken, StoreError> {
+    use rusqlite::types::ValueRef;
     let text = |at: usize| row.get::<_, String>(at).map_err(StoreError::corrupt);
     let time = |at: usize| {
         let micros: Option<i64> = row.get(at).map_err(StoreError::corrupt)?;
@@ -235,7 +241,11 @@ fn decode_now(row: &rusqlite::Row<'_>) -> Result<StoredToken, StoreError> {
     };
     TokenColumns {
         id: text(0)?,
-        secret_hash: row.get(1).map_err(StoreError::corrupt)?,
+        // As sqlx reads bytes: a BLOB, or the bytes of a TEXT.
+        secret_hash: match row.get_ref(1).map_err(StoreError::corrupt)? {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
+            _ => return Err(StoreError::corrupt(NotBytes)),
+        },
         name: text(2)?,
         owner: text(3)?,
         scopes: text(4)?,

@@ -20,14 +20,17 @@
 //!   a task looking tokens up in a loop still yields its worker thread.
 //! - **Read only**: `PRAGMA query_only`, so nothing on this path can change the file.
 //! - **Renewed** as the pool's own connections are: one older than half an hour is closed
-//!   rather than reused, so a file replaced under the same name is read again.
+//!   rather than reused. The path is checked once a second to still name the file learnt:
+//!   if it names another (a file restored from a backup under the same name), every read
+//!   connection is closed and the pool answers until a lookup through it learns the file
+//!   again.
 //! - **One SQLite**: both drivers link the one `libsqlite3-sys` (Cargo allows one crate per
 //!   native library), so the file's locks are shared within the process as SQLite requires.
 //!
 //! Uses `crate::store` only.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, Row, ToSql};
@@ -40,23 +43,70 @@ const IDLE_CONNECTIONS: usize = 8;
 /// How long a read connection is used, as `SqliteStore::connect`'s pool keeps its own.
 const MAX_LIFETIME: Duration = Duration::from_secs(1800);
 
+/// How often the path is checked to still name the file learnt: a file replaced under the
+/// same name (a restore from a backup) is followed within this.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Which file a path names: its device and inode.
+#[cfg(unix)]
+type FileId = (u64, u64);
+/// Which file a path names: its creation time (a file cannot be renamed over while open on
+/// Windows).
+#[cfg(not(unix))]
+type FileId = Option<std::time::SystemTime>;
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let metadata = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((metadata.dev(), metadata.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        Some(metadata.created().ok())
+    }
+}
+
 /// Read connections on a pool's file, opened as lookups need them.
 #[derive(Debug, Default)]
 pub(crate) struct DirectReads {
-    /// The pool's file, once learnt; `None` inside for a database with no file.
-    file: OnceLock<Option<PathBuf>>,
-    idle: Mutex<Vec<ReadConnection>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    known: Known,
+    idle: Vec<ReadConnection>,
+}
+
+/// What is known of the pool's file.
+#[derive(Debug, Default)]
+enum Known {
+    /// Nothing yet, or the path has named another file since it was learnt: the pool answers
+    /// until a lookup through it learns the file again.
+    #[default]
+    Unknown,
+    /// The database has no file (in memory, temporary).
+    NoFile,
+    /// The file at `path`, which was `id` when learnt and when last `checked`.
+    File {
+        path: PathBuf,
+        id: FileId,
+        checked: Instant,
+    },
 }
 
 #[derive(Debug)]
 struct ReadConnection {
     connection: Connection,
+    file: FileId,
     opened: Instant,
 }
 
 impl DirectReads {
     /// Runs the one-parameter query `sql` and gives `answer` its first row, or `None` for no
-    /// row. `None` back means this path cannot answer now (no file known yet, a lock, any
+    /// row. `None` back means this path cannot answer now (no file known, a lock, any
     /// error): ask the pool.
     pub(crate) fn read<T>(
         &self,
@@ -64,8 +114,7 @@ impl DirectReads {
         param: impl ToSql,
         answer: impl FnOnce(Option<&Row<'_>>) -> T,
     ) -> Option<T> {
-        let file = self.file.get()?.as_ref()?;
-        let connection = self.take(file)?;
+        let connection = self.take()?;
         let answered = query(&connection.connection, sql, param, answer);
         // A connection whose statement failed may hold a lock or a half-read state; a fresh
         // one costs an open, which failures are rare enough to afford.
@@ -86,7 +135,9 @@ impl DirectReads {
     /// Whether the file is known (or known to be none), so [`learn`](Self::learn) has nothing
     /// to do.
     pub(crate) fn learnt(&self) -> bool {
-        self.file.get().is_some()
+        self.state
+            .lock()
+            .is_ok_and(|state| !matches!(state.known, Known::Unknown))
     }
 
     /// Learns the file from `conn`, the pool's connection that just answered a lookup (so
@@ -96,35 +147,65 @@ impl DirectReads {
             sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                 .fetch_optional(conn)
                 .await;
-        if let Ok(file) = file {
-            let _ = self
-                .file
-                .set(file.filter(|f| !f.is_empty()).map(PathBuf::from));
+        let known = match file {
+            Ok(Some(path)) if !path.is_empty() => {
+                let path = PathBuf::from(path);
+                let Some(id) = file_id(&path) else { return };
+                Known::File {
+                    path,
+                    id,
+                    checked: Instant::now(),
+                }
+            }
+            Ok(_) => Known::NoFile,
+            Err(_) => return,
+        };
+        if let Ok(mut state) = self.state.lock() {
+            state.known = known;
         }
     }
 
-    fn take(&self, file: &Path) -> Option<ReadConnection> {
-        loop {
-            let idle = self.idle.lock().ok()?.pop();
-            match idle {
-                Some(read) if read.opened.elapsed() < MAX_LIFETIME => return Some(read),
-                Some(_) => continue,
-                None => return open(file),
+    /// An idle connection on the file, or a new one; `None` when no file is known, or the
+    /// path names another file now (then nothing is known until the pool learns it again).
+    fn take(&self) -> Option<ReadConnection> {
+        let (path, id) = {
+            let mut state = self.state.lock().ok()?;
+            let State { known, idle } = &mut *state;
+            let Known::File { path, id, checked } = known else {
+                return None;
+            };
+            if checked.elapsed() >= RECHECK {
+                if file_id(path) != Some(*id) {
+                    *known = Known::Unknown;
+                    idle.clear();
+                    return None;
+                }
+                *checked = Instant::now();
             }
-        }
+            while let Some(read) = idle.pop() {
+                if read.file == *id && read.opened.elapsed() < MAX_LIFETIME {
+                    return Some(read);
+                }
+            }
+            (path.clone(), *id)
+        };
+        let read = open(&path, id)?;
+        // Opened by name: the file must still be the one learnt.
+        (file_id(&path) == Some(id)).then_some(read)
     }
 
     fn give_back(&self, connection: ReadConnection) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < IDLE_CONNECTIONS
+        if let Ok(mut state) = self.state.lock()
+            && state.idle.len() < IDLE_CONNECTIONS
         {
-            idle.push(connection);
+            state.idle.push(connection);
         }
     }
 }
 
-/// A read connection on `file`, which must exist (it is never created here).
-fn open(file: &Path) -> Option<ReadConnection> {
+/// A read connection on `file` (which must exist: it is never created here), taken to be the
+/// file `id`.
+fn open(file: &Path, id: FileId) -> Option<ReadConnection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(file, flags).ok()?;
     // Busy at once, never waiting on the calling thread: the pool waits instead.
@@ -132,6 +213,7 @@ fn open(file: &Path) -> Option<ReadConnection> {
     connection.pragma_update(None, "query_only", true).ok()?;
     Some(ReadConnection {
         connection,
+        file: id,
         opened: Instant::now(),
     })
 }
@@ -161,7 +243,7 @@ mod tests {
         writer
             .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
             .unwrap();
-        let read = open(&path).unwrap();
+        let read = open(&path, file_id(&path).unwrap()).unwrap();
         (path, read)
     }
 
@@ -185,7 +267,7 @@ mod tests {
     fn a_file_that_does_not_exist_is_not_created() {
         let path =
             std::env::temp_dir().join(format!("apitoken-reads-missing-{}.db", std::process::id()));
-        assert!(open(&path).is_none());
+        assert!(open(&path, file_id(&std::env::temp_dir()).unwrap()).is_none());
         assert!(!path.exists());
     }
 
